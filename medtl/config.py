@@ -1,0 +1,453 @@
+"""Typed run configuration: one YAML file describes a run.
+
+The YAML is parsed into dataclasses, defaults are filled in, and anything unknown or of the
+wrong type is rejected with a one-line error naming the key, the bad value and what is allowed.
+
+Example:
+    >>> from medtl.config import load_config
+    >>> cfg = load_config("configs/demo.yaml", overrides=["train.batch_size=8"])
+    >>> cfg.train.batch_size
+    8
+
+Path rule: ``data.manifest`` and ``data.root`` are resolved against the folder of the YAML
+file (a config travels with its data); ``data.cache_dir`` and ``output_dir`` are work products
+and are resolved against the current directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config file or override is invalid; the message names the key and the fix."""
+
+
+Task = Literal["binary", "multiclass", "multilabel"]
+
+
+@dataclass
+class DataConfig:
+    """Where the images and labels are and how images are turned into model input."""
+
+    manifest: str = ""
+    root: str | None = None
+    path_column: str = "file"
+    label_column: Union[str, list[str]] = "label"
+    patient_column: str | None = None
+    classes: list[str] | None = None
+    image_size: list[int] = field(default_factory=lambda: [224, 224])
+    keep_aspect: bool = True
+    window: Literal["auto", "minmax", "percentile"] = "auto"
+    cache_dir: str = ".medtl-cache"
+    on_error: Literal["fail", "skip"] = "fail"
+    val_fraction: float = 0.2
+    workers: int = 0
+
+
+@dataclass
+class AugmentConfig:
+    """Training-time augmentation: a named preset plus optional extra albumentations transforms."""
+
+    preset: Literal["none", "light", "chest_xray"] = "chest_xray"
+    transforms: list[dict] = field(default_factory=list)
+    hflip: bool = False
+
+
+@dataclass
+class ModelConfig:
+    """The backbone and the classifier head."""
+
+    backbone: str = "resnet50"
+    weights: str = "imagenet"
+    dropout: float = 0.2
+    pooling: Literal["avg", "max"] = "avg"
+
+
+@dataclass
+class LossConfig:
+    """Loss and class weighting for imbalanced data."""
+
+    name: Literal["bce", "cce", "focal"] = "bce"
+    class_weight: Union[Literal["balanced", "none"], dict[str, float]] = "balanced"
+    label_smoothing: float = 0.0
+    gamma: float = 2.0
+    alpha: float | None = None
+
+
+@dataclass
+class StageConfig:
+    """One fine-tuning stage: what is trainable, for how long, how fast."""
+
+    unfreeze: Union[Literal["head", "all"], int] = "head"
+    epochs: int = 5
+    lr: float = 1e-3
+    optimizer: Literal["adam", "adamw", "sgd", "rmsprop"] = "adam"
+    schedule: Literal["constant", "cosine"] = "constant"
+    weight_decay: float = 0.0
+
+
+def _default_stages() -> list[StageConfig]:
+    return [
+        StageConfig("head", 5, 1e-3),
+        StageConfig(2, 5, 1e-4),
+        StageConfig("all", 5, 1e-5),
+    ]
+
+
+@dataclass
+class TrainConfig:
+    """Staged fine-tuning, early stopping and hardware settings."""
+
+    batch_size: int = 16
+    loss: LossConfig = field(default_factory=LossConfig)
+    stages: list[StageConfig] = field(default_factory=_default_stages)
+    monitor: str = "val_roc_auc"
+    patience: int = 3
+    mixed_precision: Literal["auto", "on", "off"] = "auto"
+    xla: bool = False
+    distribute: Literal["auto", "none", "mirrored"] = "auto"
+    feature_cache: bool = True
+
+
+@dataclass
+class EvaluateConfig:
+    """Cross-validation, threshold choice and calibration."""
+
+    folds: int = 5
+    threshold: str = "youden"
+    calibration: Literal["none", "temperature", "platt"] = "none"
+    bootstrap: int = 1000
+    final_model: Literal["ensemble", "retrain"] = "ensemble"
+
+
+@dataclass
+class ReportConfig:
+    """The HTML report and its heat maps."""
+
+    cam: Literal["gradcam", "gradcam++", "occlusion"] = "gradcam++"
+    target_layer: str | None = None
+    cases: int = 4
+    pdf: bool = False
+
+
+@dataclass
+class Config:
+    """A whole run. See the module docstring for how to load one."""
+
+    name: str = "medtl-run"
+    seed: int = 42
+    task: Task = "binary"
+    output_dir: str = "runs"
+    data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict (YAML/JSON serialisable) of the resolved config."""
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        """The resolved config as YAML text."""
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+# --------------------------------------------------------------------------------------------
+# Parsing and validation
+
+
+def _describe(tp: Any) -> str:
+    origin = get_origin(tp)
+    if origin is Literal:
+        return " | ".join(str(a) for a in get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " or ".join(_describe(a) for a in get_args(tp) if a is not type(None)) + (
+            " or null" if type(None) in get_args(tp) else ""
+        )
+    if origin is list:
+        return f"a list of {_describe(get_args(tp)[0])}"
+    if origin is dict:
+        return "a mapping"
+    if dataclasses.is_dataclass(tp):
+        return "a mapping"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against type ``tp`` and convert where YAML is lax (e.g. '1e-3')."""
+    origin = get_origin(tp)
+    bad = ConfigError(f"{key}: invalid value {value!r}; expected {_describe(tp)}")
+    if tp is Any:
+        return value
+    if origin is Literal:
+        if value in get_args(tp) and not isinstance(value, bool):
+            return value
+        raise bad
+    if origin in (Union, types.UnionType):
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            if type(None) in get_args(tp):
+                return None
+        for arg in get_args(tp):
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError:
+                continue
+        raise bad
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise bad
+        return _build(tp, value, key)
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise bad
+        (item_tp,) = get_args(tp)
+        return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise bad
+        _, val_tp = get_args(tp)
+        return {str(k): _coerce(v, val_tp, f"{key}.{k}") for k, v in value.items()}
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise bad
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise bad
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)  # PyYAML reads '1e-3' (no dot) as a string
+            except ValueError:
+                raise bad from None
+        raise bad
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise bad
+    if tp is dict:
+        if isinstance(value, dict):
+            return value
+        raise bad
+    raise bad
+
+
+def _build(cls: type, raw: dict, prefix: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in raw.items():
+        full = f"{prefix}.{key}" if prefix else str(key)
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else f"; allowed keys: {', '.join(names)}"
+            raise ConfigError(f"unknown config key '{full}'{hint}")
+        kwargs[key] = _coerce(value, hints[key], full)
+    obj = cls(**kwargs)
+    return obj
+
+
+def _validate(cfg: Config) -> None:
+    """Checks across keys that types alone cannot express."""
+    d = cfg.data
+    if len(d.image_size) != 2 or min(d.image_size) < 16:
+        raise ConfigError(
+            f"data.image_size: invalid value {d.image_size!r}; expected [height, width], each >= 16"
+        )
+    if not 0.0 < d.val_fraction < 0.9:
+        raise ConfigError(f"data.val_fraction: invalid value {d.val_fraction!r}; expected 0 < x < 0.9")
+    if d.workers < 0:
+        raise ConfigError(f"data.workers: invalid value {d.workers!r}; expected 0 (all cores) or more")
+    if cfg.task == "multilabel" and not isinstance(d.label_column, list):
+        raise ConfigError(
+            f"data.label_column: invalid value {d.label_column!r} for task multilabel; "
+            "expected a list of label columns, one per finding"
+        )
+    if cfg.task != "multilabel" and isinstance(d.label_column, list):
+        raise ConfigError(
+            f"data.label_column: a list is only allowed with task: multilabel (task is {cfg.task})"
+        )
+    if cfg.train.batch_size < 1:
+        raise ConfigError(f"train.batch_size: invalid value {cfg.train.batch_size}; expected >= 1")
+    if not cfg.train.stages:
+        raise ConfigError("train.stages: empty; give at least one stage, e.g. {unfreeze: head, epochs: 5, lr: 1e-3}")
+    for i, st in enumerate(cfg.train.stages):
+        if isinstance(st.unfreeze, int) and st.unfreeze < 1:
+            raise ConfigError(
+                f"train.stages[{i}].unfreeze: invalid value {st.unfreeze}; expected head, all or a number of blocks >= 1"
+            )
+        if st.epochs < 1:
+            raise ConfigError(f"train.stages[{i}].epochs: invalid value {st.epochs}; expected >= 1")
+        if st.lr <= 0:
+            raise ConfigError(f"train.stages[{i}].lr: invalid value {st.lr}; expected > 0")
+    if cfg.train.loss.name == "cce" and cfg.task == "binary":
+        raise ConfigError("train.loss.name: cce needs task multiclass; use bce or focal for binary")
+    if cfg.train.loss.name == "bce" and cfg.task == "multiclass":
+        raise ConfigError("train.loss.name: bce is for binary/multilabel; use cce or focal for multiclass")
+    if not 0.0 <= cfg.train.loss.label_smoothing < 0.5:
+        raise ConfigError(
+            f"train.loss.label_smoothing: invalid value {cfg.train.loss.label_smoothing}; expected 0 <= x < 0.5"
+        )
+    if cfg.evaluate.folds < 2:
+        raise ConfigError(f"evaluate.folds: invalid value {cfg.evaluate.folds}; expected >= 2")
+    parse_threshold_rule(cfg.evaluate.threshold)
+    if cfg.model.backbone.startswith("hub:"):
+        for i, st in enumerate(cfg.train.stages):
+            if isinstance(st.unfreeze, int):
+                raise ConfigError(
+                    f"train.stages[{i}].unfreeze: {st.unfreeze} blocks is not possible with a TF Hub "
+                    "backbone (it has no block structure); use head or all"
+                )
+
+
+def parse_threshold_rule(rule: str) -> tuple[str, float | None]:
+    """Split a threshold rule such as ``sensitivity:0.9`` into its name and value.
+
+    Args:
+        rule: ``youden``, ``sensitivity:X``, ``specificity:X`` or ``fixed:X``.
+
+    Returns:
+        The rule name and its value (None for youden).
+
+    Raises:
+        ConfigError: the rule is not one of the allowed forms.
+    """
+    allowed = "youden, sensitivity:0.9, specificity:0.9 or fixed:0.5"
+    name, _, val = str(rule).partition(":")
+    if name == "youden" and not val:
+        return "youden", None
+    if name in ("sensitivity", "specificity", "fixed") and val:
+        try:
+            x = float(val)
+        except ValueError:
+            x = -1.0
+        if 0.0 <= x <= 1.0:
+            return name, x
+    raise ConfigError(f"evaluate.threshold: invalid value {rule!r}; expected {allowed}")
+
+
+def _apply_override(raw: dict, override: str) -> None:
+    key, sep, text = override.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"--set {override!r}: expected KEY=VALUE, e.g. --set train.batch_size=8")
+    value = yaml.safe_load(text) if text else ""
+    parts = key.strip().split(".")
+    node: Any = raw
+    for i, part in enumerate(parts[:-1]):
+        if isinstance(node, list):
+            try:
+                node = node[int(part)]
+            except (ValueError, IndexError):
+                raise ConfigError(f"--set {key}: no list item '{part}'") from None
+            continue
+        if part not in node or node[part] is None:
+            if part == "stages" and parts[0] == "train" and i == 1:
+                node[part] = [dataclasses.asdict(s) for s in _default_stages()]
+            else:
+                node[part] = {}
+        node = node[part]
+    last = parts[-1]
+    if isinstance(node, list):
+        try:
+            node[int(last)] = value
+        except (ValueError, IndexError):
+            raise ConfigError(f"--set {key}: no list item '{last}'") from None
+    elif isinstance(node, dict):
+        node[last] = value
+    else:
+        raise ConfigError(f"--set {key}: '{'.'.join(parts[:-1])}' is not a mapping")
+
+
+def config_from_dict(raw: dict, base_dir: str | Path | None = None, overrides: typing.Iterable[str] = ()) -> Config:
+    """Build and validate a Config from a plain dict.
+
+    Args:
+        raw: the parsed YAML mapping.
+        base_dir: folder that relative ``data.manifest``/``data.root`` paths are resolved against.
+        overrides: ``key.sub=value`` strings applied before validation.
+
+    Returns:
+        The validated Config.
+    """
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config: expected a mapping at the top level, got {type(raw).__name__}")
+    raw = yaml.safe_load(yaml.safe_dump(raw))  # deep copy, plain types only
+    for ov in overrides:
+        _apply_override(raw, ov)
+    cfg = _build(Config, raw, "")
+    if not cfg.data.manifest:
+        raise ConfigError("data.manifest: missing; give a labels CSV or a folder with one sub-folder per class")
+    if base_dir is not None:
+        base = Path(base_dir)
+        cfg.data.manifest = str(_resolve(base, cfg.data.manifest))
+        if cfg.data.root is not None:
+            cfg.data.root = str(_resolve(base, cfg.data.root))
+    _validate(cfg)
+    return cfg
+
+
+def _resolve(base: Path, p: str) -> Path:
+    path = Path(p).expanduser()
+    return path if path.is_absolute() else (base / path).resolve()
+
+
+def load_config(path: str | Path, overrides: typing.Iterable[str] = ()) -> Config:
+    """Load, override and validate a YAML run config.
+
+    Args:
+        path: the YAML file.
+        overrides: ``key.sub=value`` strings, as given to ``--set``.
+
+    Returns:
+        The validated Config.
+
+    Raises:
+        ConfigError: the file is missing, is not valid YAML, or has a bad key or value.
+
+    Example:
+        >>> cfg = load_config("configs/demo.yaml", ["train.stages.0.epochs=1"])
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{p}: config file not found; pass the path of a YAML file (see configs/)")
+    try:
+        raw = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{p}{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    try:
+        return config_from_dict(raw or {}, base_dir=p.parent, overrides=overrides)
+    except ConfigError as exc:
+        raise ConfigError(f"{p}: {exc}") from None
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    """Write the resolved config as YAML (what a run folder keeps)."""
+    Path(path).write_text(cfg.to_yaml())
+
+
+def load_resolved(path: str | Path) -> Config:
+    """Load a config written by :func:`save_config` (paths are already absolute)."""
+    raw = yaml.safe_load(Path(path).read_text())
+    return config_from_dict(raw)

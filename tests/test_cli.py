@@ -1,0 +1,51 @@
+"""Tests for the medtl command line: help texts, exit codes, one-line errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from medtl.cli import build_parser, main
+
+SUBCOMMANDS = ["inspect", "train", "predict", "cv", "evaluate", "report"]
+
+
+@pytest.mark.parametrize("name", SUBCOMMANDS)
+def test_every_subcommand_has_help_with_example(name, capsys):
+    with pytest.raises(SystemExit) as ex:
+        main([name, "--help"])
+    assert ex.value.code == 0
+    out = capsys.readouterr().out
+    assert "example:" in out and f"medtl {name}" in out
+
+
+def test_parser_lists_all_subcommands():
+    text = build_parser().format_help()
+    for name in SUBCOMMANDS:
+        assert name in text
+
+
+def test_bad_config_gives_one_line_error_and_nonzero_exit(tmp_path, capsys):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("data: {manifest: a.csv, windw: auto}\n")
+    assert main(["train", str(cfg)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    assert "unknown config key 'data.windw'" in err[0] and "Traceback" not in err[0]
+
+
+def test_debug_shows_traceback(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("data: {manifest: a.csv, windw: auto}\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "medtl.cli", "--debug", "train", str(cfg)], capture_output=True, text=True
+    )
+    assert proc.returncode != 0
+    assert "Traceback" in proc.stderr and "ConfigError" in proc.stderr
+
+
+def test_unimplemented_command_says_so(capsys):
+    assert main(["report", "runs/x"]) == 1
+    assert "not implemented yet" in capsys.readouterr().err
