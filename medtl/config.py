@@ -321,29 +321,17 @@ def _validate(cfg: Config) -> None:
 
 
 def parse_threshold_rule(rule: str) -> tuple[str, float | None]:
-    """Split a threshold rule such as ``sensitivity:0.9`` into its name and value.
-
-    Args:
-        rule: ``youden``, ``sensitivity:X``, ``specificity:X`` or ``fixed:X``.
-
-    Returns:
-        The rule name and its value (None for youden).
+    """Validate ``evaluate.threshold`` (see :func:`medtl.evaluate.thresholds.parse_threshold_rule`).
 
     Raises:
         ConfigError: the rule is not one of the allowed forms.
     """
-    allowed = "youden, sensitivity:0.9, specificity:0.9 or fixed:0.5"
-    name, _, val = str(rule).partition(":")
-    if name == "youden" and not val:
-        return "youden", None
-    if name in ("sensitivity", "specificity", "fixed") and val:
-        try:
-            x = float(val)
-        except ValueError:
-            x = -1.0
-        if 0.0 <= x <= 1.0:
-            return name, x
-    raise ConfigError(f"evaluate.threshold: invalid value {rule!r}; expected {allowed}")
+    from medtl.evaluate.thresholds import parse_threshold_rule as parse
+
+    try:
+        return parse(rule)
+    except ValueError as exc:
+        raise ConfigError(f"evaluate.threshold: {exc}") from None
 
 
 def _apply_override(raw: dict, override: str) -> None:

@@ -97,7 +97,7 @@ def test_yaml_lax_float_is_coerced():
         ({"data": {"manifest": "a"}, "train": {"batch_size": "big"}}, "train.batch_size: invalid value 'big'"),
         ({"data": {"manifest": "a"}, "train": {"stages": [{"unfreeze": 0}]}}, "train.stages[0].unfreeze: invalid value 0"),
         ({"data": {"manifest": "a"}, "train": {"stages": [{"unfreeze": "top"}]}}, "train.stages[0].unfreeze: invalid value 'top'"),
-        ({"data": {"manifest": "a"}, "evaluate": {"threshold": "sens:0.9"}}, "evaluate.threshold: invalid value 'sens:0.9'"),
+        ({"data": {"manifest": "a"}, "evaluate": {"threshold": "sens:0.9"}}, "evaluate.threshold: threshold rule 'sens:0.9' is not recognised"),
         ({"data": {"manifest": "a"}, "task": "regression"}, "task: invalid value 'regression'; expected binary | multiclass | multilabel"),
         ({"data": {"manifest": "a"}, "model": {"backbone": "hub:/m"}, "train": {"stages": [{"unfreeze": 2}]}}, "not possible with a TF Hub backbone"),
         ({"data": {"manifest": "a", "image_size": [224]}}, "data.image_size"),
@@ -160,7 +160,7 @@ def test_threshold_rules(rule, parsed):
     assert parse_threshold_rule(rule) == parsed
 
 
-@pytest.mark.parametrize("rule", ["youden:1", "fixed:2", "specificity:", "f1", "sensitivity:abc"])
+@pytest.mark.parametrize("rule", ["youden:1", "fixed:abc", "specificity:", "f1", "sensitivity:abc"])
 def test_threshold_rules_rejected(rule):
     with pytest.raises(ConfigError, match="evaluate.threshold"):
         parse_threshold_rule(rule)

@@ -1,0 +1,162 @@
+"""medtl.evaluate.bootstrap: exact resampling arithmetic, coverage by simulation, grouping."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from scipy.stats import norm
+from sklearn.metrics import accuracy_score, roc_auc_score
+
+from medtl.evaluate.bootstrap import (
+    Interval,
+    bootstrap_ci,
+    bootstrap_metrics,
+    bootstrap_paired_difference,
+    resample_weights,
+)
+from medtl.evaluate.metrics import BINARY_METRICS, binary_metrics, weighted_binary_metrics
+
+
+def _binormal(rng, n_pos, n_neg, d):
+    y = np.r_[np.ones(n_pos, int), np.zeros(n_neg, int)]
+    return y, np.r_[rng.normal(d, 1.0, n_pos), rng.normal(0.0, 1.0, n_neg)]
+
+
+def test_image_weights_are_multinomial_counts():
+    rows = np.concatenate(list(resample_weights(7, n_boot=50, seed=1)))
+    assert rows.shape == (50, 7)
+    assert np.all(rows.sum(axis=1) == 7) and np.all(rows == np.round(rows))
+
+
+def test_group_weights_take_whole_patients():
+    groups = np.array(["p1", "p1", "p2", "p3", "p3", "p3"])
+    for rows in resample_weights(6, groups, n_boot=40, seed=2):
+        for g in np.unique(groups):
+            cols = rows[:, groups == g]
+            assert np.all(cols == cols[:, :1])  # all films of a patient share one multiplicity
+        patient_counts = rows[:, [0, 2, 3]]
+        assert np.all(patient_counts.sum(axis=1) == 3)  # 3 patients drawn per replicate
+
+
+def test_weighted_metrics_equal_metrics_on_materialised_resamples():
+    rng = np.random.default_rng(3)
+    y = (rng.random(60) < 0.4).astype(np.int8)
+    s = np.round(np.clip(0.5 + 0.25 * rng.normal(size=60) + 0.2 * y, 0, 1), 2)
+    w = next(resample_weights(60, np.arange(60) // 3, n_boot=5, seed=4))
+    got = weighted_binary_metrics(y, s, w, threshold=0.55)
+    for b in range(5):
+        idx = np.repeat(np.arange(60), w[b].astype(int))
+        want = binary_metrics(y[idx], s[idx], threshold=0.55)
+        for name in BINARY_METRICS:
+            np.testing.assert_allclose(got[name][b], want[name], rtol=1e-12, atol=1e-12, err_msg=name)
+
+
+def test_vectorised_auc_interval_equals_sklearn_loop():
+    rng = np.random.default_rng(5)
+    y, s = _binormal(rng, 40, 80, 1.0)
+    fast = bootstrap_ci(y, s, "roc_auc", n_boot=300, seed=7)
+    slow = bootstrap_ci(y, s, roc_auc_score, n_boot=300, seed=7)  # same replicates, sklearn each time
+    assert tuple(fast) == pytest.approx(tuple(slow), abs=1e-12)
+    assert fast.point == pytest.approx(roc_auc_score(y, s))
+
+
+def test_interval_covers_true_auc_about_95_percent():
+    # N(d, 1) vs N(0, 1) has AUC = Phi(d / sqrt(2)).
+    d = 1.0
+    true_auc = norm.cdf(d / np.sqrt(2.0))
+    rng = np.random.default_rng(2024)
+    hits = []
+    for i in range(200):
+        y, s = _binormal(rng, 50, 50, d)
+        _, low, high = bootstrap_ci(y, s, "roc_auc", n_boot=300, seed=i)
+        hits.append(low <= true_auc <= high)
+    coverage = np.mean(hits)
+    assert 0.90 <= coverage <= 0.99, coverage
+
+
+def test_patient_bootstrap_is_wider_when_films_are_correlated():
+    # 80 patients x 5 films; films of a patient share a strong patient effect.
+    rng = np.random.default_rng(6)
+    n_pat, films = 80, 5
+    pat_label = (np.arange(n_pat) < 30).astype(int)
+    pat_effect = rng.normal(0.8 * pat_label, 1.0)
+    groups = np.repeat(np.arange(n_pat), films)
+    y = np.repeat(pat_label, films)
+    s = np.repeat(pat_effect, films) + rng.normal(0.0, 0.2, n_pat * films)
+    by_image = bootstrap_ci(y, s, "roc_auc", n_boot=500, seed=0)
+    by_patient = bootstrap_ci(y, s, "roc_auc", groups=groups, n_boot=500, seed=0)
+    assert by_patient.point == by_image.point
+    assert (by_patient.high - by_patient.low) > 1.6 * (by_image.high - by_image.low)
+
+
+def test_undefined_replicates_are_skipped_and_counted():
+    # One positive patient among four: replicates without it have no AUC.
+    y = [1, 1, 0, 0, 0, 0, 0, 0]
+    s = [0.9, 0.8, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6]
+    groups = ["a", "a", "b", "b", "c", "c", "d", "d"]
+    ci = bootstrap_ci(y, s, "roc_auc", groups=groups, n_boot=400, seed=3)
+    w = np.concatenate(list(resample_weights(8, groups, 400, seed=3)))
+    assert ci.n_skipped == int(np.sum(w[:, 0] == 0))  # replicates that missed patient "a"
+    assert 0 < ci.n_skipped < 400 and ci.n_boot == 400
+    assert ci.low == ci.high == ci.point == 1.0
+    # With every replicate undefined the interval is nan, not an error.
+    none = bootstrap_ci([0, 0, 0], [0.1, 0.2, 0.3], "roc_auc", n_boot=20)
+    assert np.isnan(none.point) and np.isnan(none.low) and none.n_skipped == 20
+
+
+def test_bootstrap_metrics_many_at_once():
+    rng = np.random.default_rng(8)
+    y, s = _binormal(rng, 60, 140, 1.2)
+    p = 1 / (1 + np.exp(-s))
+    cis = bootstrap_metrics(y, p, groups=np.arange(200) // 2, threshold=0.5, n_boot=300)
+    point = binary_metrics(y, p, threshold=0.5)
+    assert set(cis) == set(BINARY_METRICS)
+    for name, ci in cis.items():
+        assert ci.point == pytest.approx(point[name]), name
+        assert ci.low <= ci.point <= ci.high, name
+    assert json.loads(json.dumps(cis["f1"].to_dict()))["n_boot"] == 300
+    # Same seed, same answer; different seed, different replicates.
+    again = bootstrap_metrics(y, p, groups=np.arange(200) // 2, n_boot=300)
+    assert again["roc_auc"] == cis["roc_auc"]
+    assert bootstrap_metrics(y, p, n_boot=300, seed=1)["roc_auc"].low != cis["roc_auc"].low
+
+
+def test_callable_metric_with_multiclass_scores():
+    rng = np.random.default_rng(9)
+    y = rng.integers(0, 3, 90)
+    probs = rng.dirichlet([1, 1, 1], 90)
+    probs[np.arange(90), y] += 0.3
+    probs /= probs.sum(axis=1, keepdims=True)
+
+    def acc(yy, pp):
+        return accuracy_score(yy, pp.argmax(axis=1))
+
+    point, low, high = bootstrap_ci(y, probs, acc, groups=np.arange(90) // 3, n_boot=200)
+    assert point == pytest.approx(acc(y, probs)) and low < point < high
+
+
+def test_paired_difference():
+    rng = np.random.default_rng(10)
+    y, s = _binormal(rng, 50, 100, 1.0)
+    worse = s + rng.normal(0, 1.5, s.size)
+    d = bootstrap_paired_difference(y, s, worse, n_boot=300, groups=np.arange(150) // 3)
+    assert d.point == pytest.approx(roc_auc_score(y, s) - roc_auc_score(y, worse))
+    assert d.low > 0  # the noisier copy is clearly worse
+    same = bootstrap_paired_difference(y, s, s, n_boot=50)
+    assert (same.point, same.low, same.high) == (0.0, 0.0, 0.0)
+
+
+def test_argument_errors():
+    with pytest.raises(ValueError, match="n_boot"):
+        bootstrap_ci([0, 1], [0.1, 0.9], n_boot=0)
+    with pytest.raises(ValueError, match="alpha"):
+        bootstrap_ci([0, 1], [0.1, 0.9], alpha=1.5)
+    with pytest.raises(ValueError, match="one patient id per image"):
+        bootstrap_ci([0, 1], [0.1, 0.9], groups=["a"])
+    with pytest.raises(ValueError, match="missing patient id at index 1"):
+        bootstrap_ci([0, 1], [0.1, 0.9], groups=["a", None])
+    with pytest.raises(ValueError, match="unknown metric"):
+        bootstrap_ci([0, 1], [0.1, 0.9], "auroc")
+    assert isinstance(bootstrap_ci([0, 1], [0.1, 0.9], n_boot=5), Interval)
