@@ -1,0 +1,134 @@
+"""medtl.io.image: PNG/JPEG/TIFF through Pillow, and read_image's dispatch, checked on values."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from medtl.io import ImageReadError, read_image
+
+
+def save(path: Path, array: np.ndarray, **kwargs) -> Path:
+    Image.fromarray(array).save(path, **kwargs)
+    return path
+
+
+def test_png_8_bit_scaled_by_bit_depth(tmp_path: Path) -> None:
+    path = save(tmp_path / "a.png", np.array([[0, 51], [102, 204]], np.uint8))
+    img = read_image(path)
+    assert img.dtype == np.float32 and img.shape == (2, 2)
+    np.testing.assert_allclose(img, [[0, 0.2], [0.4, 0.8]], atol=1e-6)  # not stretched to 1
+    np.testing.assert_allclose(read_image(path, window="minmax"), [[0, 0.25], [0.5, 1]], atol=1e-6)
+
+
+def test_png_16_bit(tmp_path: Path) -> None:
+    path = save(tmp_path / "a16.png", np.array([[0, 32768, 65535]], np.uint16))
+    assert Image.open(path).mode.startswith("I;16")
+    np.testing.assert_allclose(read_image(path), [[0, 32768 / 65535, 1]], atol=1e-6)
+    assert read_image(path)[0, 1] == pytest.approx(0.5, abs=1e-4)
+
+
+def test_png_16_bit_holding_12_bit_data_is_not_stretched(tmp_path: Path) -> None:
+    path = save(tmp_path / "a12.png", np.array([[0, 2048, 4095]], np.uint16))
+    np.testing.assert_allclose(read_image(path), [[0, 2048 / 65535, 4095 / 65535]], atol=1e-7)
+    np.testing.assert_allclose(read_image(path, window="minmax"), [[0, 2048 / 4095, 1]], atol=1e-6)
+
+
+def test_rgb_and_rgba_become_luminance(tmp_path: Path) -> None:
+    rgb = np.array([[[255, 0, 0], [0, 255, 0], [0, 0, 255], [255, 255, 255]]], np.uint8)
+    expected = [[0.299, 0.587, 0.114, 1.0]]
+    np.testing.assert_allclose(read_image(save(tmp_path / "rgb.png", rgb)), expected, atol=1e-6)
+    rgba = np.concatenate([rgb, np.array([[[0], [128], [255], [0]]], np.uint8)], axis=-1)
+    np.testing.assert_allclose(read_image(save(tmp_path / "rgba.png", rgba)), expected, atol=1e-6)  # alpha ignored
+
+
+def test_palette_and_la_modes(tmp_path: Path) -> None:
+    grey = np.array([[0, 128, 255]], np.uint8)
+    Image.fromarray(grey).convert("P").save(tmp_path / "p.png")
+    np.testing.assert_allclose(read_image(tmp_path / "p.png"), grey / 255, atol=1e-6)
+    Image.fromarray(grey).convert("LA").save(tmp_path / "la.png")
+    np.testing.assert_allclose(read_image(tmp_path / "la.png"), grey / 255, atol=1e-6)
+
+
+def test_grey_jpeg(tmp_path: Path) -> None:
+    grey = np.tile(np.linspace(0, 255, 64).astype(np.uint8), (64, 1))
+    path = save(tmp_path / "g.jpg", grey, quality=95)
+    np.testing.assert_allclose(read_image(path), grey / 255, atol=4 / 255)
+
+
+def test_percentile_window(tmp_path: Path) -> None:
+    ramp = np.arange(100 * 100, dtype=np.uint16).reshape(100, 100)
+    img = read_image(save(tmp_path / "r.png", ramp), window="percentile")
+    lo, hi = np.percentile(ramp, [0.5, 99.5])
+    np.testing.assert_allclose(img, np.clip((ramp - lo) / (hi - lo), 0, 1), atol=1e-6)
+
+
+def test_float_tiff_uses_min_max(tmp_path: Path) -> None:
+    path = save(tmp_path / "f.tif", np.array([[-1.0, 0.0, 3.0]], np.float32))
+    np.testing.assert_allclose(read_image(path), [[0, 0.25, 1]], atol=1e-6)
+
+
+def test_multi_frame_tiff(tmp_path: Path) -> None:
+    frames = [Image.fromarray(np.full((4, 4), v, np.uint8)) for v in (0, 51, 255)]
+    path = tmp_path / "stack.tif"
+    frames[0].save(path, save_all=True, append_images=frames[1:])
+    with pytest.raises(ImageReadError, match="3 frames"):
+        read_image(path)
+    np.testing.assert_allclose(read_image(path, frame=1), np.full((4, 4), 0.2), atol=1e-6)
+
+
+def test_exif_orientation_is_applied(tmp_path: Path) -> None:
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    path = save(tmp_path / "phone.jpg", np.zeros((20, 40), np.uint8), exif=exif)
+    assert read_image(path).shape == (40, 20)
+
+
+def test_kermany_jpeg(kermany_dir: Path) -> None:
+    path = next((kermany_dir / "train" / "NORMAL").glob("*.jpeg"))
+    img = read_image(path)
+    assert img.shape == (224, 224) and img.dtype == np.float32
+    assert 0.0 <= img.min() and img.max() <= 1.0
+    reference = np.asarray(Image.open(path).convert("L"), np.float32) / 255  # Pillow's own rounding
+    np.testing.assert_allclose(img, reference, atol=1 / 255 + 1e-6)
+
+
+def test_dicom_detected_by_content_whatever_the_name(make_dicom) -> None:
+    path = make_dicom(np.array([[0, 50], [100, 200]], np.uint8), name="scan.png")
+    np.testing.assert_allclose(read_image(path), [[0, 0.25], [0.5, 1]], atol=1e-6)
+
+
+def test_not_an_image(tmp_path: Path) -> None:
+    path = tmp_path / "table.csv"
+    path.write_text("a,b\n1,2\n")
+    with pytest.raises(ImageReadError) as info:
+        read_image(path)
+    assert info.value.reason == "not a DICOM file or an image Pillow can read"
+    assert str(info.value).startswith(f"{path}: not a DICOM")
+
+
+def test_truncated_png(tmp_path: Path) -> None:
+    noise = np.random.default_rng(0).integers(0, 255, (64, 64), dtype=np.uint8)
+    path = save(tmp_path / "n.png", noise)
+    path.write_bytes(path.read_bytes()[:600])
+    with pytest.raises(ImageReadError) as info:
+        read_image(path)
+    assert "cannot decode the image" in info.value.reason and "truncated" in info.value.fix
+
+
+def test_missing_file_and_bad_window(tmp_path: Path) -> None:
+    with pytest.raises(ImageReadError) as info:
+        read_image(tmp_path / "gone.png")
+    assert info.value.reason == "file not found"
+    with pytest.raises(ValueError, match="window must be one of"):
+        read_image(tmp_path / "gone.png", window="full")
+
+
+def test_medtl_io_does_not_import_tensorflow() -> None:
+    code = "import sys, medtl.io; assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
