@@ -9,8 +9,8 @@ Example:
     >>> cfg.train.batch_size
     8
 
-Path rule: ``data.manifest`` and ``data.root`` are resolved against the folder of the YAML
-file (a config travels with its data); ``data.cache_dir`` and ``output_dir`` are work products
+Path rule: ``data.manifest``, ``data.root``, a ``model.weights`` file and a local
+``hub:./path`` backbone are resolved against the folder of the YAML file (a config travels with its data); ``data.cache_dir`` and ``output_dir`` are work products
 and are resolved against the current directory.
 """
 
@@ -390,6 +390,11 @@ def config_from_dict(raw: dict, base_dir: str | Path | None = None, overrides: t
         cfg.data.manifest = str(_resolve(base, cfg.data.manifest))
         if cfg.data.root is not None:
             cfg.data.root = str(_resolve(base, cfg.data.root))
+        if cfg.model.weights not in ("imagenet", "none") and "://" not in cfg.model.weights:
+            cfg.model.weights = str(_resolve(base, cfg.model.weights))
+        handle = cfg.model.backbone[len("hub:"):] if cfg.model.backbone.startswith("hub:") else ""
+        if handle and "://" not in handle and handle.startswith((".", "~", "/")):
+            cfg.model.backbone = "hub:" + str(_resolve(base, handle))
     _validate(cfg)
     return cfg
 

@@ -164,3 +164,13 @@ def test_threshold_rules(rule, parsed):
 def test_threshold_rules_rejected(rule):
     with pytest.raises(ConfigError, match="evaluate.threshold"):
         parse_threshold_rule(rule)
+
+
+def test_weight_file_and_local_hub_paths_resolve_against_config_folder(tmp_path):
+    p = _write(tmp_path, "data: {manifest: a.csv}\nmodel: {backbone: 'hub:./hubmodel', weights: w/my.weights.h5}\n"
+               "train: {stages: [{unfreeze: head}]}\n")
+    cfg = load_config(p)
+    assert cfg.model.weights == str((tmp_path / "w" / "my.weights.h5").resolve())
+    assert cfg.model.backbone == "hub:" + str((tmp_path / "hubmodel").resolve())
+    remote = config_from_dict({"data": {"manifest": "a"}, "model": {"backbone": "hub:https://tfhub.dev/x/1"}, "train": {"stages": [{"unfreeze": "all"}]}}, base_dir=tmp_path)
+    assert remote.model.backbone == "hub:https://tfhub.dev/x/1" and remote.model.weights == "imagenet"

@@ -1,1 +1,43 @@
-"""medtl.explain."""
+"""medtl.explain: where the model looks (Grad-CAM, Grad-CAM++, occlusion) and overlays.
+
+Names are imported lazily: the overlay helpers need no TensorFlow, the CAM methods do.
+
+Example:
+    >>> from medtl.explain import compute_cam, explain_for_original, overlay, write_png
+    >>> x, geo = pipeline.load("film.dcm")
+    >>> cam = compute_cam(model, x[None], method="gradcam++")[0]
+    >>> write_png(overlay(read_image("film.dcm"), explain_for_original(cam, geo)), "cam.png")
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_API = {
+    "compute_cam": "medtl.explain.cam",
+    "explain_for_original": "medtl.explain.cam",
+    "method_for_model": "medtl.explain.cam",
+    "spatial_layers": "medtl.explain.cam",
+    "CAMMethod": "medtl.explain.cam",
+    "GradCAM": "medtl.explain.cam",
+    "GradCAMPlusPlus": "medtl.explain.cam",
+    "Occlusion": "medtl.explain.cam",
+    "METHODS": "medtl.explain.cam",
+    "MethodChoice": "medtl.explain.cam",
+    "overlay": "medtl.explain.overlay",
+    "write_png": "medtl.explain.overlay",
+    "png_bytes": "medtl.explain.overlay",
+}
+
+__all__ = sorted(_API)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _API:
+        return getattr(importlib.import_module(_API[name]), name)
+    raise AttributeError(f"module 'medtl.explain' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return __all__
