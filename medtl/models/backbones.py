@@ -86,10 +86,37 @@ def _numbered(stem: str, top: int, bottom: int, extra_top: tuple[str, ...] = (),
 
 _A = keras.applications
 
+
+def small_cnn(include_top: bool = False, weights: str | None = None, input_shape=(128, 128, 3), **_) -> keras.Model:
+    """A four-block VGG-style CNN (about 0.3 M parameters) for demos, tests and tiny data.
+
+    It has no pretrained weights; it exists so that the demo and the test suite can train a
+    real network in seconds on a CPU. Blocks are named ``cnn_block1`` .. ``cnn_block4``.
+    """
+    if include_top:
+        raise ValueError("smallcnn: include_top is not supported (medtl adds its own head)")
+    if weights not in (None, "none"):
+        raise ValueError(
+            "model.weights: smallcnn has no pretrained (imagenet) weights; use none or a weights file"
+        )
+    inputs = keras.Input(shape=tuple(input_shape))
+    x = inputs
+    for i, width in enumerate((16, 32, 64, 128), start=1):
+        for j in (1, 2):
+            x = keras.layers.Conv2D(width, 3, padding="same", use_bias=False, name=f"cnn_block{i}_conv{j}")(x)
+            x = keras.layers.BatchNormalization(name=f"cnn_block{i}_bn{j}")(x)
+            x = keras.layers.Activation("relu", name=f"cnn_block{i}_relu{j}")(x)
+        if i < 4:
+            x = keras.layers.MaxPooling2D(name=f"cnn_block{i}_pool")(x)
+    return keras.Model(inputs, x, name="smallcnn")
+
+
 BACKBONES: dict[str, BackboneSpec] = {
     spec.name: spec
     for spec in (
         BackboneSpec("vgg16", _A.VGG16, "caffe", _numbered("block", 5, 1)),
+        # No pretrained weights: for the demo, tests and very small data sets.
+        BackboneSpec("smallcnn", small_cnn, "unit", _numbered("cnn_block", 4, 1)),
         BackboneSpec("resnet50", _A.ResNet50, "caffe", _numbered("conv", 5, 2)),
         # post_bn/post_relu follow the last pre-activation unit of conv5.
         BackboneSpec("resnet50v2", _A.ResNet50V2, "tf", _numbered("conv", 5, 2, ("post_",))),
@@ -171,6 +198,8 @@ def build_backbone(name: str, weights: str | None, input_shape: tuple[int, int, 
     """
     spec = get_backbone_spec(name)
     resolved = _resolve_weights(spec.name, weights)
+    if resolved == "imagenet" and spec.constructor is small_cnn:
+        raise ValueError("model.weights: smallcnn has no pretrained (imagenet) weights; use none or a weights file")
     keras_weights = "imagenet" if resolved == "imagenet" else None
     try:
         base = spec.constructor(include_top=False, weights=keras_weights, input_shape=tuple(input_shape))

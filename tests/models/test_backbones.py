@@ -36,6 +36,7 @@ EXPECTED_BLOCKS = {
 
 # Layers after the last block that must train with the top block.
 TOP_LAYERS = {
+    "smallcnn": {"cnn_block4_conv2"},
     "vgg16": {"block5_conv3"},
     "resnet50": {"conv5_block3_3_conv"},
     "resnet50v2": {"post_bn", "conv5_block3_3_conv"},
@@ -106,10 +107,10 @@ def test_block_structure_covers_the_network_top_down(name):
     starts = [min(order[id(layer)] for layer in layers) for _, layers in blocks]
     assert starts == sorted(starts, reverse=True)
     # Everything with weights outside the blocks is the stem, below the bottom block ...
-    # (VGG16 has none: its block1 is the first convolution).
+    # (VGG16 and smallcnn have none: their block1 is the first convolution).
     stem = [layer for layer in base.layers if _weighted(layer) and id(layer) not in seen]
     assert all(order[id(layer)] < starts[-1] for layer in stem)
-    assert bool(stem) == (name != "vgg16")
+    assert bool(stem) == (name not in ("vgg16", "smallcnn"))
     # ... and the last layer with weights (e.g. top_conv / Conv_1 / post_bn) is in the top block.
     last = [layer for layer in base.layers if _weighted(layer)][-1]
     assert id(last) in {id(layer) for layer in blocks[0][1]}
@@ -182,3 +183,16 @@ def test_efficientnet_imagenet_statistics_from_a_file_warn(tmp_path):
     src.save_weights(path)
     with pytest.warns(UserWarning, match="extra ImageNet rescaling"):
         build_backbone("efficientnetb0", str(path), (32, 32, 3))
+
+
+def test_smallcnn_builds_with_four_blocks_and_refuses_imagenet():
+    from medtl.models.backbones import backbone_blocks, build_backbone, get_backbone_spec
+
+    base = build_backbone("smallcnn", "none", (64, 48, 3))
+    assert base.name == "backbone"
+    assert base.output.shape[1:] == (8, 6, 128)
+    blocks = backbone_blocks(base, get_backbone_spec("smallcnn"))
+    assert [b.name for b, _ in blocks] == ["cnn_block4", "cnn_block3", "cnn_block2", "cnn_block1"]
+    assert all(len(layers) >= 6 for _, layers in blocks)
+    with pytest.raises(ValueError, match="smallcnn has no pretrained"):
+        build_backbone("smallcnn", "imagenet", (64, 64, 3))

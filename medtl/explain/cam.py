@@ -1,0 +1,658 @@
+"""Class activation maps for medtl classifiers: Grad-CAM, Grad-CAM++ and occlusion.
+
+medtl models nest their backbone as a sub-model (a layer named ``"backbone"``). Tools that build
+``keras.Model(model.input, backbone.get_layer(name).output)`` fail on that with "Graph
+disconnected", because the inner layer's output belongs to the backbone's own graph. Here the
+model is instead *run through its own graph*, node by node, as ``model(x)`` runs it, entering
+the nested backbone the same way, with two taps: the target layer's output (the feature map) is
+watched by the gradient tape the moment it is computed, and the classifier's pre-activation (the
+logit) is recorded. Nothing is rebuilt or copied, so this works for any Keras-application
+backbone and any target layer, and the forward output is the model's own; the tests check it
+against ``model.predict``.
+
+Maps are computed a batch at a time (one tape, one compiled graph per batch), made non-negative,
+resized to the model input and normalised per image to [0, 1] (a constant map becomes zeros).
+:func:`explain_for_original` takes a map back to the original film's pixel grid.
+
+Example:
+    >>> maps = compute_cam(model, x, method="gradcam++")  # x: (N, H, W, 1) float32 in [0, 1]
+    >>> maps.shape, float(maps.max())
+    ((8, 224, 224), 1.0)
+"""
+
+from __future__ import annotations
+
+import inspect
+from abc import ABC, abstractmethod
+from typing import Any, Callable, ClassVar, Sequence
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from medtl.data.resize import Geometry
+
+__all__ = [
+    "CAMMethod",
+    "GradCAM",
+    "GradCAMPlusPlus",
+    "Occlusion",
+    "METHODS",
+    "MethodChoice",
+    "compute_cam",
+    "explain_for_original",
+    "method_for_model",
+    "spatial_layers",
+]
+
+ClassIndex = int | str | Sequence[int] | None
+
+_POOLING = (
+    keras.layers.MaxPooling2D,
+    keras.layers.AveragePooling2D,
+    keras.layers.GlobalAveragePooling2D,
+    keras.layers.GlobalMaxPooling2D,
+)
+
+
+# --------------------------------------------------------------------------------------------
+# Finding the layers
+
+
+def _output_rank(layer: keras.layers.Layer) -> int | None:
+    try:
+        return len(layer.output.shape)
+    except (AttributeError, ValueError, RuntimeError):  # never called, or called more than once
+        return None
+
+
+def _is_container(layer: Any) -> bool:
+    return isinstance(layer, keras.Model) and (
+        hasattr(layer, "_nodes_by_depth") or isinstance(layer, keras.Sequential)
+    )
+
+
+def _backbone(model: keras.Model) -> keras.layers.Layer | None:
+    try:
+        return model.get_layer("backbone")
+    except ValueError:
+        return None
+
+
+def spatial_layers(model: keras.Model) -> list[str]:
+    """Names of the layers that can be a CAM target: those with a 4-D (B, H, W, C) output.
+
+    Searched inside the nested backbone when the model has one, else in the model itself; in
+    graph order, so the last name is the deepest feature map.
+
+    Example:
+        >>> spatial_layers(model)[-1]
+        'out_relu'
+    """
+    bb = _backbone(model)
+    scope = bb if bb is not None else model
+    if not _is_container(scope):
+        return []
+    return [
+        layer.name
+        for layer in scope.layers
+        if not isinstance(layer, keras.layers.InputLayer) and _output_rank(layer) == 4
+    ]
+
+
+def _default_target(scope: keras.Model) -> keras.layers.Layer | None:
+    """The deepest 4-D feature map, stepping back over trailing pooling (e.g. VGG's block5_pool)
+    so the map keeps the last convolution's resolution."""
+    layers = [
+        layer for layer in scope.layers
+        if not isinstance(layer, keras.layers.InputLayer) and _output_rank(layer) == 4
+    ]
+    while len(layers) > 1 and isinstance(layers[-1], _POOLING):
+        layers.pop()
+    return layers[-1] if layers else None
+
+
+def _find_path(container: keras.Model, name: str) -> list[keras.layers.Layer] | None:
+    """Chain of layers from ``container`` down to the layer called ``name`` (nested models)."""
+    for layer in container.layers:
+        if layer.name == name:
+            return [layer]
+    for layer in container.layers:
+        if _is_container(layer):
+            sub = _find_path(layer, name)
+            if sub is not None:
+                return [layer, *sub]
+    return None
+
+
+def _target_path(model: keras.Model, target_layer: str | None) -> list[keras.layers.Layer]:
+    bb = _backbone(model)
+    if bb is not None and not _is_container(bb):
+        raise ValueError(
+            f"model {model.name!r}: its backbone ({type(bb).__name__}) exposes no spatial feature "
+            "map, so gradient CAMs cannot be computed; use method='occlusion'"
+        )
+    if target_layer is None:
+        scope = bb if bb is not None else model
+        target = _default_target(scope)
+        if target is None:
+            raise ValueError(
+                f"model {model.name!r}: no layer with a 4-D (spatial) output found; "
+                "use method='occlusion'"
+            )
+        return [bb, target] if bb is not None else _find_path(model, target.name)
+    path = None
+    if bb is not None:
+        path = _find_path(bb, target_layer)
+        path = None if path is None else [bb, *path]
+    path = path or _find_path(model, target_layer)
+    if path is None or _output_rank(path[-1]) != 4:
+        names = spatial_layers(model)
+        why = "not found" if path is None else "has no 4-D (spatial) output"
+        raise ValueError(
+            f"target_layer={target_layer!r} {why} in model {model.name!r}; valid names include "
+            f"{', '.join(names[-8:][::-1])} ({len(names)} in all, see medtl.explain.spatial_layers)"
+        )
+    return path
+
+
+def _classifier(model: keras.Model) -> keras.layers.Layer | None:
+    try:
+        return model.get_layer("classifier")
+    except ValueError:
+        dense = [layer for layer in model.layers if isinstance(layer, keras.layers.Dense)]
+        return dense[-1] if dense else None
+
+
+# --------------------------------------------------------------------------------------------
+# The tapped forward pass
+
+
+def _accepts_training(op: Any) -> bool:
+    call = getattr(op, "call", None)
+    if call is None:
+        return False
+    try:
+        return "training" in inspect.signature(call).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+class _TappedForward:
+    """Runs ``model`` through its own graph, watching the target layer and recording logits.
+
+    Args:
+        model: A functional (or Sequential) Keras model with one output.
+        path: Layers from the model down to the target layer (``[backbone, layer]`` for a nested
+            backbone); empty for no target (occlusion only needs scores).
+    """
+
+    def __init__(self, model: keras.Model, path: Sequence[keras.layers.Layer]) -> None:
+        if not _is_container(model) or not (
+            isinstance(model, keras.Sequential) or hasattr(model, "_run_through_graph")
+        ):
+            raise TypeError(
+                f"model {getattr(model, 'name', model)!r} ({type(model).__name__}) is not a "
+                "functional or Sequential Keras model; CAMs need its layer graph"
+            )
+        self.model = model
+        self.path = list(path)
+        self.classifier = _classifier(model)
+        act = getattr(getattr(self.classifier, "activation", None), "__name__", "linear")
+        # Only a Dense head's pre-activation is recomputed: other heads are scored on their output.
+        self.activation = act if isinstance(self.classifier, keras.layers.Dense) else "linear"
+        self._training_arg: dict[int, bool] = {}
+
+    def __call__(
+        self, x: tf.Tensor, tape: tf.GradientTape | None = None
+    ) -> tuple[tf.Tensor | None, tf.Tensor, tf.Tensor]:
+        """Return (feature map or None, logits (B, K) float32, model output (B, K) float32)."""
+        taps: dict[str, list[tf.Tensor]] = {"features": [], "logits": []}
+        out = self._run(self.model, x, 0, taps, tape)
+        if isinstance(out, (list, tuple)):
+            if len(out) != 1:
+                raise ValueError(f"model {self.model.name!r} has {len(out)} outputs; CAMs need one")
+            out = out[0]
+        out = tf.cast(out, tf.float32)
+        if self.path and len(taps["features"]) != 1:
+            raise RuntimeError(
+                f"target layer {self.path[-1].name!r} ran {len(taps['features'])} times in one "
+                "forward pass; choose a layer that is used once"
+            )
+        logits = taps["logits"][-1] if taps["logits"] else out
+        return (taps["features"][0] if self.path else None), logits, out
+
+    def _call(self, op: Any, args: tuple, kwargs: dict) -> Any:
+        key = id(op)
+        if key not in self._training_arg:
+            self._training_arg[key] = _accepts_training(op)
+        if self._training_arg[key]:
+            kwargs = {**kwargs, "training": False}  # inference: BatchNorm moving stats, no dropout
+        return op(*args, **kwargs)
+
+    def _op_fn(self, depth: int, taps: dict, tape: tf.GradientTape | None) -> Callable:
+        def wrap(op: Any) -> Callable:
+            on_path = depth < len(self.path) and op is self.path[depth]
+            if on_path and depth + 1 < len(self.path):
+                return lambda *a, **k: self._run(op, a[0], depth + 1, taps, tape)
+            if on_path:
+                def target(*a: Any, **k: Any) -> Any:
+                    y = self._call(op, a, k)
+                    if tape is not None:
+                        tape.watch(y)
+                    taps["features"].append(y)
+                    return y
+                return target
+            if depth == 0 and op is self.classifier and self.activation in ("sigmoid", "softmax"):
+                def head(*a: Any, **k: Any) -> Any:
+                    h = tf.cast(a[0], tf.float32)
+                    z = tf.matmul(h, tf.cast(op.kernel, tf.float32))
+                    if op.use_bias:
+                        z = z + tf.cast(op.bias, tf.float32)
+                    taps["logits"].append(z)
+                    return self._call(op, a, k)
+                return head
+            return lambda *a, **k: self._call(op, a, k)
+        return wrap
+
+    def _run(self, container: keras.Model, x: Any, depth: int, taps: dict,
+             tape: tf.GradientTape | None) -> Any:
+        # Keras offers no public per-layer hook, so this uses the executor Functional.call itself
+        # runs (_run_through_graph with an operation_fn); the tests pin its behaviour.
+        op_fn = self._op_fn(depth, taps, tape)
+        if isinstance(container, keras.Sequential):
+            for layer in container.layers:
+                x = op_fn(layer)(x)
+            return x
+        if hasattr(container, "_standardize_inputs"):
+            x = container._standardize_inputs(x)
+        out = container._run_through_graph(x, operation_fn=op_fn)
+        if isinstance(out, (list, tuple)) and len(out) == 1:
+            out = out[0]
+        return out
+
+
+# --------------------------------------------------------------------------------------------
+# Which class a map is for
+
+
+def _selector(class_index: ClassIndex, n: int, k: int) -> np.ndarray | None:
+    """Per-image weights over the K outputs whose dot product with the logits is the target
+    score; None means "the predicted class", decided from the model's output.
+
+    With one sigmoid output the negative class is the negated logit, so its map shows evidence
+    *against* the lesion."""
+    named = class_index if isinstance(class_index, str) else None
+    if named == "predicted" or (class_index is None and k > 1):
+        return None
+    if k == 1 and (class_index is None or named in ("positive", "negative")):
+        class_index = 0 if named == "negative" else 1
+    if isinstance(class_index, str):
+        raise ValueError(
+            f"class_index={class_index!r}: use an int, a list of ints (one per image), "
+            "'predicted', or for binary models 'positive'/'negative'"
+        )
+    idx = np.broadcast_to(np.asarray(class_index), (n,)) if np.ndim(class_index) == 0 else (
+        np.asarray(class_index))
+    if idx.shape != (n,) or not np.issubdtype(idx.dtype, np.integer):
+        raise ValueError(
+            f"class_index: expected one int or {n} ints (one per image), got {class_index!r}"
+        )
+    top = 2 if k == 1 else k
+    if idx.min() < 0 or idx.max() >= top:
+        raise ValueError(f"class_index={class_index!r}: out of range for {top} classes")
+    if k == 1:
+        return np.where(idx == 1, 1.0, -1.0).astype(np.float32)[:, None]
+    return np.eye(k, dtype=np.float32)[idx]
+
+
+def _predicted_selector(out: tf.Tensor, k: int) -> tf.Tensor:
+    if k == 1:
+        return tf.where(out >= 0.5, 1.0, -1.0)
+    return tf.one_hot(tf.argmax(out, axis=1), k, dtype=tf.float32)
+
+
+# --------------------------------------------------------------------------------------------
+# Methods
+
+
+class CAMMethod(ABC):
+    """Base class: batching, input checks, resizing to the input and per-image normalisation.
+
+    Subclasses implement :meth:`_raw_maps`, returning non-negative maps at any resolution.
+    """
+
+    name: ClassVar[str] = ""
+
+    def __init__(self, model: keras.Model) -> None:
+        self.model = model
+        if isinstance(model.output_shape, list) or isinstance(model.input_shape, list):
+            raise ValueError(f"model {model.name!r}: CAMs need one image input and one output")
+        shape = tuple(model.input_shape)
+        if len(shape) != 4:
+            raise ValueError(f"model {model.name!r}: expected an image input (B, H, W, C), "
+                             f"got {shape}")
+        self.input_hw = shape[1:3]
+        self.channels = shape[3]
+        self.n_outputs = int(model.output_shape[-1])
+
+    def __call__(self, images: np.ndarray, class_index: ClassIndex = None,
+                 batch_size: int = 16) -> np.ndarray:
+        """Maps for ``images``: float32 (N, H, W) in [0, 1] at the model input resolution.
+
+        Args:
+            images: (N, H, W), (N, H, W, C) or one (H, W) image, float32 in [0, 1].
+            class_index: For one sigmoid output: None or 1 (the positive class), 0 (evidence
+                for "negative") or "predicted"; for several outputs: a class index, one index
+                per image, or None / "predicted" (the top class). Lists give one per image.
+            batch_size: Images per batch.
+        """
+        x = self._as_batch(images)
+        if batch_size < 1:
+            raise ValueError(f"batch_size={batch_size}: must be at least 1")
+        if len(x) == 0:
+            return np.zeros((0, *x.shape[1:3]), np.float32)
+        sel = _selector(class_index, len(x), self.n_outputs)
+        maps = []
+        for i in range(0, len(x), batch_size):
+            part = None if sel is None else sel[i:i + batch_size]
+            raw = self._raw_maps(x[i:i + batch_size], part, batch_size)
+            maps.append(_normalise(_resize(raw, x.shape[1:3])))
+        return np.concatenate(maps).astype(np.float32)
+
+    def _as_batch(self, images: np.ndarray) -> np.ndarray:
+        x = np.asarray(images, dtype=np.float32)
+        if x.ndim == 2:
+            x = x[None]
+        if x.ndim == 3:
+            x = x[..., None]
+        if x.ndim != 4 or (self.channels is not None and x.shape[-1] != self.channels):
+            raise ValueError(
+                f"images of shape {np.shape(images)}: expected (N, H, W) or (N, H, W, "
+                f"{self.channels}) for model {self.model.name!r}"
+            )
+        h, w = self.input_hw
+        if (h is not None and x.shape[1] != h) or (w is not None and x.shape[2] != w):
+            raise ValueError(
+                f"images are {x.shape[1]}x{x.shape[2]} but model {self.model.name!r} takes "
+                f"{h}x{w}; resize them first (medtl.data.resize.letterbox)"
+            )
+        return x
+
+    @abstractmethod
+    def _raw_maps(self, x: np.ndarray, selector: np.ndarray | None, batch_size: int) -> np.ndarray:
+        """Non-negative (B, h, w) maps for one batch; selector None means the predicted class."""
+
+
+class GradCAM(CAMMethod):
+    """Grad-CAM (Selvaraju et al. 2017): feature maps weighted by their mean gradient.
+
+    Args:
+        model: A medtl classifier (nested backbone) or any functional image model.
+        target_layer: Name of a layer with a 4-D output, inside the backbone or the model;
+            default: the backbone's last convolutional feature map.
+
+    Example:
+        >>> maps = GradCAM(model)(x, class_index="predicted")
+    """
+
+    name = "gradcam"
+
+    def __init__(self, model: keras.Model, target_layer: str | None = None) -> None:
+        super().__init__(model)
+        path = _target_path(model, target_layer)
+        self.target_layer = path[-1].name
+        self._forward = _TappedForward(model, path)
+        spec_x = tf.TensorSpec((None, *model.input_shape[1:]), tf.float32)
+        spec_s = tf.TensorSpec((None, self.n_outputs), tf.float32)
+        self._fixed = tf.function(self._step, input_signature=[spec_x, spec_s])
+        self._predicted = tf.function(lambda x: self._step(x, None), input_signature=[spec_x])
+
+    def _step(self, x: tf.Tensor, selector: tf.Tensor | None) -> tf.Tensor:
+        with tf.GradientTape() as tape:
+            feats, logits, out = self._forward(x, tape)
+            if selector is None:
+                selector = _predicted_selector(out, self.n_outputs)
+            score = tf.reduce_sum(logits * selector, axis=1)
+        # Images are independent in inference mode, so one gradient of the sum gives each
+        # image's own gradient.
+        grads = tape.gradient(score, feats)
+        if grads is None:
+            raise ValueError(f"the score does not depend on target layer {self.target_layer!r}; "
+                             "name a layer on the path to the classifier")
+        grads = tf.cast(grads, tf.float32)
+        feats = tf.cast(feats, tf.float32)
+        weights = self._channel_weights(feats, grads)  # (B, K)
+        return tf.nn.relu(tf.einsum("bhwk,bk->bhw", feats, weights))
+
+    def _channel_weights(self, feats: tf.Tensor, grads: tf.Tensor) -> tf.Tensor:
+        """(B, K) weights of the K feature channels from maps and gradients (B, h, w, K)."""
+        return tf.reduce_mean(grads, axis=(1, 2))
+
+    def _raw_maps(self, x: np.ndarray, selector: np.ndarray | None, batch_size: int) -> np.ndarray:
+        if selector is None:
+            return self._predicted(tf.constant(x)).numpy()
+        return self._fixed(tf.constant(x), tf.constant(selector)).numpy()
+
+
+class GradCAMPlusPlus(GradCAM):
+    """Grad-CAM++ (Chattopadhyay et al. 2018), closed-form weights for an exponential score.
+
+    With Y = exp(S) and S piecewise linear in the feature map A (ReLU networks, so
+    d2S/dA2 = 0), the paper's derivatives are dY/dA = Y g, d2Y/dA2 = Y g^2, d3Y/dA3 = Y g^3
+    (g = dS/dA). Its pixel weights
+
+        alpha_ij^k = d2Y/dA2 / (2 d2Y/dA2 + sum_ab A_ab^k d3Y/dA3) = g^2 / (2 g^2 + sum_ab A^k g^3)
+
+    lose the factor Y, and the channel weight w_k = sum_ij alpha_ij^k relu(dY/dA_ij^k) keeps it
+    only as one positive factor per image, which normalisation removes; it is dropped so that
+    large logits cannot overflow exp. Where the denominator is 0 (g = 0), alpha is 0.
+    """
+
+    name = "gradcam++"
+
+    def _channel_weights(self, feats: tf.Tensor, grads: tf.Tensor) -> tf.Tensor:
+        g2 = tf.square(grads)
+        g3 = g2 * grads
+        sum_a = tf.reduce_sum(feats, axis=(1, 2), keepdims=True)
+        alpha = tf.math.divide_no_nan(g2, 2.0 * g2 + sum_a * g3)
+        return tf.reduce_sum(alpha * tf.nn.relu(grads), axis=(1, 2))
+
+
+class Occlusion(CAMMethod):
+    """Occlusion sensitivity (Zeiler & Fergus 2014): the drop in the target score when a patch
+    is hidden, averaged over the patches covering each pixel. Needs no feature map, so it works
+    for any backbone, including TF Hub models.
+
+    Args:
+        model: Any Keras image classifier with one output.
+        patch: Patch side as a fraction of the image side.
+        stride: Step as a fraction of the image side (default: half the patch).
+        fill: "mean" (each image's mean) or a number (e.g. 0.0) to paint the patch with.
+
+    Example:
+        >>> maps = Occlusion(model, patch=0.1)(x)
+    """
+
+    name = "occlusion"
+
+    def __init__(self, model: keras.Model, patch: float = 0.125, stride: float | None = None,
+                 fill: str | float = "mean") -> None:
+        super().__init__(model)
+        stride = patch / 2 if stride is None else stride
+        if not (0 < patch <= 1 and 0 < stride <= 1):
+            raise ValueError(f"patch={patch}, stride={stride}: both must be in (0, 1]")
+        if fill != "mean" and not isinstance(fill, (int, float)):
+            raise ValueError(f"fill={fill!r}: use 'mean' or a number")
+        self.patch, self.stride, self.fill = patch, stride, fill
+        self._forward = _TappedForward(model, [])
+        spec_x = tf.TensorSpec((None, *model.input_shape[1:]), tf.float32)
+        self._scores = tf.function(lambda x: self._forward(x)[1:], input_signature=[spec_x])
+
+    def _windows(self, h: int, w: int) -> list[tuple[int, int, int, int]]:
+        def starts(n: int, frac_p: float, frac_s: float) -> tuple[int, list[int]]:
+            p = min(n, max(1, round(frac_p * n)))
+            s = max(1, round(frac_s * n))
+            pos = list(range(0, n - p + 1, s))
+            if pos[-1] != n - p:
+                pos.append(n - p)  # the last patch reaches the edge, so every pixel is covered
+            return p, pos
+        ph, ys = starts(h, self.patch, self.stride)
+        pw, xs = starts(w, self.patch, self.stride)
+        return [(y, x, ph, pw) for y in ys for x in xs]
+
+    def _raw_maps(self, x: np.ndarray, selector: np.ndarray | None, batch_size: int) -> np.ndarray:
+        logits, out = (t.numpy() for t in self._scores(tf.constant(x)))
+        if selector is None:
+            selector = _predicted_selector(tf.constant(out), self.n_outputs).numpy()
+        base = (logits * selector).sum(axis=1)
+        n, h, w, _ = x.shape
+        windows = self._windows(h, w)
+        heat = np.zeros((n, h, w), np.float64)
+        count = np.zeros((h, w), np.float64)
+        for y, xx, ph, pw in windows:
+            count[y:y + ph, xx:xx + pw] += 1
+        jobs = [(i, win) for i in range(n) for win in windows]
+        for start in range(0, len(jobs), batch_size):
+            chunk = jobs[start:start + batch_size]
+            copies = x[[i for i, _ in chunk]].copy()
+            for c, (i, (y, xx, ph, pw)) in enumerate(chunk):
+                value = x[i].mean(axis=(0, 1)) if self.fill == "mean" else self.fill
+                copies[c, y:y + ph, xx:xx + pw] = value
+            occ_logits, _ = self._scores(tf.constant(copies))
+            scores = (occ_logits.numpy() * selector[[i for i, _ in chunk]]).sum(axis=1)
+            for c, (i, (y, xx, ph, pw)) in enumerate(chunk):
+                heat[i, y:y + ph, xx:xx + pw] += base[i] - scores[c]
+        # Only drops are evidence for the class; a rise when hidden is evidence against it.
+        return np.maximum(heat / count, 0.0).astype(np.float32)
+
+
+METHODS: dict[str, type[CAMMethod]] = {
+    "gradcam": GradCAM,
+    "gradcam++": GradCAMPlusPlus,
+    "occlusion": Occlusion,
+}
+
+
+# --------------------------------------------------------------------------------------------
+# Resizing and normalisation
+
+
+def _resize(maps: np.ndarray, hw: Sequence[int]) -> np.ndarray:
+    maps = np.asarray(maps, np.float32)
+    if maps.shape[1:3] == tuple(hw):
+        return maps
+    # Bilinear with half-pixel centres, so each feature cell lands over the pixels it sees.
+    return tf.image.resize(maps[..., None], tuple(hw), method="bilinear").numpy()[..., 0]
+
+
+def _normalise(maps: np.ndarray) -> np.ndarray:
+    """Scale each map to [0, 1]; a (numerically) constant map becomes zeros."""
+    lo = maps.min(axis=(1, 2), keepdims=True)
+    hi = maps.max(axis=(1, 2), keepdims=True)
+    span = hi - lo
+    flat = span <= 1e-6 * np.maximum(np.abs(hi), np.abs(lo))  # also true for all-zero maps
+    out = np.where(flat, 0.0, (maps - lo) / np.where(flat, 1.0, span))
+    return np.clip(out, 0.0, 1.0).astype(np.float32)
+
+
+# --------------------------------------------------------------------------------------------
+# Public functions
+
+
+class MethodChoice(str):
+    """A method name (compares equal to the plain string) that also carries ``.reason``."""
+
+    reason: str
+
+    def __new__(cls, method: str, reason: str) -> "MethodChoice":
+        obj = super().__new__(cls, method)
+        obj.reason = reason
+        return obj
+
+
+def method_for_model(model: keras.Model, preferred: str = "gradcam++") -> MethodChoice:
+    """The CAM method to use for ``model``, with the reason in ``.reason``.
+
+    Gradient methods need a spatial feature map; a backbone that exposes none (a TF Hub model
+    wrapped in one layer) gets "occlusion".
+
+    Example:
+        >>> choice = method_for_model(model)
+        >>> str(choice), choice.reason
+        ('gradcam++', "backbone feature map 'out_relu' (7x7)")
+    """
+    if preferred not in METHODS:
+        raise ValueError(f"preferred={preferred!r}: choose one of {', '.join(METHODS)}")
+    if preferred == "occlusion":
+        return MethodChoice("occlusion", "occlusion was asked for")
+    bb = _backbone(model)
+    if bb is not None and not _is_container(bb):
+        return MethodChoice("occlusion", f"backbone {bb.name!r} ({type(bb).__name__}) exposes "
+                                         "no spatial feature map (e.g. a TF Hub model)")
+    scope = bb if bb is not None else model
+    target = _default_target(scope) if _is_container(scope) else None
+    if target is None:
+        return MethodChoice("occlusion", f"model {model.name!r} has no layer with a 4-D output")
+    h, w = target.output.shape[1:3]
+    return MethodChoice(preferred, f"backbone feature map {target.name!r} ({h}x{w})")
+
+
+def compute_cam(
+    model: keras.Model,
+    images: np.ndarray,
+    method: str = "gradcam++",
+    target_layer: str | None = None,
+    class_index: ClassIndex = None,
+    batch_size: int = 16,
+    **options: Any,
+) -> np.ndarray:
+    """Heat maps for ``images``: float32 (N, H, W) in [0, 1] at the model input resolution.
+
+    Args:
+        model: A medtl classifier (input (H, W, 1) in [0, 1]) or any functional image model.
+        images: (N, H, W) or (N, H, W, 1) float32 in [0, 1], already at the input size.
+        method: "gradcam", "gradcam++", "occlusion", or "auto" (see :func:`method_for_model`).
+        target_layer: Layer name for the gradient methods (default: the backbone's last
+            convolutional feature map). Not used by occlusion, so giving one there is an error.
+        class_index: See :meth:`CAMMethod.__call__` (binary default: the positive class).
+        batch_size: Images per batch (occlusion: occluded copies per forward pass).
+        **options: Extra arguments for the method, e.g. ``patch=0.1`` for occlusion.
+
+    Example:
+        >>> maps = compute_cam(model, x, method="gradcam", class_index="predicted")
+        >>> maps.shape == x.shape[:3]
+        True
+
+    Repeated calls on one model are faster with a method object kept, e.g. ``GradCAM(model)``.
+    """
+    if method == "auto":
+        method = str(method_for_model(model))
+    if method not in METHODS:
+        raise ValueError(f"method={method!r}: choose one of auto, {', '.join(METHODS)}")
+    if method == "occlusion":
+        if target_layer is not None:
+            raise ValueError(f"target_layer={target_layer!r} is not used by occlusion; "
+                             "leave it None or choose method='gradcam'/'gradcam++'")
+        cam = Occlusion(model, **options)
+    else:
+        cam = METHODS[method](model, target_layer=target_layer, **options)
+    return cam(images, class_index=class_index, batch_size=batch_size)
+
+
+def explain_for_original(map_at_input: np.ndarray, geometry: Geometry) -> np.ndarray:
+    """Take a map at the model input back to the original film: letterbox padding cropped,
+    resize undone. Returns float32 (orig_h, orig_w) in [0, 1].
+
+    Example:
+        >>> x, geo = ImagePipeline(cfg).load("film.dcm")
+        >>> heat = explain_for_original(compute_cam(model, x[None])[0], geo)
+        >>> heat.shape == (geo.orig_h, geo.orig_w)
+        True
+    """
+    m = np.asarray(map_at_input, np.float32)
+    if m.ndim == 3 and m.shape[-1] == 1:
+        m = m[..., 0]
+    if m.ndim != 2:
+        raise ValueError(f"explain_for_original: expected one (H, W) map, got shape {m.shape}")
+    return np.clip(geometry.unletterbox(m), 0.0, 1.0).astype(np.float32)
