@@ -104,7 +104,8 @@ def small_cnn(include_top: bool = False, weights: str | None = None, input_shape
     for i, width in enumerate((16, 32, 64, 128), start=1):
         for j in (1, 2):
             x = keras.layers.Conv2D(width, 3, padding="same", use_bias=False, name=f"cnn_block{i}_conv{j}")(x)
-            x = keras.layers.BatchNormalization(name=f"cnn_block{i}_bn{j}")(x)
+            # momentum 0.9: moving statistics settle within the few steps of a tiny data set
+            x = keras.layers.BatchNormalization(momentum=0.9, name=f"cnn_block{i}_bn{j}")(x)
             x = keras.layers.Activation("relu", name=f"cnn_block{i}_relu{j}")(x)
         if i < 4:
             x = keras.layers.MaxPooling2D(name=f"cnn_block{i}_pool")(x)
@@ -298,6 +299,9 @@ class BackbonePreprocessing(keras.layers.Layer):
         mode: one of the modes above.
         backbone: the ``model.backbone`` value it was made for (kept so a loaded model knows
             its backbone).
+        pretrained: whether the backbone starts from pretrained weights; staged fine-tuning
+            keeps BatchNormalization frozen only then (a network trained from random weights
+            needs its batch statistics).
 
     Example:
         >>> layer = BackbonePreprocessing("caffe", backbone="vgg16")
@@ -305,7 +309,7 @@ class BackbonePreprocessing(keras.layers.Layer):
         TensorShape([1, 4, 4, 3])
     """
 
-    def __init__(self, mode: str, backbone: str = "", **kwargs):
+    def __init__(self, mode: str, backbone: str = "", pretrained: bool = True, **kwargs):
         # Pixel arithmetic stays in float32 under mixed precision; the backbone casts after.
         kwargs.setdefault("dtype", "float32")
         super().__init__(**kwargs)
@@ -313,6 +317,7 @@ class BackbonePreprocessing(keras.layers.Layer):
             raise ValueError(f"BackbonePreprocessing: unknown mode {mode!r}; use one of {', '.join(PREPROCESS_MODES)}")
         self.mode = mode
         self.backbone = backbone
+        self.pretrained = bool(pretrained)
 
     def call(self, images):
         x = ops.cast(images, "float32")
@@ -333,4 +338,4 @@ class BackbonePreprocessing(keras.layers.Layer):
         return (*input_shape[:-1], 3)
 
     def get_config(self) -> dict:
-        return {**super().get_config(), "mode": self.mode, "backbone": self.backbone}
+        return {**super().get_config(), "mode": self.mode, "backbone": self.backbone, "pretrained": self.pretrained}

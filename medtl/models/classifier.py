@@ -71,9 +71,12 @@ def build_model(cfg: Config, n_outputs: int) -> keras.Model:
         backbone = build_backbone(spec.name, cfg.model.weights, (h, w, 3))
         name, mode = spec.name, spec.preprocessing
 
+    # A backbone trained from random weights needs its BatchNormalization to learn batch
+    # statistics; a pretrained one is fine-tuned with BatchNormalization frozen in inference mode.
+    pretrained = name.startswith(HUB_PREFIX) or str(cfg.model.weights).strip().lower() not in ("none", "null", "")
     inputs = keras.Input((h, w, 1), dtype="float32", name="image")
-    x = BackbonePreprocessing(mode, backbone=name, name="preprocess")(inputs)
-    x = backbone(x, training=False)
+    x = BackbonePreprocessing(mode, backbone=name, pretrained=pretrained, name="preprocess")(inputs)
+    x = backbone(x, training=False) if pretrained else backbone(x)
     if len(x.shape) == 4:
         pool = keras.layers.GlobalAveragePooling2D if cfg.model.pooling == "avg" else keras.layers.GlobalMaxPooling2D
         x = pool(name="pool")(x)
@@ -87,7 +90,8 @@ def build_model(cfg: Config, n_outputs: int) -> keras.Model:
     )(x)
     model = keras.Model(inputs, outputs, name="medtl_classifier")
     backbone.trainable = False
-    freeze_batchnorm(backbone)
+    if pretrained:
+        freeze_batchnorm(backbone)
     return model
 
 

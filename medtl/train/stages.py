@@ -5,7 +5,9 @@ backbone, counted in the architecture's own block structure, see
 :mod:`medtl.models.backbones`) or ``all``. In every stage the BatchNormalization layers stay
 frozen, which in Keras 3 keeps them in inference mode: their moving statistics never move and
 training-mode outputs equal inference-mode outputs (measured; calling the backbone with
-``training=False`` alone is not enough once it is unfrozen).
+``training=False`` alone is not enough once it is unfrozen). The exception is a backbone
+built with ``model.weights: none``: trained from random weights, its BatchNormalization layers
+train with their block and learn batch statistics, as they must.
 
 Recompile the model after :func:`set_trainable`: Keras fixes the trainable set at compile time.
 
@@ -77,6 +79,12 @@ def _check_unfreeze(unfreeze: Unfreeze) -> Unfreeze:
     return unfreeze
 
 
+def is_pretrained(model: keras.Model) -> bool:
+    """Whether the model's backbone started from pretrained weights (BatchNorm stays frozen)."""
+    pre = next((layer for layer in model.layers if isinstance(layer, BackbonePreprocessing)), None)
+    return True if pre is None else bool(getattr(pre, "pretrained", True))
+
+
 def trainable_layer_names(model: keras.Model) -> list[str]:
     """Names of the layers (backbone layers included) that have weights and will train."""
     names = []
@@ -131,7 +139,8 @@ def set_trainable(model: keras.Model, unfreeze: Unfreeze) -> list[str]:
         _TRAINABLE.fset(backbone, True)
         for layer in backbone.layers:
             _set_all(layer, id(layer) in chosen)
-    freeze_batchnorm(backbone)
+    if is_pretrained(model):
+        freeze_batchnorm(backbone)
     for layer in model.layers:
         if layer is not backbone:
             _set_all(layer, True)

@@ -12,24 +12,34 @@ from medtl.models.backbones import walk_layers
 from medtl.train.stages import backbone_name, describe_stage, set_trainable
 
 
-def make_cfg(backbone: str, size: int = 32, dropout: float = 0.2) -> Config:
+def make_cfg(backbone: str, size: int = 32, dropout: float = 0.2, weights: str = "none") -> Config:
     cfg = Config()
     cfg.data.image_size = [size, size]
     cfg.model.backbone = backbone
-    cfg.model.weights = "none"
+    cfg.model.weights = weights
     cfg.model.dropout = dropout
     return cfg
 
 
-@pytest.fixture(scope="module")
-def vgg() -> keras.Model:
-    return build_model(make_cfg("vgg16"), 1)
+def stand_in_weights(name: str, tmp_path_factory, size: int = 32) -> str:
+    """A weights file for ``name`` written here: stands in for ImageNet weights offline, so the
+    model is built the way a pretrained backbone is fine-tuned (BatchNorm frozen)."""
+    from medtl.models.backbones import build_backbone
+
+    path = tmp_path_factory.mktemp("weights") / f"{name}.weights.h5"
+    build_backbone(name, "none", (size, size, 3)).save_weights(str(path))
+    return str(path)
 
 
 @pytest.fixture(scope="module")
-def resnet() -> keras.Model:
+def vgg(tmp_path_factory) -> keras.Model:
+    return build_model(make_cfg("vgg16", weights=stand_in_weights("vgg16", tmp_path_factory)), 1)
+
+
+@pytest.fixture(scope="module")
+def resnet(tmp_path_factory) -> keras.Model:
     # No dropout, so training-mode and inference-mode outputs can be compared exactly.
-    return build_model(make_cfg("resnet50", dropout=0.0), 1)
+    return build_model(make_cfg("resnet50", dropout=0.0, weights=stand_in_weights("resnet50", tmp_path_factory)), 1)
 
 
 @pytest.fixture(scope="module")
@@ -173,3 +183,27 @@ def test_hub_backbone_supports_head_and_all_only(hub_efficientnet_dir):
         set_trainable(model, 1)
     assert set_trainable(model, "head") == ["classifier"]
     assert len(model.trainable_weights) == 2
+
+
+def test_random_weight_backbone_trains_its_batchnorm():
+    """Frozen BatchNorm is for fine-tuning pretrained weights; from scratch it must learn."""
+    from medtl.config import config_from_dict
+    from medtl.models import build_model
+    from medtl.train.stages import is_pretrained, set_trainable
+
+    cfg = config_from_dict(
+        {"data": {"manifest": "x.csv", "image_size": [32, 32]}, "model": {"backbone": "smallcnn", "weights": "none"},
+         "train": {"stages": [{"unfreeze": "all"}]}}
+    )
+    model = build_model(cfg, 1)
+    assert not is_pretrained(model)
+    names = set_trainable(model, "all")
+    assert "cnn_block1_bn1" in names and "cnn_block4_bn2" in names
+    bn = model.get_layer("backbone").get_layer("cnn_block1_bn1")
+    before = np.array(bn.moving_mean)
+    model.compile(optimizer="adam", loss="binary_crossentropy")
+    x = np.random.default_rng(0).random((8, 32, 32, 1)).astype("float32")
+    model.fit(x, np.ones((8, 1), "float32"), epochs=1, verbose=0)
+    assert not np.allclose(before, np.array(bn.moving_mean)), "BN moving statistics did not learn"
+    set_trainable(model, 1)
+    assert "cnn_block4_bn1" in set_trainable(model, 1) and "cnn_block1_bn1" not in set_trainable(model, 1)
