@@ -54,17 +54,84 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from medtl.train.predict import collect_paths, predict_paths
+    from medtl.train.predict import collect_paths
 
     paths = collect_paths(args.inputs)
     if not paths:
         raise CommandError(f"no DICOM/PNG/JPEG files found in {' '.join(args.inputs)}")
-    df = predict_paths(args.model, paths, batch_size=args.batch_size)
+    from medtl.evaluate.runs import RunPredictor
+
+    predictor = RunPredictor(args.model)
+    df = predictor.predict_paths(paths, batch_size=args.batch_size)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     df.to_csv(out, index=False)
-    n_err = int(df["error"].notna().sum()) if "error" in df.columns else 0
-    print(f"wrote {len(df)} rows to {out}" + (f" ({n_err} unreadable files, see the error column)" if n_err else ""))
+    n_err = int((df["error"].fillna("") != "").sum()) if "error" in df.columns else 0
+    print(f"wrote {len(df)} rows to {out} (threshold: {predictor.threshold_source})")
+    if n_err:
+        print(f"{n_err} unreadable file(s); their reasons are in the error column", file=sys.stderr)
+    return 1 if n_err else 0
+
+
+def cmd_cv(args: argparse.Namespace) -> int:
+    if args.merge:
+        from medtl.evaluate.cv import format_cv, merge_cv
+
+        print(format_cv(merge_cv(args.merge)))
+        return 0
+    if not args.config:
+        raise CommandError("give a config (medtl cv CONFIG) or a run to pool (medtl cv --merge RUN)")
+    cfg = _load_cfg(args)
+    from medtl.evaluate.cv import format_cv, merge_cv, run_cv
+
+    run = run_cv(cfg, run_dir=args.run, fold=args.fold, progress=not args.quiet)
+    if args.fold is not None:
+        print(f"fold {args.fold} done in {run}; pool finished folds with: medtl cv {args.config} --merge {run}")
+    elif args.quiet:
+        print(format_cv(merge_cv(run)))
+    print(f"run folder: {run}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from medtl.evaluate.external import evaluate_external, format_external
+
+    metrics = evaluate_external(args.model, args.data, args.out, progress=not args.quiet)
+    print(format_external(metrics))
+    print(f"wrote {Path(args.out) / 'metrics.json'} and {Path(args.out) / 'predictions.csv'}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from medtl.evaluate.external import compare_runs, format_compare
+
+    print(format_compare(compare_runs(args.run_a, args.run_b)))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from medtl.report.html import write_report
+
+    out = Path(args.out) if args.out else Path(args.run) / "report.html"
+    path = write_report(args.run, out, pdf=args.pdf, compute_cams=not args.no_cams)
+    print(f"report: {path}")
+    if args.pdf:
+        print(f"pdf: {path.with_suffix('.pdf')}")
+    return 0
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from medtl.explain.files import explain_paths
+    from medtl.train.predict import collect_paths
+
+    paths = collect_paths(args.inputs)
+    if not paths:
+        raise CommandError(f"no DICOM/PNG/JPEG files found in {' '.join(args.inputs)}")
+    df = explain_paths(args.model, paths, args.out, method=args.method, target_layer=args.target_layer)
+    n_err = int((df["error"].fillna("") != "").sum())
+    print(f"wrote {len(df) - n_err} overlays and explanations.csv to {args.out}")
+    if n_err:
+        print(f"{n_err} unreadable file(s); see the error column of explanations.csv", file=sys.stderr)
     return 1 if n_err else 0
 
 
@@ -142,23 +209,63 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="predictions.csv", help="output CSV (default: predictions.csv)")
     p.add_argument("--batch-size", type=int, default=16)
 
-    p = add("cv", "patient-grouped k-fold cross-validation (not yet implemented)", "medtl cv configs/demo.yaml", _not_yet("cv", 4))
-    _add_config(p)
+    p = add(
+        "cv",
+        "patient-grouped, stratified k-fold cross-validation with an honest pooled estimate",
+        "medtl cv configs/demo.yaml            # all folds, resumes an interrupted run\n"
+        "  medtl cv configs/demo.yaml --fold 2   # one fold, e.g. one job of a cluster array\n"
+        "  medtl cv configs/demo.yaml --merge runs/demo/cv-1a2b3c4d5e",
+        cmd_cv,
+    )
+    p.add_argument("config", nargs="?", help="run config (YAML); not needed with --merge")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
+    p.add_argument("--fold", type=int, help="run only this fold (0 .. folds-1)")
+    p.add_argument("--run", metavar="DIR", help="run folder (default: derived from the config)")
+    p.add_argument("--merge", metavar="RUN", help="pool the finished folds of RUN and print the metrics")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+
     p = add(
         "evaluate",
-        "score a trained run on an external test set (not yet implemented)",
-        "medtl evaluate runs/demo/20260101-120000 external.csv --out eval/",
-        _not_yet("evaluate", 4),
+        "score a trained run on an external test set with its saved threshold",
+        "medtl evaluate runs/demo/cv-1a2b3c4d5e external/labels.csv --out eval/",
+        cmd_evaluate,
     )
-    p.add_argument("model")
-    p.add_argument("data")
+    p.add_argument("model", help="CV run, training run folder or model.keras")
+    p.add_argument("data", help="labels CSV, class-per-folder tree or config YAML of the test set")
+    p.add_argument("--out", required=True, help="output folder for metrics.json and predictions.csv")
+    p.add_argument("--quiet", action="store_true")
+
+    p = add(
+        "compare",
+        "paired comparison of two runs' pooled ROC AUC (DeLong and patient bootstrap)",
+        "medtl compare runs/a/cv-1a2b runs/b/cv-3c4d",
+        cmd_compare,
+    )
+    p.add_argument("run_a")
+    p.add_argument("run_b")
+
     p = add(
         "report",
-        "write the self-contained HTML report of a run (not yet implemented)",
-        "medtl report runs/demo/20260101-120000 --out report.html",
-        _not_yet("report", 5),
+        "write the self-contained, de-identified HTML report of a run",
+        "medtl report runs/demo/cv-1a2b3c4d5e --out report.html",
+        cmd_report,
     )
-    p.add_argument("run")
+    p.add_argument("run", help="CV run or training run folder")
+    p.add_argument("--out", help="output HTML file (default: RUN/report.html)")
+    p.add_argument("--pdf", action="store_true", help="also write a PDF (needs weasyprint or chromium)")
+    p.add_argument("--no-cams", action="store_true", help="skip the heat-map gallery (faster)")
+
+    p = add(
+        "explain",
+        "write Grad-CAM / Grad-CAM++ / occlusion overlays for given files",
+        "medtl explain runs/demo/cv-1a2b3c4d5e sample_data/images/P0001_1.dcm --out cams/",
+        cmd_explain,
+    )
+    p.add_argument("model", help="CV run, training run folder or model.keras")
+    p.add_argument("inputs", nargs="+", help="files or folders (searched recursively)")
+    p.add_argument("--out", required=True, help="output folder for the overlay PNGs")
+    p.add_argument("--method", choices=["gradcam", "gradcam++", "occlusion"], help="default: the run's report.cam")
+    p.add_argument("--target-layer", help="layer for the gradient methods (default: last feature map)")
     return parser
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from medtl.cli import build_parser, main
 
-SUBCOMMANDS = ["inspect", "train", "predict", "cv", "evaluate", "report"]
+SUBCOMMANDS = ["inspect", "train", "predict", "cv", "evaluate", "compare", "report", "explain"]
 
 
 @pytest.mark.parametrize("name", SUBCOMMANDS)
@@ -46,6 +46,6 @@ def test_debug_shows_traceback(tmp_path):
     assert "Traceback" in proc.stderr and "ConfigError" in proc.stderr
 
 
-def test_unimplemented_command_says_so(capsys):
-    assert main(["report", "runs/x"]) == 1
-    assert "not implemented yet" in capsys.readouterr().err
+def test_cv_without_config_or_merge_says_what_to_give(capsys):
+    assert main(["cv"]) == 1
+    assert "give a config" in capsys.readouterr().err

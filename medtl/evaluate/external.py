@@ -1,0 +1,340 @@
+"""Scoring finished runs: on an external test set (``medtl evaluate``) and against each other
+(``medtl compare``).
+
+An external test applies what the run saved, unchanged: the training-time preprocessing, the
+fold calibrators and the threshold chosen on validation data (for a CV run, the ensemble of
+the fold models with the median fold threshold; see :class:`medtl.evaluate.runs.RunPredictor`).
+Nothing is re-fitted on the external data.
+
+Example:
+    >>> from medtl.evaluate.external import evaluate_external, compare_runs
+    >>> m = evaluate_external("runs/demo/cv-1a2b3c4d5e", "other_site/labels.csv", "eval/site2")
+    >>> m["roc_auc"], m["roc_auc_ci"], m["sensitivity"]
+    >>> r = compare_runs("runs/a/cv-1", "runs/b/cv-2")
+    >>> r["diff"], r["delong"]["p_value"]
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from medtl.config import Config, ConfigError, config_from_dict, load_config, load_resolved
+from medtl.evaluate.bootstrap import bootstrap_ci, bootstrap_paired_difference
+from medtl.evaluate.compare import delong_test
+from medtl.evaluate.metrics import roc_auc
+from medtl.evaluate.runs import (
+    FOLD_DONE, OOF_FILE, RunPredictor, decision_suffix, fold_dir, is_cv_run, jsonable, label_columns,
+    read_json, score_columns, table_metrics, write_csv, write_json,
+)
+
+__all__ = ["evaluate_external", "format_external", "compare_runs", "format_compare", "EXTERNAL_KEYS"]
+
+EXTERNAL_KEYS = ("roc_auc", "roc_auc_ci", "pr_auc", "accuracy", "balanced_accuracy", "sensitivity",
+                 "specificity", "ppv", "npv", "f1", "brier", "ece", "threshold", "n", "n_patients")
+"""The keys of ``DIR/metrics.json`` written by :func:`evaluate_external`, in order."""
+
+PREDICTIONS_FILE = "predictions.csv"
+
+
+# --------------------------------------------------------------------------------------------
+# External test
+
+
+def evaluate_external(run_or_model: str | Path, data_manifest_or_config: str | Path | Config,
+                      out_dir: str | Path, progress: bool = True) -> dict[str, Any]:
+    """Score a finished run or model on another labelled dataset.
+
+    Args:
+        run_or_model: a CV run folder (the fold models as an ensemble), a fold or training run
+            folder, or a ``.keras`` file with model_info.json beside it.
+        data_manifest_or_config: a YAML config whose ``data`` section describes the external
+            set, a :class:`~medtl.config.Config`, or a labels CSV / class-folder tree read with
+            the run's own ``data.*`` column settings.
+        out_dir: where ``metrics.json`` and ``predictions.csv`` go (created).
+        progress: print what is scored and any skipped files.
+
+    Returns:
+        The metrics, with exactly the keys in :data:`EXTERNAL_KEYS` (``roc_auc_ci`` is the 95%
+        patient-bootstrap interval [low, high]). For multiclass and multilabel the values are
+        macro averages, and per-class figures go to ``DIR/per_class.json``.
+
+    Raises:
+        ConfigError: the dataset's task or classes differ from the model's, or no config can
+            describe the dataset's columns.
+        DataError: unreadable files under ``data.on_error: fail``.
+
+    Example:
+        >>> m = evaluate_external("runs/demo/cv-1a2b3c4d5e", "site2/labels.csv", "eval/site2")
+        >>> sorted(m) == sorted(EXTERNAL_KEYS)
+        True
+    """
+    from medtl.data.manifest import load_manifest
+
+    pred = RunPredictor(run_or_model)
+    cfg = _data_config(run_or_model, data_manifest_or_config)
+    if cfg.task != pred.task:
+        raise ConfigError(f"task: the data config says {cfg.task!r} but {run_or_model} was trained for "
+                          f"{pred.task!r}; evaluate with a config of the same task")
+    manifest = load_manifest(cfg)
+    if list(manifest.classes) != list(pred.classes):
+        raise ConfigError(f"data.classes: the external set has classes {manifest.classes} but the model "
+                          f"{run_or_model} has {pred.classes}; set data.classes to the model's, in that order")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if progress:
+        print(f"Scoring {len(manifest)} images with {len(pred.members)} model(s) from {run_or_model}", flush=True)
+    used, raw, skipped = _score(pred, cfg, manifest)
+    if skipped:
+        write_csv(out / "skipped.csv", pd.DataFrame(skipped, columns=["path", "reason"]))
+        msg = (f"{len(skipped)} unreadable file(s) left out of the evaluation (data.on_error: skip); "
+               f"listed in {out / 'skipped.csv'}")
+        warnings.warn(msg, RuntimeWarning, stacklevel=2)
+        if progress:
+            print(msg, flush=True)
+    s, members = pred.combine(raw)
+    y = used.targets().astype(np.float64)
+    groups = used.df["patient_id"].astype(str).to_numpy(dtype=object)
+    table = _prediction_table(used, s, members, pred)
+    write_csv(out / PREDICTIONS_FILE, table)
+
+    t = None if pred.thresholds is None else np.tile(np.asarray(pred.thresholds, dtype=np.float64), (len(used), 1))
+    m, ci = table_metrics(pred.task, pred.classes, y, s, t, groups, n_boot=cfg.evaluate.bootstrap, seed=cfg.seed)
+    if pred.task == "binary":
+        flat = {k: m[k] for k in EXTERNAL_KEYS if k in m}
+        roc_ci = ci.get("roc_auc", {})
+        flat["threshold"] = pred.thresholds[0]
+    else:
+        macro = m["macro"]
+        flat = {k: macro.get(k, m.get(k)) for k in EXTERNAL_KEYS if k in macro or k in m}
+        if pred.task == "multiclass":
+            roc_ci = ci.get("macro_roc_auc", {})
+            flat["threshold"] = None
+        else:
+            cols = list(range(len(pred.classes)))
+
+            def macro_auc(yy: np.ndarray, ss: np.ndarray) -> float:
+                return float(np.mean([roc_auc(yy[:, j], ss[:, j]) for j in cols]))
+
+            try:
+                roc_ci = bootstrap_ci(y, s, macro_auc, groups, n_boot=cfg.evaluate.bootstrap, seed=cfg.seed).to_dict()
+            except ValueError:
+                roc_ci = {}
+            flat["threshold"] = list(pred.thresholds)
+        write_json(out / "per_class.json", {"metrics": m, "intervals": ci, "threshold_source": pred.threshold_source})
+    flat["roc_auc_ci"] = [roc_ci.get("low"), roc_ci.get("high")]
+    flat["n"] = int(len(used))
+    flat["n_patients"] = int(pd.Series(groups).nunique())
+    result = {k: flat.get(k) for k in EXTERNAL_KEYS}
+    write_json(out / "metrics.json", result)
+    return jsonable(result)
+
+
+def _score(pred: RunPredictor, cfg: Config, manifest):
+    """Decode the external set with the training-time preprocessing and run every member model:
+    (rows scored, raw scores per member, skipped (path, reason))."""
+    from medtl.data.pipeline import ImagePipeline
+
+    pipe = ImagePipeline(pred.pipeline_config(like=cfg))
+    used = pipe.prepare(manifest)
+    raw = pred.predict_dataset(pipe.dataset(used, training=False))
+    return used, raw, [(str(p), str(r)) for p, r in pipe.skipped]
+
+
+def _data_config(run_or_model: str | Path, data: str | Path | Config) -> Config:
+    """The config describing the external set (see :func:`evaluate_external`)."""
+    if isinstance(data, Config):
+        return data
+    p = Path(data)
+    if p.suffix.lower() in (".yaml", ".yml"):
+        return load_config(p)
+    if not p.exists():
+        raise FileNotFoundError(f"{p}: not found; pass a labels CSV, a folder with one sub-folder per class, "
+                                "or a YAML config")
+    run = Path(run_or_model)
+    folder = run if run.is_dir() else run.parent
+    saved = folder / "config.yaml"
+    if not saved.is_file() and is_cv_run(folder.parent):
+        saved = folder.parent / "config.yaml"  # a fold folder of a CV run
+    if not saved.is_file():
+        raise ConfigError(f"{folder}: no config.yaml to read the columns of {p} with; pass a YAML config whose "
+                          "data section describes the external set")
+    raw = load_resolved(saved).to_dict()
+    raw["data"]["manifest"] = str(p.resolve())
+    raw["data"]["root"] = None
+    return config_from_dict(raw)
+
+
+def _prediction_table(used, s: np.ndarray, members: list[np.ndarray], pred: RunPredictor) -> pd.DataFrame:
+    task, classes = pred.task, pred.classes
+    df = used.df
+    out = pd.DataFrame({"file": df["path"].astype(str), "patient": df["patient_id"].astype(str)})
+    if task == "multilabel":
+        for name, col in zip(classes, used.label_columns or classes):
+            out[f"label_{name}"] = df[col].to_numpy()
+    else:
+        out["label"] = df["label"].to_numpy()
+    cols = score_columns(task, classes)
+    for j, col in enumerate(cols):
+        out[col] = s[:, j]
+    dec = pred.decide(s)
+    if task == "multilabel":
+        for j, name in enumerate(classes):
+            out[f"prediction_{name}"] = dec[:, j]
+    else:
+        out["prediction"] = dec[:, 0] if dec.ndim == 2 else dec
+    if len(members) > 1:
+        for f, ms in zip(pred.folds, members):
+            for j, col in enumerate(cols):
+                out[f"{col}_fold{f}"] = ms[:, j]
+    return out
+
+
+def format_external(metrics: dict[str, Any], title: str = "External test") -> str:
+    """A readable table of :func:`evaluate_external`'s metrics.
+
+    Example:
+        >>> print(format_external(evaluate_external(run, "site2/labels.csv", "eval/site2")))
+    """
+    def f(v: Any, d: int = 3) -> str:
+        if v is None:
+            return "-"
+        if isinstance(v, list):
+            return ", ".join(f(x, d) for x in v)
+        return f"{v:.{d}f}" if isinstance(v, float) else str(v)
+
+    ci = metrics.get("roc_auc_ci") or [None, None]
+    lines = [f"{title}: {metrics['n']} images, {metrics['n_patients']} patients; threshold "
+             f"{f(metrics['threshold'], 4) if metrics['threshold'] is not None else 'arg-max'} (saved with the model)",
+             f"{'roc_auc':<18} {f(metrics['roc_auc'])} [95% CI {f(ci[0])}, {f(ci[1])}] (bootstrap over patients)"]
+    for k in ("pr_auc", "accuracy", "balanced_accuracy", "sensitivity", "specificity", "ppv", "npv", "f1",
+              "brier", "ece"):
+        lines.append(f"{k:<18} {f(metrics.get(k))}")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------
+# Comparing two runs
+
+
+def _scores_of(run: str | Path) -> tuple[pd.DataFrame, str, int, int]:
+    """(table with file, patient, label, score; score column used; n_boot; seed) of a run."""
+    p = Path(run)
+    if is_cv_run(p):
+        from medtl.evaluate.cv import merge_cv
+
+        cv = read_json(p / "cv.json")
+        oof = p / OOF_FILE
+        markers = [fold_dir(p, f) / FOLD_DONE for f in range(int(cv["folds"]))]
+        newest = max((m.stat().st_mtime for m in markers if m.exists()), default=0.0)
+        if not oof.exists() or oof.stat().st_mtime < newest:
+            merge_cv(p)  # pool the folds finished since the last merge
+        df = pd.read_csv(oof, dtype={"file": str, "patient": str})
+        task, classes = cv["task"], cv["classes"]
+        cfg = load_resolved(p / "config.yaml")
+        n_boot, seed = cfg.evaluate.bootstrap, cfg.seed
+    elif (p / "metrics.json").is_file() and (p / "predictions.csv").is_file():
+        df = pd.read_csv(p / "predictions.csv", dtype={"file": str, "patient": str})
+        task = "binary" if "score" in df.columns else "other"
+        classes, n_boot, seed = ["negative", "positive"], 1000, 0
+    else:
+        raise FileNotFoundError(f"{p}: neither a cross-validation run folder (cv.json) nor a medtl evaluate "
+                                "output folder (metrics.json + predictions.csv)")
+    if task != "binary":
+        raise ValueError(f"{p}: compare supports binary runs only (this one is {task}); compare per class by hand")
+    col = "score" + decision_suffix(df, task, classes)
+    need = ["file", "patient", *label_columns(task, classes), col]
+    missing = [c for c in need if c not in df.columns]
+    if missing:
+        raise ValueError(f"{p}: prediction table lacks column(s) {', '.join(missing)}")
+    return df[need].rename(columns={col: "score"}), col, n_boot, seed
+
+
+def compare_runs(run_a: str | Path, run_b: str | Path, n_boot: int | None = None,
+                 seed: int | None = None) -> dict[str, Any]:
+    """Paired comparison of two runs' pooled ROC AUC on the images both scored.
+
+    Args:
+        run_a, run_b: CV run folders (their out-of-fold predictions) or ``medtl evaluate``
+            output folders (their predictions on one external set).
+        n_boot: bootstrap replicates (default: run A's ``evaluate.bootstrap``).
+        seed: bootstrap seed (default: run A's seed).
+
+    Returns:
+        ``auc_a``, ``auc_b``, ``diff`` (A - B), ``delong`` (se, ci_low, ci_high, z, p_value of
+        DeLong's paired test, which treats images as independent), ``bootstrap`` (the paired
+        difference's 95% interval from resampling patients, both runs on the same replicates;
+        the one to trust when patients have several films), and the counts ``n_common``,
+        ``n_only_a``, ``n_only_b``, ``n_pos``, ``n_patients``.
+
+    Raises:
+        ValueError: no common files, a label that differs between the runs, or a non-binary run.
+
+    Example:
+        >>> r = compare_runs("runs/a/cv-1", "runs/b/cv-2")
+        >>> r["diff"], r["bootstrap"]["low"], r["delong"]["p_value"]
+    """
+    a, col_a, nb_a, seed_a = _scores_of(run_a)
+    b, col_b, _, _ = _scores_of(run_b)
+    both = a.merge(b, on="file", suffixes=("_a", "_b"))
+    if both.empty:
+        raise ValueError(f"{run_a} and {run_b}: no file in common; compare runs on the same images")
+    clash = both[both["label_a"] != both["label_b"]]
+    if len(clash):
+        raise ValueError(f"{clash['file'].iloc[0]}: label {clash['label_a'].iloc[0]} in {run_a} but "
+                         f"{clash['label_b'].iloc[0]} in {run_b} ({len(clash)} such files); "
+                         "the runs used different labels")
+    y = both["label_a"].to_numpy(dtype=np.int64)
+    sa, sb = both["score_a"].to_numpy(dtype=np.float64), both["score_b"].to_numpy(dtype=np.float64)
+    groups = both["patient_a"].to_numpy(dtype=object)
+    n_boot = nb_a if n_boot is None else int(n_boot)
+    seed = seed_a if seed is None else int(seed)
+    d = delong_test(y, sa, sb)
+    boot = bootstrap_paired_difference(y, sa, sb, "roc_auc", groups, n_boot=n_boot, seed=seed)
+    result = {
+        "run_a": str(run_a),
+        "run_b": str(run_b),
+        "score_a": col_a,
+        "score_b": col_b,
+        "n_common": int(len(both)),
+        "n_only_a": int(len(a) - len(both)),
+        "n_only_b": int(len(b) - len(both)),
+        "n_pos": int(y.sum()),
+        "n_patients": int(pd.Series(groups).nunique()),
+        "auc_a": d["auc_a"],
+        "auc_b": d["auc_b"],
+        "diff": d["diff"],
+        "delong": {k: d[k] for k in ("se", "ci_low", "ci_high", "z", "p_value")},
+        "bootstrap": {"low": boot.low, "high": boot.high, "n_boot": boot.n_boot, "n_skipped": boot.n_skipped,
+                      "unit": "patient", "seed": seed},
+    }
+    return jsonable(result)
+
+
+def format_compare(result: dict[str, Any]) -> str:
+    """A readable summary of :func:`compare_runs`.
+
+    Example:
+        >>> print(format_compare(compare_runs("runs/a/cv-1", "runs/b/cv-2")))
+    """
+    def f(v: Any, d: int = 4) -> str:
+        return "-" if v is None else (f"{v:.{d}f}" if isinstance(v, float) else str(v))
+
+    dl, bs = result["delong"], result["bootstrap"]
+    lines = [
+        f"A: {result['run_a']} ({result['score_a']})",
+        f"B: {result['run_b']} ({result['score_b']})",
+        f"{result['n_common']} common images ({result['n_pos']} positive, {result['n_patients']} patients)"
+        + (f"; {result['n_only_a']} only in A, {result['n_only_b']} only in B (left out)"
+           if result["n_only_a"] or result["n_only_b"] else ""),
+        f"ROC AUC  A {f(result['auc_a'])}   B {f(result['auc_b'])}   A - B {f(result['diff'])}",
+        f"DeLong:               95% CI [{f(dl['ci_low'])}, {f(dl['ci_high'])}], z {f(dl['z'], 2)}, "
+        f"p = {f(dl['p_value'])} (images treated as independent)",
+        f"patient bootstrap:    95% CI [{f(bs['low'])}, {f(bs['high'])}] ({bs['n_boot']} replicates; "
+        "trust this one when patients have several films)",
+    ]
+    return "\n".join(lines)

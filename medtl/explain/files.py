@@ -1,0 +1,168 @@
+"""Heat maps for image files with a trained run: what ``medtl explain`` and the report use.
+
+A training run (or a ``.keras`` file) explains with its one model; a cross-validation run
+explains with every fold model and averages their maps, the same ensemble that scores the
+file in ``medtl predict``. Maps are returned at the film's own resolution (letterbox padding
+and resize undone) and drawn over the windowed original film.
+
+Example:
+    >>> df = explain_paths("runs/demo/cv-1a2b3c", ["a.dcm", "b.dcm"], "cams/")
+    >>> df[["path", "png", "method", "score"]]
+"""
+
+from __future__ import annotations
+
+import gc
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+__all__ = ["FileMaps", "maps_for_files", "explain_paths"]
+
+
+@dataclass
+class FileMaps:
+    """Maps for a list of files: film and map at original resolution, per file."""
+
+    films: dict[str, np.ndarray]
+    maps: dict[str, np.ndarray]
+    errors: dict[str, str]
+    method: str
+    reason: str
+
+
+def maps_for_files(
+    run_or_model: str | Path,
+    paths: Sequence[str | Path],
+    method: str = "gradcam",
+    target_layer: str | None = None,
+    batch_size: int = 16,
+) -> FileMaps:
+    """Class activation maps of ``paths`` at each film's own resolution.
+
+    Args:
+        run_or_model: a CV run, a fold or training run folder, or a ``.keras`` file.
+        paths: image files (DICOM, PNG, JPEG).
+        method: ``gradcam``, ``gradcam++`` or ``occlusion``; a backbone without a spatial
+            feature map (TF Hub) falls back to occlusion, and ``reason`` says so.
+        target_layer: layer for the gradient methods (default: the last feature map).
+        batch_size: images per CAM batch.
+
+    Returns:
+        A :class:`FileMaps`; unreadable files are listed in ``errors``, never dropped.
+    """
+    from medtl.data.pipeline import ImagePipeline
+    from medtl.evaluate.runs import RunPredictor
+    from medtl.explain.cam import compute_cam, explain_for_original, method_for_model
+    from medtl.io import read_image
+    from medtl.models.classifier import load_model
+
+    predictor = RunPredictor(run_or_model)
+    pipe = ImagePipeline(predictor.pipeline_config())
+    window = predictor.info.get("preprocessing", {}).get("window", "auto")
+    loaded, errors = {}, {}
+    for p in map(str, paths):
+        try:
+            loaded[p] = pipe.load(p)
+        except Exception as exc:  # noqa: BLE001 - reported per file
+            errors[p] = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    ok = list(loaded)
+    total: np.ndarray | None = None
+    choice = None
+    for member in predictor.members:
+        model_path = member / "model.keras" if Path(member).is_dir() else Path(member)
+        model = load_model(model_path)
+        try:
+            choice = method_for_model(model, method)
+            if ok:
+                maps = compute_cam(
+                    model,
+                    np.stack([loaded[p][0] for p in ok]),
+                    method=str(choice),
+                    target_layer=None if choice == "occlusion" else target_layer,
+                    batch_size=batch_size,
+                )
+                total = maps if total is None else total + maps
+        finally:
+            del model
+            gc.collect()
+    films, out = {}, {}
+    for i, p in enumerate(ok):
+        m = total[i] / len(predictor.members)
+        films[p] = read_image(p, window=window)
+        out[p] = explain_for_original(m, loaded[p][1])
+    return FileMaps(films, out, errors, str(choice), getattr(choice, "reason", ""))
+
+
+def explain_paths(
+    run_or_model: str | Path,
+    paths: Sequence[str | Path],
+    out_dir: str | Path,
+    method: str | None = None,
+    target_layer: str | None = None,
+    batch_size: int = 16,
+) -> pd.DataFrame:
+    """Write a heat-map overlay PNG per file and ``explanations.csv`` into ``out_dir``.
+
+    Args:
+        run_or_model: a CV run, a fold or training run folder, or a ``.keras`` file.
+        paths: image files.
+        out_dir: output folder (created).
+        method: CAM method; default the run's ``report.cam``.
+        target_layer: layer for the gradient methods; default the run's ``report.target_layer``.
+        batch_size: images per CAM batch.
+
+    Returns:
+        One row per file: path, png, method, score, prediction, error.
+    """
+    from medtl.evaluate.runs import RunPredictor
+    from medtl.explain.overlay import overlay, write_png
+
+    run_cfg = _run_report_settings(run_or_model)
+    method = method or run_cfg.get("cam", "gradcam")
+    target_layer = target_layer or run_cfg.get("target_layer")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    fm = maps_for_files(run_or_model, paths, method=method, target_layer=target_layer, batch_size=batch_size)
+    scores = RunPredictor(run_or_model).predict_paths(list(fm.films), batch_size=batch_size) if fm.films else None
+    rows = []
+    used: set[str] = set()
+    for i, p in enumerate(map(str, paths)):
+        row = {"path": p, "png": "", "method": fm.method, "error": fm.errors.get(p, "")}
+        if p in fm.films:
+            name = _unique(Path(p).stem, used) + f"_{fm.method.replace('+', 'pp')}.png"
+            write_png(overlay(fm.films[p], fm.maps[p]), out / name)
+            row["png"] = name
+            srow = scores[scores["path"] == p].iloc[0]
+            for col in srow.index:
+                if col.startswith("score") or col == "prediction":
+                    row[col] = srow[col]
+        rows.append(row)
+    df = pd.DataFrame(rows)
+    df.to_csv(out / "explanations.csv", index=False)
+    return df
+
+
+def _unique(stem: str, used: set[str]) -> str:
+    name, k = stem, 1
+    while name in used:
+        k += 1
+        name = f"{stem}_{k}"
+    used.add(name)
+    return name
+
+
+def _run_report_settings(run_or_model: str | Path) -> dict:
+    """``report`` settings of the run's saved config, if there is one."""
+    import yaml
+
+    p = Path(run_or_model)
+    folder = p if p.is_dir() else p.parent
+    for cand in (folder / "config.yaml", folder.parent / "config.yaml"):
+        if cand.is_file():
+            raw = yaml.safe_load(cand.read_text()) or {}
+            return dict(raw.get("report") or {})
+    return {}

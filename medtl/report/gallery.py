@@ -1,0 +1,231 @@
+"""The report's case gallery: the most confident true positives, false positives and false
+negatives, each shown as the film and its class activation map.
+
+Maps come from :mod:`medtl.explain` with the model that did *not* train on the case (its
+cross-validation fold model), at the film's own resolution, or from precomputed overlays
+listed in ``RUN/overlays/overlays.csv`` (columns ``file``, ``png`` (path relative to that
+folder) and ``method``). Every image is re-encoded here, so no metadata of an input PNG can
+reach the report; cases are named by salted hashes only.
+
+Example:
+    >>> cases = select_cases(preds, n=4)       # preds: file, patient, group, model_dir, label, score, threshold
+    >>> shown, note = render_gallery(cases, salt, classes=["normal", "lesion"])
+"""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from medtl.report.data import OVERLAYS_FILE, Case
+from medtl.report.deid import hash_patient_id, scrub_text
+from medtl.report.plots import image_png
+
+__all__ = ["KINDS", "select_cases", "render_gallery", "read_overlays", "cam_overlays"]
+
+KINDS = ("true positive", "false positive", "false negative")
+FILM_SIDE = 384  # pixels on the longer side of each gallery image
+
+
+def select_cases(preds: pd.DataFrame, n: int) -> pd.DataFrame:
+    """The ``n`` most confident cases of each kind in :data:`KINDS`.
+
+    True and false positives are ranked by the highest score, false negatives by the lowest
+    (the most confidently missed); a case is positive when ``score >= threshold`` (its own
+    fold's threshold). Ties keep the table order.
+
+    Args:
+        preds: one row per image with ``label`` (0/1), ``score`` and ``threshold``.
+        n: cases per kind.
+
+    Returns:
+        The chosen rows with a ``kind`` column, grouped in :data:`KINDS` order.
+
+    Example:
+        >>> select_cases(df, 2)["kind"].tolist()
+        ['true positive', 'true positive', 'false positive', 'false negative']
+    """
+    missing = [c for c in ("label", "score", "threshold") if c not in preds.columns]
+    if missing:
+        raise ValueError(f"select_cases: prediction table lacks column(s) {', '.join(missing)}")
+    y = preds["label"].to_numpy()
+    pos = preds["score"].to_numpy(dtype=np.float64) >= preds["threshold"].to_numpy(dtype=np.float64)
+    parts = []
+    for kind, mask, descending in (("true positive", (y == 1) & pos, True),
+                                   ("false positive", (y == 0) & pos, True),
+                                   ("false negative", (y == 1) & ~pos, False)):
+        part = preds[mask].sort_values("score", ascending=not descending, kind="mergesort").head(max(0, int(n)))
+        parts.append(part.assign(kind=kind))
+    return pd.concat(parts, ignore_index=True)
+
+
+def read_overlays(run_dir: str | Path) -> dict[str, tuple[bytes, str]]:
+    """Precomputed overlays of a run: file -> (PNG bytes, CAM method); {} when there are none.
+
+    Raises:
+        ValueError: ``overlays.csv`` lacks a column, or names a PNG that is missing.
+    """
+    index = Path(run_dir) / OVERLAYS_FILE
+    if not index.is_file():
+        return {}
+    df = pd.read_csv(index, dtype=str)
+    missing = [c for c in ("file", "png", "method") if c not in df.columns]
+    if missing:
+        raise ValueError(f"{index}: missing column(s) {', '.join(missing)}; expected file, png, method")
+    out = {}
+    for row in df.itertuples(index=False):
+        png = index.parent / row.png
+        if not png.is_file():
+            raise ValueError(f"{index}: overlay {row.png!r} not found next to it; re-run the explain step")
+        out[str(row.file)] = (png.read_bytes(), str(row.method))
+    return out
+
+
+def _reencode(png: bytes) -> bytes:
+    """The pixels of a PNG, re-encoded without any metadata chunk and shrunk for the page."""
+    import io
+
+    from PIL import Image
+
+    with Image.open(io.BytesIO(png)) as im:
+        return image_png(np.asarray(im.convert("RGB")), max_side=FILM_SIDE)
+
+
+def cam_overlays(model_dir: str | Path, files: Sequence[str], method: str = "gradcam++",
+                 target_layer: str | None = None) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], Any]:
+    """Film and CAM overlay at the original resolution for ``files``, with one saved model.
+
+    Args:
+        model_dir: a training run / fold folder (``model.keras`` and ``model_info.json``).
+        files: image paths.
+        method: the preferred method (``report.cam``); a backbone without a spatial feature
+            map falls back to occlusion (see :func:`medtl.explain.cam.method_for_model`).
+        target_layer: layer for the gradient methods (``report.target_layer``).
+
+    Returns:
+        ({file: (film float (H, W) in [0, 1], overlay uint8 (H, W, 3))}, the method used,
+        a str carrying ``.reason``).
+    """
+    model_path = Path(model_dir) / "model.keras"
+    if not model_path.is_file():  # checked before TensorFlow is imported, for a quick clear note
+        raise FileNotFoundError(f"{model_path}: no saved model; the run folder is incomplete")
+    import keras
+
+    from medtl.data.pipeline import ImagePipeline
+    from medtl.explain.cam import compute_cam, explain_for_original, method_for_model
+    from medtl.explain.overlay import overlay
+    from medtl.io import read_image
+    from medtl.train.predict import pipeline_config, read_model_info
+
+    info = read_model_info(model_dir)
+    model = keras.models.load_model(model_path, compile=False)
+    try:
+        choice = method_for_model(model, method)
+        pipe = ImagePipeline(pipeline_config(info))
+        loaded = [pipe.load(f) for f in files]
+        maps = compute_cam(model, np.stack([x for x, _ in loaded]), method=str(choice),
+                           target_layer=None if choice == "occlusion" else target_layer)
+    finally:
+        del model
+        gc.collect()
+    window = info.get("preprocessing", {}).get("window", "auto")
+    out = {}
+    for f, (_, geo), m in zip(files, loaded, maps):
+        film = read_image(f, window=window)
+        out[f] = (film, overlay(film, explain_for_original(m, geo)))  # resized to the film if needed
+    return out, choice
+
+
+def render_gallery(
+    cases: pd.DataFrame,
+    salt: bytes,
+    classes: Sequence[str] = ("negative", "positive"),
+    method: str = "gradcam++",
+    target_layer: str | None = None,
+    overlays: Mapping[str, tuple[bytes, str]] | None = None,
+    compute: bool = True,
+) -> tuple[list[Case], str]:
+    """Turn chosen cases into gallery entries with film, overlay, score and label.
+
+    A case takes its overlay from ``overlays`` when given there, else (with ``compute``) from
+    :func:`cam_overlays` with the model in its ``model_dir``. Whatever fails is said on the
+    case (``note``), never dropped silently.
+
+    Args:
+        cases: rows from :func:`select_cases` (``file``, ``patient``, ``group``, ``model_dir``,
+            ``label``, ``score``, ``threshold``, ``kind``).
+        salt: the run's salt for the patient and image hashes.
+        classes: class names (index = label).
+        method: preferred CAM method (``report.cam``).
+        target_layer: layer for the gradient methods.
+        overlays: precomputed file -> (PNG bytes, method).
+        compute: compute missing overlays with :mod:`medtl.explain` (needs TensorFlow).
+
+    Returns:
+        (cases, a note for the whole gallery, '' when all is well).
+    """
+    overlays = dict(overlays or {})
+    shown: list[Case] = []
+    for row in cases.itertuples(index=False):
+        label = int(row.label)
+        shown.append(Case(
+            kind=row.kind, patient=hash_patient_id(row.patient, salt), image=hash_patient_id(row.file, salt),
+            source=str(row.group), label=str(classes[label]) if label < len(classes) else str(label),
+            score=float(row.score), threshold=float(row.threshold)))
+    if not shown:
+        return shown, "No case to show: no true positive, false positive or false negative."
+
+    computed: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    methods: dict[str, Any] = {}
+    failures: dict[str, str] = {}
+    if compute:
+        todo = cases[~cases["file"].isin(list(overlays))]
+        for model_dir, part in todo.groupby("model_dir", sort=False):
+            files = list(dict.fromkeys(part["file"]))
+            try:
+                got, choice = cam_overlays(model_dir, files, method, target_layer)
+            except Exception as exc:  # noqa: BLE001 - the reason is shown on each case
+                reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                # Paths may carry names: the report names images by hash only.
+                reason = scrub_text(reason, {f: f"[image {hash_patient_id(f, salt)}]" for f in files})
+                failures.update({f: f"CAM not computed: {type(exc).__name__}: {reason}" for f in files})
+                continue
+            computed.update(got)
+            methods.update({f: choice for f in files})
+
+    for case, row in zip(shown, cases.itertuples(index=False)):
+        f = str(row.file)
+        if f in overlays:
+            png, case.method = overlays[f]
+            case.overlay_png = _reencode(png)
+            case.method_reason = "precomputed"
+        elif f in computed:
+            film, over = computed[f]
+            case.film_png = image_png(film, FILM_SIDE)
+            case.overlay_png = image_png(over, FILM_SIDE)
+            case.method = str(methods[f])
+            case.method_reason = getattr(methods[f], "reason", "")
+        else:
+            case.note = failures.get(f, "CAM not computed (compute=False and no precomputed overlay)")
+        if case.film_png is None:
+            case.film_png, film_note = _film(f)
+            if film_note:
+                case.note = f"{case.note}; {film_note}" if case.note else film_note
+    notes = sorted({c.note for c in shown if c.note.startswith("CAM not computed")})
+    return shown, " ".join(notes)
+
+
+def _film(path: str) -> tuple[bytes | None, str]:
+    from medtl.io import ImageReadError, read_image
+
+    try:
+        return image_png(read_image(path), FILM_SIDE), ""
+    except FileNotFoundError:
+        return None, "film not found where the run read it"
+    except ImageReadError as exc:
+        return None, f"film unreadable: {exc.reason}"

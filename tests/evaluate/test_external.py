@@ -1,0 +1,189 @@
+"""Tests of medtl/evaluate/external.py: external test sets and paired run comparison.
+
+The runs are cross-validation runs of the fake model (tests/evaluate/_cv_helpers.py), and the
+external scoring step is replaced by the fake model too, so no TensorFlow is needed; the slow
+end-to-end test in test_cv.py runs the real models through the same code.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from medtl.config import ConfigError
+from medtl.evaluate import binary_metrics, bootstrap_paired_difference, delong_test, roc_auc
+from medtl.evaluate import external
+from medtl.evaluate.cv import run_cv
+from medtl.evaluate.external import EXTERNAL_KEYS, compare_runs, evaluate_external, format_compare, format_external
+from medtl.evaluate.postprocess import PostProcess
+from medtl.evaluate.runs import RunPredictor, read_json
+from tests.evaluate._cv_helpers import FakePredict, FakeTrainer, fake_scores, install_fakes, make_cfg, make_png_set
+
+
+@pytest.fixture
+def data(tmp_path: Path) -> Path:
+    return make_png_set(tmp_path / "ds")
+
+
+def _cv_run(cfg, monkeypatch, run_dir: Path, quality: float = 1.0, salt: str = "") -> Path:
+    install_fakes(monkeypatch, FakeTrainer(quality, salt=salt), FakePredict(quality, salt=salt))
+    return run_cv(cfg, run_dir=run_dir, progress=False)
+
+
+def _fake_score(monkeypatch, skipped=()):
+    """The external scoring step with the fake model, a different one per fold member."""
+
+    def score(pred, cfg, manifest):
+        keep = manifest.subset([i for i, p in enumerate(manifest.paths) if p not in dict(skipped)])
+        cols = keep.label_columns if keep.task == "multilabel" else keep.classes
+        raw = [fake_scores(keep.df, keep.task, cols, salt=f"member{i}") for i in range(len(pred.members))]
+        return keep, raw, list(skipped)
+
+    monkeypatch.setattr(external, "_score", score)
+
+
+def test_external_metrics_have_exactly_the_keys_and_right_values(data, tmp_path, monkeypatch):
+    cfg = make_cfg(data, tmp_path / "w", calibration="temperature")
+    run = _cv_run(cfg, monkeypatch, tmp_path / "run")
+    _fake_score(monkeypatch)
+    out = tmp_path / "ext"
+    m = evaluate_external(run, data, out, progress=False)
+    assert list(m) == list(EXTERNAL_KEYS)
+    assert read_json(out / "metrics.json") == m
+    # recompute: mean over folds of each fold's calibrated score, median fold threshold
+    pred = pd.read_csv(out / "predictions.csv")
+    df = pd.read_csv(data)
+    assert len(pred) == len(df) == m["n"] and m["n_patients"] == df["patient_id"].nunique()
+    pps = [PostProcess.from_dict(read_json(run / f"fold_{f}" / "postprocess.json")) for f in range(3)]
+    from medtl.data.manifest import load_manifest
+
+    man = load_manifest(cfg)
+    raw = [fake_scores(man.df, "binary", man.classes, salt=f"member{i}") for i in range(3)]
+    s = np.mean([pp.calibrate(r) for pp, r in zip(pps, raw)], axis=0)[:, 0]
+    t = float(np.median([pp.thresholds[0] for pp in pps]))
+    y = man.df["label"].to_numpy()
+    assert np.allclose(pred["score"], s)
+    assert m["threshold"] == pytest.approx(t)
+    ref = binary_metrics(y, s, t)
+    for k in ("roc_auc", "pr_auc", "sensitivity", "specificity", "ppv", "npv", "f1", "brier", "ece",
+              "accuracy", "balanced_accuracy"):
+        assert m[k] == pytest.approx(ref[k]), k
+    low, high = m["roc_auc_ci"]
+    assert low <= m["roc_auc"] <= high
+    assert (pred["prediction"] == (s >= t).astype(int)).all()
+    assert {"score_fold0", "score_fold1", "score_fold2"} <= set(pred.columns)
+    text = format_external(m)
+    assert "roc_auc" in text and "95% CI" in text
+
+
+def test_external_with_one_fold_model_and_a_yaml_config(data, tmp_path, monkeypatch):
+    cfg = make_cfg(data, tmp_path / "w")
+    run = _cv_run(cfg, monkeypatch, tmp_path / "run")
+    _fake_score(monkeypatch)
+    yaml_path = tmp_path / "ext.yaml"
+    yaml_path.write_text(cfg.to_yaml())
+    m = evaluate_external(run / "fold_1", yaml_path, tmp_path / "ext", progress=False)
+    assert m["threshold"] == read_json(run / "fold_1" / "postprocess.json")["thresholds"][0]
+    pred = pd.read_csv(tmp_path / "ext" / "predictions.csv")
+    assert not any(c.startswith("score_fold") for c in pred.columns)
+
+
+def test_plain_training_run_without_threshold_uses_half(data, tmp_path, monkeypatch):
+    from medtl.data.manifest import load_manifest
+    from medtl.train.predict import write_model_info
+
+    cfg = make_cfg(data, tmp_path / "w")
+    run = tmp_path / "train_run"
+    run.mkdir()
+    write_model_info(run, cfg, load_manifest(cfg))
+    (run / "config.yaml").write_text(cfg.to_yaml())
+    _fake_score(monkeypatch)
+    p = RunPredictor(run)
+    assert p.thresholds == [0.5] and "0.5" in p.threshold_source
+    m = evaluate_external(run, data, tmp_path / "ext", progress=False)
+    assert m["threshold"] == 0.5
+
+
+def test_external_classes_must_match(data, tmp_path, monkeypatch):
+    cfg = make_cfg(data, tmp_path / "w")
+    run = _cv_run(cfg, monkeypatch, tmp_path / "run")
+    _fake_score(monkeypatch)
+    other = make_cfg(data, tmp_path / "w")
+    other.data.classes = ["healthy", "sick"]
+    with pytest.raises(ConfigError, match="classes"):
+        evaluate_external(run, other, tmp_path / "ext", progress=False)
+
+
+def test_external_lists_skipped_files(data, tmp_path, monkeypatch):
+    cfg = make_cfg(data, tmp_path / "w")
+    run = _cv_run(cfg, monkeypatch, tmp_path / "run")
+    first = str((data.parent / pd.read_csv(data)["file"].iloc[0]).resolve())
+    _fake_score(monkeypatch, skipped=[(first, "cannot decode")])
+    with pytest.warns(RuntimeWarning, match="1 unreadable"):
+        m = evaluate_external(run, data, tmp_path / "ext", progress=False)
+    assert m["n"] == len(pd.read_csv(data)) - 1
+    assert pd.read_csv(tmp_path / "ext" / "skipped.csv")["path"].tolist() == [first]
+
+
+def test_external_multiclass_writes_macro_and_per_class(tmp_path, monkeypatch):
+    data = make_png_set(tmp_path / "ds", task="multiclass")
+    cfg = make_cfg(data, tmp_path / "w", task="multiclass")
+    run = _cv_run(cfg, monkeypatch, tmp_path / "run")
+    _fake_score(monkeypatch)
+    m = evaluate_external(run, data, tmp_path / "ext", progress=False)
+    assert list(m) == list(EXTERNAL_KEYS) and m["threshold"] is None
+    per = read_json(tmp_path / "ext" / "per_class.json")
+    assert m["roc_auc"] == pytest.approx(per["metrics"]["macro"]["roc_auc"])
+    assert set(per["metrics"]["per_class"]) == {"a", "b", "c"}
+
+
+# --------------------------------------------------------------------------------------------
+# compare
+
+
+def test_compare_two_cv_runs(data, tmp_path, monkeypatch):
+    cfg = make_cfg(data, tmp_path / "w")
+    a = _cv_run(cfg, monkeypatch, tmp_path / "a", quality=1.0, salt="a")
+    b = _cv_run(cfg, monkeypatch, tmp_path / "b", quality=0.2, salt="b")
+    r = compare_runs(a, b)
+    oa = pd.read_csv(a / "oof_predictions.csv")
+    ob = pd.read_csv(b / "oof_predictions.csv").set_index("file").loc[oa["file"]]
+    y, sa, sb = oa["label"].to_numpy(), oa["score"].to_numpy(), ob["score"].to_numpy()
+    assert r["auc_a"] == pytest.approx(roc_auc(y, sa)) and r["auc_b"] == pytest.approx(roc_auc(y, sb))
+    d = delong_test(y, sa, sb)
+    assert r["diff"] == pytest.approx(d["diff"]) and r["delong"]["p_value"] == pytest.approx(d["p_value"])
+    boot = bootstrap_paired_difference(y, sa, sb, "roc_auc", oa["patient"].to_numpy(dtype=object),
+                                       n_boot=50, seed=cfg.seed)
+    assert (r["bootstrap"]["low"], r["bootstrap"]["high"]) == (pytest.approx(boot.low), pytest.approx(boot.high))
+    assert r["n_common"] == len(oa) and r["n_only_a"] == r["n_only_b"] == 0
+    text = format_compare(r)
+    assert "DeLong" in text and "patient bootstrap" in text
+
+
+def test_compare_run_with_itself_and_stale_merge(data, tmp_path, monkeypatch):
+    cfg = make_cfg(data, tmp_path / "w")
+    a = _cv_run(cfg, monkeypatch, tmp_path / "a")
+    (a / "oof_predictions.csv").unlink()  # compare pools the folds itself when needed
+    r = compare_runs(a, a)
+    assert r["diff"] == 0.0 and r["delong"]["p_value"] == pytest.approx(1.0)
+    assert (a / "oof_predictions.csv").exists()
+
+
+def test_compare_external_outputs_and_label_clash(data, tmp_path, monkeypatch):
+    cfg = make_cfg(data, tmp_path / "w")
+    a = _cv_run(cfg, monkeypatch, tmp_path / "a")
+    _fake_score(monkeypatch)
+    evaluate_external(a, data, tmp_path / "e1", progress=False)
+    evaluate_external(a / "fold_0", data, tmp_path / "e2", progress=False)
+    r = compare_runs(tmp_path / "e1", tmp_path / "e2")
+    assert r["n_common"] == len(pd.read_csv(data))
+    pred = pd.read_csv(tmp_path / "e2" / "predictions.csv")
+    pred.loc[0, "label"] = 1 - pred.loc[0, "label"]
+    pred.to_csv(tmp_path / "e2" / "predictions.csv", index=False)
+    with pytest.raises(ValueError, match="different labels"):
+        compare_runs(tmp_path / "e1", tmp_path / "e2")
+    with pytest.raises(FileNotFoundError, match="neither"):
+        compare_runs(tmp_path / "e1", tmp_path)

@@ -1,0 +1,242 @@
+"""The HTML report: one self-contained, de-identified file showing the run's real numbers."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from PIL import Image
+
+from medtl.report import collect_report_data, write_report
+from medtl.report.deid import find_phi, hash_patient_id, run_salt
+from medtl.report.gallery import render_gallery, select_cases
+from medtl.report.html import PHIError, export_pdf, render_html
+
+from .conftest import PHI_NAME
+
+
+def _imgs(page: str) -> list[str]:
+    return re.findall(r"<img\b[^>]*\bsrc=\"([^\"]*)\"", page)
+
+
+def test_report_is_one_self_contained_deidentified_file(fake_cv_run, tmp_path):
+    out_dir = tmp_path / "out"
+    out = write_report(fake_cv_run.run, out_dir / "report.html")
+    assert out == out_dir / "report.html" and [p.name for p in out_dir.iterdir()] == ["report.html"]
+    page = out.read_text()
+
+    # Nothing to fetch: no external src/href/url(), no script, every image an embedded PNG.
+    assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:|//)""", page, re.I)
+    assert "http://" not in page and "https://" not in page
+    assert "<script" not in page.lower() and "<link" not in page.lower()
+    imgs = _imgs(page)
+    assert len(imgs) == 4 + 3 + 2 * 6  # curves, training per fold, film + map for 2 cases x 3 kinds
+    for src in imgs:
+        assert src.startswith("data:image/png;base64,")
+        png = base64.b64decode(src.split(",", 1)[1], validate=True)
+        with Image.open(io.BytesIO(png)) as im:
+            im.verify()
+        with Image.open(io.BytesIO(png)) as im:
+            assert im.format == "PNG" and min(im.size) > 0 and not im.text
+
+    # The run's numbers are on the page.
+    m = json.loads((fake_cv_run.run / "metrics.json").read_text())
+    assert f"{m['pooled']['roc_auc']:.3f}" in page
+    assert f"[{m['pooled_ci']['roc_auc']['low']:.3f}, {m['pooled_ci']['roc_auc']['high']:.3f}]" in page
+    for f in ("0", "1", "2"):
+        assert f"{m['per_fold'][f]['sensitivity']:.3f}" in page
+        assert f"{m['thresholds'][f][0]:.4f}" in page
+    assert f"{m['across_folds']['roc_auc']['mean']:.3f}" in page
+    assert f"± {m['across_folds']['roc_auc']['std']:.3f}" in page
+
+    # Patients as salted hashes only; no raw id, path or planted PHI anywhere in the file.
+    salt = run_salt(fake_cv_run.run)
+    shown = select_cases(pd.read_csv(fake_cv_run.run / "oof_predictions.csv", dtype={"patient": str}), 2)
+    assert len(shown) == 6
+    for p in shown["patient"]:
+        assert hash_patient_id(p, salt) in page
+    for p in set(fake_cv_run.patients):
+        assert p not in page
+    assert "img_0" not in page and not any(f in page for f in fake_cv_run.files)  # no file names
+    assert salt.hex() not in page
+    assert find_phi(out, fake_cv_run.phi + sorted(set(fake_cv_run.patients))) == []
+
+
+def test_collected_data_match_the_run(fake_cv_run):
+    data = collect_report_data(fake_cv_run.run, compute_cams=False)
+    m = json.loads((fake_cv_run.run / "metrics.json").read_text())
+    assert data.kind == "cross-validation" and data.task == "binary" and data.seed == 5
+    assert data.backbone == "smallcnn" and data.created == "2026-01-02T03:04:05"
+    assert data.metrics.columns == ["pooled [95% CI]", "mean ± sd across folds",
+                                    "fold 0 [95% CI]", "fold 1 [95% CI]", "fold 2 [95% CI]"]
+    rows = dict(data.metrics.rows)
+    auc = rows["ROC AUC"]
+    assert auc[0].value == pytest.approx(m["pooled"]["roc_auc"])
+    assert auc[0].low == pytest.approx(m["pooled_ci"]["roc_auc"]["low"])
+    assert auc[1].value == pytest.approx(m["across_folds"]["roc_auc"]["mean"])
+    assert auc[1].sd == pytest.approx(m["across_folds"]["roc_auc"]["std"])
+    for i, f in enumerate("012"):
+        cell = rows["Sensitivity (recall)"][2 + i]
+        assert cell.value == pytest.approx(m["per_fold"][f]["sensitivity"])
+        assert cell.low is not None and cell.low <= cell.value <= cell.high  # per-fold interval
+        assert rows["Images"][2 + i].value == m["per_fold"][f]["n"]
+    assert data.data_table == [{"class": "lesion", "images": 16, "patients": 8},
+                               {"class": "normal", "images": 32, "patients": 16},
+                               {"class": "all", "images": 48, "patients": 24}]
+    assert [r["stage"] for r in data.stages] == [1, 2] and data.stages[0]["epochs_run"] == "3.0"
+    assert [p.title for p in data.curves] == ["ROC curves", "Precision-recall curves", "Confusion matrix",
+                                              "Calibration"]
+    assert len(data.training) == 3
+    assert [c.kind for c in data.gallery] == ["true positive"] * 2 + ["false positive"] * 2 + ["false negative"] * 2
+    assert all(c.method == "gradcam++" and c.overlay_png and c.film_png for c in data.gallery)
+    assert data.gallery[0].score == pytest.approx(fake_cv_run.scores.max())
+    assert set(data.versions) >= {"medtl", "tensorflow", "keras", "python"}
+
+
+def test_select_cases_ranks_by_confidence():
+    df = pd.DataFrame({"label": [1, 1, 0, 0, 1, 1, 0], "score": [.9, .7, .8, .2, .1, .3, .95],
+                       "threshold": [.5, .5, .5, .5, .5, .5, .9]})
+    got = select_cases(df, 2)
+    assert got["kind"].tolist() == ["true positive"] * 2 + ["false positive"] * 2 + ["false negative"] * 2
+    assert got["score"].tolist() == [.9, .7, .95, .8, .1, .3]
+    assert select_cases(df, 0).empty
+
+
+def test_gallery_says_why_a_map_is_missing_and_never_shows_the_path(fake_cv_run):
+    preds = pd.read_csv(fake_cv_run.run / "oof_predictions.csv", dtype={"patient": str})
+    preds["group"] = "fold " + preds["fold"].astype(str)
+    preds["model_dir"] = str(fake_cv_run.run / "no-such-fold")
+    cases = select_cases(preds, 1)
+    salt = b"s"
+    shown, note = render_gallery(cases, salt, classes=["normal", "lesion"], compute=False)
+    assert all(c.film_png and c.overlay_png is None and "compute=False" in c.note for c in shown)
+    shown, note = render_gallery(cases, salt, classes=["normal", "lesion"], compute=True)
+    assert all(c.note.startswith("CAM not computed") for c in shown) and note
+    assert all(c.film_png for c in shown)  # the film is still shown
+    text = " ".join(c.note for c in shown) + note
+    assert "no-such-fold" in text or "Error" in text
+    for f in cases["file"]:
+        assert f not in text
+
+
+def test_phi_in_the_page_stops_the_report(fake_cv_run, tmp_path):
+    cfg_path = fake_cv_run.run / "config.yaml"
+    raw = yaml.safe_load(cfg_path.read_text())
+    raw["name"] = PHI_NAME  # the DICOM PatientName of a gallery case, typed into the config
+    cfg_path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(PHIError, match="not written"):
+        write_report(fake_cv_run.run, tmp_path / "r.html", compute_cams=False)
+    assert not (tmp_path / "r.html").exists()
+
+
+def test_report_of_a_training_run(tmp_path):
+    from medtl.config import config_from_dict
+
+    run = tmp_path / "train-run"
+    run.mkdir()
+    cfg = config_from_dict({"name": "t", "data": {"manifest": "x.csv"}, "evaluate": {"bootstrap": 50},
+                            "report": {"cases": 1}})
+    (run / "config.yaml").write_text(cfg.to_yaml())
+    rng = np.random.default_rng(0)
+    y = np.tile([0, 1], 10)
+    files = []
+    for i in range(20):
+        f = tmp_path / f"f{i}.png"
+        Image.fromarray((rng.random((16, 16)) * 255).astype(np.uint8)).save(f)
+        files.append(str(f))
+    pd.DataFrame({"path": files, "patient_id": [f"ID{i // 2:03d}Q" for i in range(20)], "label": y,
+                  "score": np.clip(0.3 + 0.4 * y + rng.normal(0, .2, 20), 0, 1)}).to_csv(
+        run / "val_predictions.csv", index=False)
+    (run / "model_info.json").write_text(json.dumps({"task": "binary", "classes": ["no", "yes"],
+                                                     "threshold": 0.5, "threshold_rule": "fixed:0.5"}))
+    pd.DataFrame({"stage": [1, 1], "epoch": [1, 2], "global_epoch": [1, 2], "loss": [1, .5],
+                  "val_loss": [1, .6], "roc_auc": [.6, .8], "val_roc_auc": [.5, .7]}).to_csv(
+        run / "history.csv", index=False)
+    page = write_report(run, tmp_path / "r.html", compute_cams=False).read_text()
+    data = collect_report_data(run, compute_cams=False)
+    assert data.kind == "training run" and data.metrics.columns == ["validation [95% CI]"]
+    assert f"{dict(data.metrics.rows)['ROC AUC'][0].value:.3f}" in page
+    assert "ID000Q" not in page
+    assert len(_imgs(page)) == 4 + 1 + len(data.gallery) and data.gallery  # films, no maps without compute
+
+
+def test_render_refuses_external_resources(fake_cv_run, monkeypatch):
+    import jinja2
+
+    import medtl.report.html as rh
+
+    data = collect_report_data(fake_cv_run.run, compute_cams=False)
+    data.notes.append('see <img src="https://example.org/x.png">')  # text: escaped, never fetched
+    assert "https://example.org" in render_html(data)
+    for bad in ('<img src="https://example.org/x.png">', "<link href='//cdn.example.org/a.css'>",
+                "<style>body { background: url( http://example.org/b.png ) }</style>"):
+        env = jinja2.Environment(loader=jinja2.DictLoader({rh.TEMPLATE: bad}))
+        monkeypatch.setattr(rh, "_environment", lambda env=env: env)
+        with pytest.raises(rh.ExternalResourceError, match="external resource"):
+            render_html(data)
+
+
+def test_pdf_export_names_what_to_install_when_no_renderer(tmp_path, monkeypatch):
+    import sys
+
+    import medtl.report.html as rh
+
+    html = tmp_path / "r.html"
+    html.write_text("<html><body><p>hello</p></body></html>")
+    monkeypatch.setitem(sys.modules, "weasyprint", None)  # import fails
+    monkeypatch.setattr(rh, "_chromium", lambda: None)
+    with pytest.raises(RuntimeError, match="pip install weasyprint.*apt-get install chromium"):
+        export_pdf(html, tmp_path / "r.pdf")
+
+
+def test_pdf_export_with_chromium(fake_cv_run, tmp_path):
+    import medtl.report.html as rh
+
+    if rh._chromium() is None:
+        pytest.skip("no Chromium installed (apt-get install chromium); PDF export not tested")
+    out = write_report(fake_cv_run.run, tmp_path / "r.html", pdf=True, compute_cams=False)
+    pdf = out.with_suffix(".pdf")
+    assert pdf.read_bytes()[:5] == b"%PDF-" and pdf.stat().st_size > 10_000
+    assert find_phi(pdf, fake_cv_run.phi + sorted(set(fake_cv_run.patients))) == []
+
+
+@pytest.mark.slow
+def test_end_to_end_real_cv_run_with_cams_leaks_no_planted_phi(tmp_path):
+    """Synthetic DICOM with planted PHI -> 2-fold CV of a tiny CNN -> report with Grad-CAM maps;
+    no planted header value appears in any file of the run folder or in the report."""
+    from medtl.config import config_from_dict
+    from medtl.data.synthetic import make_sample_data
+    from medtl.evaluate.cv import run_cv
+
+    labels = make_sample_data(tmp_path / "data", n_patients=20, seed=3, image_size=(64, 64), prevalence=0.4)
+    cfg = config_from_dict({
+        "name": "e2e", "seed": 1, "output_dir": str(tmp_path / "runs"),
+        "data": {"manifest": str(labels), "path_column": "file", "label_column": "label",
+                 "patient_column": "patient_id", "image_size": [32, 32], "cache_dir": str(tmp_path / "cache"),
+                 "val_fraction": 0.5, "workers": 1},
+        "augment": {"preset": "none"}, "model": {"backbone": "smallcnn", "weights": "none"},
+        "train": {"batch_size": 8, "mixed_precision": "off", "distribute": "none",
+                  "stages": [{"unfreeze": "head", "epochs": 1, "lr": 1e-2},
+                             {"unfreeze": "all", "epochs": 1, "lr": 1e-3}]},
+        "evaluate": {"folds": 2, "bootstrap": 50, "threshold": "fixed:0.5"},
+        "report": {"cam": "gradcam++", "cases": 2},
+    })
+    run = run_cv(cfg, progress=False)
+    out = write_report(run, tmp_path / "report.html")
+    data = collect_report_data(run)
+    maps = [c for c in data.gallery if c.overlay_png]
+    assert maps and all(c.method == "gradcam++" and "feature map" in c.method_reason for c in maps)
+    assert all(c.film_png and not c.note for c in data.gallery)
+
+    phi = json.loads((tmp_path / "data" / "phi.json").read_text())["patients"]
+    planted = sorted({v for d in phi.values() for k, vals in d.items() if k != "PatientSex"
+                      for v in (vals if isinstance(vals, list) else [vals])})
+    assert len(planted) > 40
+    assert find_phi(run, planted) == []
+    assert find_phi(out, planted + sorted(phi)) == []  # nor raw patient ids in the report
