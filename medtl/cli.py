@@ -44,6 +44,20 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 1 if report.n_errors else 0
 
 
+def cmd_init(args: argparse.Namespace) -> int:
+    from medtl.init import write_starter_config
+
+    path = write_starter_config(args.data, args.out, force=args.force)
+    header = []
+    for line in path.read_text().splitlines():
+        if not line.startswith("#"):
+            break
+        header.append(line.lstrip("# "))
+    print(f"wrote {path}")
+    print("\n".join(f"  {line}" for line in header[1:]))
+    return 0
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     cfg = _load_cfg(args)  # before the TensorFlow import: config errors come back at once
     from medtl.train.trainer import train
@@ -187,6 +201,16 @@ def build_parser() -> argparse.ArgumentParser:
         cmd_inspect,
     )
     p.add_argument("target", help="labels CSV, class-per-folder tree, or run config YAML")
+
+    p = add(
+        "init",
+        "look at a labels CSV or class-per-folder tree and write a commented starter config for it",
+        "medtl init sample_data/labels.csv --out sample.yaml",
+        cmd_init,
+    )
+    p.add_argument("data", help="labels CSV, folder with labels.csv, or folder with one sub-folder per class")
+    p.add_argument("--out", default="config.yaml", help="config file to write (default: config.yaml)")
+    p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
 
     p = add(
         "train",

@@ -14,7 +14,6 @@ Example:
 
 from __future__ import annotations
 
-import gc
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -114,31 +113,16 @@ def cam_overlays(model_dir: str | Path, files: Sequence[str], method: str = "gra
     model_path = Path(model_dir) / "model.keras"
     if not model_path.is_file():  # checked before TensorFlow is imported, for a quick clear note
         raise FileNotFoundError(f"{model_path}: no saved model; the run folder is incomplete")
-    import keras
-
-    from medtl.data.pipeline import ImagePipeline
-    from medtl.explain.cam import compute_cam, explain_for_original, method_for_model
+    from medtl.explain.cam import MethodChoice
+    from medtl.explain.files import maps_for_files
     from medtl.explain.overlay import overlay
-    from medtl.io import read_image
-    from medtl.train.predict import pipeline_config, read_model_info
 
-    info = read_model_info(model_dir)
-    model = keras.models.load_model(model_path, compile=False)
-    try:
-        choice = method_for_model(model, method)
-        pipe = ImagePipeline(pipeline_config(info))
-        loaded = [pipe.load(f) for f in files]
-        maps = compute_cam(model, np.stack([x for x, _ in loaded]), method=str(choice),
-                           target_layer=None if choice == "occlusion" else target_layer)
-    finally:
-        del model
-        gc.collect()
-    window = info.get("preprocessing", {}).get("window", "auto")
-    out = {}
-    for f, (_, geo), m in zip(files, loaded, maps):
-        film = read_image(f, window=window)
-        out[f] = (film, overlay(film, explain_for_original(m, geo)))  # resized to the film if needed
-    return out, choice
+    fm = maps_for_files(model_dir, files, method=method, target_layer=target_layer)
+    if fm.errors:
+        path, reason = next(iter(fm.errors.items()))
+        raise ValueError(reason if path in reason else f"{path}: {reason}")
+    out = {f: (fm.films[f], overlay(fm.films[f], fm.maps[f])) for f in files}
+    return out, MethodChoice(fm.method, fm.reason)
 
 
 def render_gallery(

@@ -46,9 +46,11 @@ TOP_LAYERS = {
 }
 
 
-def test_registry_has_the_six_backbones():
-    assert sorted(BACKBONES) == sorted(KERAS_PREPROCESS)
-    assert {n: [b.name for b in s.blocks] for n, s in BACKBONES.items()} == EXPECTED_BLOCKS
+def test_registry_has_the_six_applications_and_smallcnn():
+    assert sorted(BACKBONES) == sorted([*KERAS_PREPROCESS, "smallcnn"])
+    blocks = {n: [b.name for b in s.blocks] for n, s in BACKBONES.items()}
+    assert blocks.pop("smallcnn") == ["cnn_block4", "cnn_block3", "cnn_block2", "cnn_block1"]
+    assert blocks == EXPECTED_BLOCKS
 
 
 def test_unknown_backbone_lists_the_known_ones():

@@ -1,0 +1,190 @@
+"""Tests for ``medtl init``: the starter config fits the data, loads, and explains itself."""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from medtl.cli import main
+from medtl.config import config_from_dict, load_config
+from medtl.data.manifest import load_manifest
+from medtl.init import DatasetSurvey, starter_config, survey_dataset, write_starter_config
+from tests.data._helpers import write_png
+
+
+@pytest.fixture(scope="module")
+def dicom_csv(tmp_path_factory) -> Path:
+    """labels.csv of 12 synthetic patients (DICOM, 64 px)."""
+    from medtl.data.synthetic import make_sample_data
+
+    return make_sample_data(tmp_path_factory.mktemp("init_dicom"), n_patients=12, seed=3,
+                            image_size=(64, 64), prevalence=0.4)
+
+
+def _png_tree(root: Path, counts: dict[str, int]) -> Path:
+    rng = np.random.default_rng(0)
+    for cls, n in counts.items():
+        for i in range(n):
+            write_png(root / cls / f"{cls}_{i}.png", rng.random((40, 32)).astype(np.float32))
+    return root
+
+
+def _comments(text: str) -> str:
+    return "\n".join(line for line in text.splitlines() if "#" in line)
+
+
+def test_labels_csv_gives_a_config_that_fits_it(dicom_csv, tmp_path):
+    out = write_starter_config(dicom_csv, tmp_path / "cfg" / "config.yaml")
+    cfg = load_config(out)
+    df = pd.read_csv(dicom_csv)
+    counts = df["label"].value_counts()
+    lesion_patients = df.loc[df["label"] == 1, "patient_id"].nunique()
+    normal_patients = df.loc[df["label"] == 0, "patient_id"].nunique()
+
+    assert Path(cfg.data.manifest) == dicom_csv.resolve()
+    assert (cfg.task, cfg.data.path_column, cfg.data.label_column) == ("binary", "file", "label")
+    assert cfg.data.patient_column == "patient_id"
+    assert cfg.data.classes == ["normal", "lesion"]  # from the class_name column, 0 -> normal
+    assert cfg.model.backbone == "mobilenetv2" and cfg.model.weights == "imagenet"
+    assert [s.unfreeze for s in cfg.train.stages] == ["head", 1]
+    ratio = counts.max() / counts.min()
+    assert cfg.train.loss.class_weight == ("balanced" if ratio > 1.5 else "none")
+    assert cfg.train.loss.name == "bce"
+    assert cfg.evaluate.folds == max(2, min(5, lesion_patients, normal_patients))
+    assert len(load_manifest(cfg)) == len(df)
+
+    text = out.read_text()
+    notes = _comments(text)
+    assert f"Dataset: {len(df)} images, {df['patient_id'].nunique()} patients" in notes
+    assert f"normal {counts[0]}, lesion {counts[1]}" in notes
+    assert "positive class: 'lesion'" in notes
+    assert f"{len(df)} images (< 300)" in notes
+    assert "splits keep a patient's films together" in notes
+    assert "imbalance" in notes or "balanced enough" in notes
+    # The manifest path is relative to the config's folder, as the loader resolves it.
+    rel = os.path.relpath(dicom_csv, out.parent)
+    assert yaml.safe_load(text)["data"]["manifest"] == rel and not Path(rel).is_absolute()
+
+
+def test_png_tree_without_patients_warns_and_puts_normal_first(tmp_path):
+    tree = _png_tree(tmp_path / "films", {"effusion": 4, "normal": 10})
+    out = write_starter_config(tree, tmp_path / "config.yaml")
+    cfg = load_config(out)
+    text = out.read_text()
+
+    assert cfg.task == "binary"
+    assert cfg.data.classes == ["normal", "effusion"]  # "normal" is the negative class
+    assert cfg.data.patient_column is None
+    assert "path_column" not in yaml.safe_load(text)["data"]  # a folder tree has no columns
+    assert cfg.train.loss.class_weight == "balanced"  # 10:4 = 2.5
+    assert cfg.evaluate.folds == 4  # 4 effusion "patients" (one per image)
+    assert "WARNING: no patient ids found" in text
+    assert "too optimistic" in text
+    assert "min-max for PNG/JPEG" in text
+    m = load_manifest(cfg)
+    assert m.class_counts().tolist() == [10, 4]
+
+
+def test_dicom_tree_takes_patients_from_the_headers(dicom_csv, tmp_path):
+    df = pd.read_csv(dicom_csv)
+    for row in df.itertuples():
+        dest = tmp_path / "tree" / row.class_name / Path(row.file).name
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(dicom_csv.parent / row.file, dest)
+    out = write_starter_config(tmp_path / "tree", tmp_path / "config.yaml")
+    cfg = load_config(out)
+
+    assert cfg.data.patient_column == "dicom:PatientID"
+    assert cfg.data.classes == ["normal", "lesion"]
+    m = load_manifest(cfg)
+    assert m.df["patient_id"].nunique() == df["patient_id"].nunique()
+    assert f"{df['patient_id'].nunique()} patients" in out.read_text()
+    assert "DICOM VOI LUT" in out.read_text()
+
+
+def test_several_01_columns_make_a_multilabel_config(tmp_path):
+    rng = np.random.default_rng(1)
+    rows = []
+    for p in range(10):
+        for f in range(2):
+            name = f"img/P{p}_{f}.png"
+            write_png(tmp_path / name, rng.random((32, 32)).astype(np.float32))
+            rows.append({"file": name, "patient_id": f"P{p}", "atelectasis": int(p % 2 == 0),
+                         "effusion": int(p % 5 == 0), "site": "A"})
+    with (tmp_path / "findings.csv").open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    out = write_starter_config(tmp_path / "findings.csv", tmp_path / "config.yaml")
+    cfg = load_config(out)
+
+    assert cfg.task == "multilabel"
+    assert cfg.data.label_column == ["atelectasis", "effusion"]
+    assert cfg.data.classes is None
+    assert cfg.train.loss.class_weight == "balanced"  # effusion: 4 of 20 films
+    assert cfg.evaluate.folds == 2  # 2 patients with effusion
+    assert "only 2 patient(s) with 'effusion'" in out.read_text()
+
+
+def test_three_class_folders_make_a_multiclass_config(tmp_path):
+    tree = _png_tree(tmp_path / "films", {"covid": 6, "normal": 6, "viral": 6})
+    cfg = load_config(write_starter_config(tree, tmp_path / "config.yaml"))
+    assert cfg.task == "multiclass"
+    assert cfg.data.classes == ["covid", "normal", "viral"]
+    assert cfg.train.loss.name == "cce"
+    assert cfg.train.loss.class_weight == "none"
+    assert cfg.evaluate.folds == 5
+
+
+@pytest.mark.parametrize("n, backbone, stages", [
+    (150, "mobilenetv2", ["head", 1]),
+    (1200, "resnet50", ["head", 2, "all"]),
+    (8000, "densenet121", ["head", 2, "all"]),
+])
+def test_backbone_and_stages_follow_the_data_size(n, backbone, stages, dicom_csv):
+    survey = DatasetSurvey(source=dicom_csv, task="binary", classes=["normal", "lesion"],
+                           class_counts={"normal": n // 2, "lesion": n - n // 2},
+                           patients_per_class={"normal": n // 4, "lesion": n // 4},
+                           n_images=n, n_patients=n // 2, path_column="file", label_column="label",
+                           patient_column="patient_id")
+    text = starter_config(dicom_csv, dicom_csv.parent, survey=survey)
+    cfg = config_from_dict(yaml.safe_load(text), base_dir=dicom_csv.parent)
+    assert cfg.model.backbone == backbone
+    assert [s.unfreeze for s in cfg.train.stages] == stages
+    assert cfg.train.loss.class_weight == "none"  # 1:1
+    assert f"{n} images" in text
+
+
+def test_refuses_to_overwrite_without_force(dicom_csv, tmp_path):
+    out = tmp_path / "config.yaml"
+    out.write_text("keep me\n")
+    with pytest.raises(FileExistsError, match="--force"):
+        write_starter_config(dicom_csv, out)
+    assert out.read_text() == "keep me\n"
+    write_starter_config(dicom_csv, out, force=True)
+    assert load_config(out).data.patient_column == "patient_id"
+
+
+def test_no_labels_is_a_clear_error(tmp_path):
+    write_png(tmp_path / "loose" / "a.png", np.zeros((8, 8), np.float32))
+    with pytest.raises(ValueError, match="cannot tell the classes"):
+        survey_dataset(tmp_path / "loose")
+
+
+def test_cli_init(dicom_csv, tmp_path, capsys):
+    out = tmp_path / "c.yaml"
+    assert main(["init", str(dicom_csv), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert f"wrote {out}" in printed and "Dataset:" in printed
+    assert load_config(out).task == "binary"
+    assert main(["init", str(dicom_csv), "--out", str(out)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "already exists" in err[0]
+    assert main(["init", str(dicom_csv), "--out", str(out), "--force"]) == 0
