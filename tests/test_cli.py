@@ -49,3 +49,19 @@ def test_debug_shows_traceback(tmp_path):
 def test_cv_without_config_or_merge_says_what_to_give(capsys):
     assert main(["cv"]) == 1
     assert "give a config" in capsys.readouterr().err
+
+
+def test_inspect_exits_nonzero_and_names_every_unreadable_file(tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+
+    for cls in ("normal", "lesion"):
+        (tmp_path / cls).mkdir()
+        for i in range(2):
+            Image.fromarray(np.full((20, 24), 40 * (i + 1), np.uint8)).save(tmp_path / cls / f"{cls}{i}.png")
+    (tmp_path / "lesion" / "cut.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    assert main(["inspect", str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert "cut.png" in out and "unreadable: 1" in out
+    (tmp_path / "lesion" / "cut.png").unlink()
+    assert main(["inspect", str(tmp_path)]) == 0

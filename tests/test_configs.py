@@ -95,6 +95,7 @@ def _tiny_override(path: Path, tiny: Path, work: Path, request) -> Config:
     raw["data"]["manifest"] = str(_tiny_csv(raw, tiny, work / "labels.csv"))
     raw["data"]["cache_dir"] = str(work.parent / "cache")
     raw["data"]["workers"] = 1
+    raw["data"]["val_fraction"] = 0.35  # 3 patient-grouped parts: 8 patients fill them
     raw["output_dir"] = str(work / "runs")
     model = raw.setdefault("model", {})
     if str(model.get("backbone", "")).startswith("hub:"):
