@@ -15,6 +15,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import textwrap
@@ -37,6 +38,7 @@ _NEGATIVE_NAMES = frozenset({
 _SMALL, _MEDIUM = 300, 3000  # image counts where the suggested backbone changes
 _IMBALANCE = 1.5  # majority:minority ratio above which the loss is class-weighted
 _MAX_FOLDS = 5
+_VAL_PARTS = 5  # data.val_fraction 0.2
 
 
 @dataclass
@@ -250,6 +252,7 @@ class _Plan:
     why_backbone: str
     folds: int
     why_folds: str
+    val_parts: int  # data.val_fraction = 1 / val_parts (patient_holdout makes val_parts folds)
 
 
 def _plan(s: DatasetSurvey) -> _Plan:
@@ -271,17 +274,28 @@ def _plan(s: DatasetSurvey) -> _Plan:
                   {"unfreeze": "all", "epochs": 10, "lr": 1e-5, "schedule": "cosine"}]
         why = (f"{n} images (>= {_MEDIUM}): DenseNet121 (the CheXNet backbone), enough data to "
                "fine-tune all of it in the last stage")
+    folds, val_parts, why_folds = _folds_for(s)
+    return _Plan(backbone, batch, dropout, stages, why, folds, why_folds, val_parts)
+
+
+def _folds_for(s: DatasetSurvey) -> tuple[int, int, str]:
+    """(folds, validation parts, why) that the rarest class's patients can fill.
+
+    Every test fold needs a patient of each class, and so does each of the ``round(1 /
+    val_fraction)`` parts that the rest of a fold is split into for validation
+    (:func:`medtl.data.splits.patient_holdout`); fewer folds first keep the 20% validation split.
+    """
     rarest = min(s.patients_per_class, key=s.patients_per_class.get)
-    few = s.patients_per_class[rarest]
-    if few >= _MAX_FOLDS:
-        folds, why_folds = _MAX_FOLDS, f"every class has >= {_MAX_FOLDS} patients"
-    else:
-        folds = max(2, few)
-        why_folds = (f"only {few} patient(s) with {rarest!r}: each test fold needs at least one")
-        if few < 2:
-            why_folds += ("; WARNING: with one patient a class cannot be both trained on and tested, "
-                          "so the figures will be meaningless until more are added")
-    return _Plan(backbone, batch, dropout, stages, why, folds, why_folds)
+    n = s.patients_per_class[rarest]
+    for folds in range(_MAX_FOLDS, 1, -1):
+        for parts in range(_VAL_PARTS, 1, -1):
+            if n >= folds and n - math.ceil(n / folds) >= parts:
+                if (folds, parts) == (_MAX_FOLDS, _VAL_PARTS):
+                    return folds, parts, f"the rarest class ({rarest!r}) has {n} patients: enough for {folds}"
+                return folds, parts, (f"only {n} patients with {rarest!r}: each test fold and each "
+                                      "validation part needs at least one")
+    return 2, 2, (f"WARNING: only {n} patient(s) with {rarest!r}; cross-validation needs at least 3 "
+                  "(medtl cv will refuse) and far more for figures worth reporting")
 
 
 # --------------------------------------------------------------------------------------------
@@ -394,10 +408,13 @@ def starter_config(data: str | os.PathLike, config_dir: str | os.PathLike = ".",
         out.key("classes", s.classes, classes_why, indent=1)
     out.key("image_size", [224, 224], "ImageNet size; e.g. 448 for small findings (GPU)", indent=1)
     out.key("keep_aspect", True, "letterbox instead of squashing the film", indent=1)
-    dicom_why = "DICOM VOI LUT / window from each file's header" if s.n_dicom else "min-max for PNG/JPEG"
+    dicom_why = "DICOM VOI LUT / window from each file's header" if s.n_dicom else "PNG/JPEG: the full bit-depth range"
     out.key("window", "auto", dicom_why, indent=1)
     out.key("on_error", "fail", "stop on an unreadable file; skip lists them in the run folder", indent=1)
-    out.key("val_fraction", 0.2, "validation split (by patient): early stopping, threshold", indent=1)
+    val_why = "validation split (by patient): early stopping, threshold"
+    if p.val_parts != _VAL_PARTS:
+        val_why += f"; more than 0.2 so that each of its {p.val_parts} parts has every class"
+    out.key("val_fraction", round(1.0 / p.val_parts, 2), val_why, indent=1)
 
     out.lines.append("")
     out.key("augment", section=True)

@@ -36,6 +36,14 @@ def _png_tree(root: Path, counts: dict[str, int]) -> Path:
     return root
 
 
+def _assert_cv_can_split(manifest, cfg) -> None:
+    """The folds and validation split that medtl cv will make from ``cfg`` all exist."""
+    from medtl.data.splits import patient_holdout, patient_kfold
+
+    for train_idx, _ in patient_kfold(manifest, cfg.evaluate.folds, cfg.seed):
+        patient_holdout(manifest.subset(train_idx), cfg.data.val_fraction, cfg.seed)
+
+
 def _comments(text: str) -> str:
     return "\n".join(line for line in text.splitlines() if "#" in line)
 
@@ -45,8 +53,6 @@ def test_labels_csv_gives_a_config_that_fits_it(dicom_csv, tmp_path):
     cfg = load_config(out)
     df = pd.read_csv(dicom_csv)
     counts = df["label"].value_counts()
-    lesion_patients = df.loc[df["label"] == 1, "patient_id"].nunique()
-    normal_patients = df.loc[df["label"] == 0, "patient_id"].nunique()
 
     assert Path(cfg.data.manifest) == dicom_csv.resolve()
     assert (cfg.task, cfg.data.path_column, cfg.data.label_column) == ("binary", "file", "label")
@@ -57,8 +63,9 @@ def test_labels_csv_gives_a_config_that_fits_it(dicom_csv, tmp_path):
     ratio = counts.max() / counts.min()
     assert cfg.train.loss.class_weight == ("balanced" if ratio > 1.5 else "none")
     assert cfg.train.loss.name == "bce"
-    assert cfg.evaluate.folds == max(2, min(5, lesion_patients, normal_patients))
-    assert len(load_manifest(cfg)) == len(df)
+    manifest = load_manifest(cfg)
+    assert len(manifest) == len(df)
+    _assert_cv_can_split(manifest, cfg)
 
     text = out.read_text()
     notes = _comments(text)
@@ -84,12 +91,15 @@ def test_png_tree_without_patients_warns_and_puts_normal_first(tmp_path):
     assert cfg.data.patient_column is None
     assert "path_column" not in yaml.safe_load(text)["data"]  # a folder tree has no columns
     assert cfg.train.loss.class_weight == "balanced"  # 10:4 = 2.5
-    assert cfg.evaluate.folds == 4  # 4 effusion "patients" (one per image)
+    # 4 effusion "patients" (one per image): 4 test folds, and the 3 left in each fold's
+    # training part fill a 3-part (0.33) validation split.
+    assert (cfg.evaluate.folds, cfg.data.val_fraction) == (4, 0.33)
     assert "WARNING: no patient ids found" in text
     assert "too optimistic" in text
-    assert "min-max for PNG/JPEG" in text
+    assert "PNG/JPEG: the full bit-depth range" in text
     m = load_manifest(cfg)
     assert m.class_counts().tolist() == [10, 4]
+    _assert_cv_can_split(m, cfg)
 
 
 def test_dicom_tree_takes_patients_from_the_headers(dicom_csv, tmp_path):
@@ -117,7 +127,7 @@ def test_several_01_columns_make_a_multilabel_config(tmp_path):
             name = f"img/P{p}_{f}.png"
             write_png(tmp_path / name, rng.random((32, 32)).astype(np.float32))
             rows.append({"file": name, "patient_id": f"P{p}", "atelectasis": int(p % 2 == 0),
-                         "effusion": int(p % 5 == 0), "site": "A"})
+                         "effusion": int(p % 4 == 0), "site": "A"})
     with (tmp_path / "findings.csv").open("w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=list(rows[0]))
         w.writeheader()
@@ -128,9 +138,9 @@ def test_several_01_columns_make_a_multilabel_config(tmp_path):
     assert cfg.task == "multilabel"
     assert cfg.data.label_column == ["atelectasis", "effusion"]
     assert cfg.data.classes is None
-    assert cfg.train.loss.class_weight == "balanced"  # effusion: 4 of 20 films
-    assert cfg.evaluate.folds == 2  # 2 patients with effusion
-    assert "only 2 patient(s) with 'effusion'" in out.read_text()
+    assert cfg.train.loss.class_weight == "balanced"  # effusion: 6 of 20 films
+    assert (cfg.evaluate.folds, cfg.data.val_fraction) == (3, 0.5)  # 3 patients with effusion
+    assert "only 3 patients with 'effusion'" in out.read_text()
 
 
 def test_three_class_folders_make_a_multiclass_config(tmp_path):
@@ -188,3 +198,11 @@ def test_cli_init(dicom_csv, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "already exists" in err[0]
     assert main(["init", str(dicom_csv), "--out", str(out), "--force"]) == 0
+
+
+def test_cli_init_help_has_an_example(capsys):
+    with pytest.raises(SystemExit) as ex:
+        main(["init", "--help"])
+    assert ex.value.code == 0
+    out = capsys.readouterr().out
+    assert "example:" in out and "medtl init" in out and "--force" in out
