@@ -25,12 +25,13 @@ _API = {
     "Occlusion": "medtl.explain.cam",
     "METHODS": "medtl.explain.cam",
     "MethodChoice": "medtl.explain.cam",
-    "overlay": "medtl.explain.overlay",
-    "write_png": "medtl.explain.overlay",
-    "png_bytes": "medtl.explain.overlay",
 }
 
-__all__ = sorted(_API)
+# Imported eagerly (no TensorFlow there): the function `overlay` shares its name with its
+# module, and a lazy lookup would return the module once anything imported it.
+from medtl.explain.overlay import overlay, png_bytes, write_png  # noqa: E402
+
+__all__ = sorted([*_API, "overlay", "png_bytes", "write_png"])
 
 
 def __getattr__(name: str) -> Any:
