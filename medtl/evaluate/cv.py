@@ -13,9 +13,22 @@ For each fold k (numbered 0 .. folds-1, like a SLURM array index):
 
 :func:`merge_cv` pools the finished folds into out-of-fold predictions (every image once) and
 metrics: per fold, pooled with 95% intervals from a bootstrap over patients, and mean/std
-across folds. The final model is the ensemble of the fold models (see
-:class:`medtl.evaluate.runs.RunPredictor`): the mean of their calibrated scores, with the
-median of the fold thresholds.
+across folds. These figures estimate the recipe (config) and are the estimate for the final
+model (see :class:`medtl.evaluate.runs.RunPredictor`), which is either
+
+* ``evaluate.final_model: ensemble`` (default): the fold models, the mean of their calibrated
+  scores with the median of the fold thresholds; or
+* ``retrain``: one model trained on every image of the manifest into ``RUN/final``, once all
+  folds are finished and merged, without a validation split or early stopping, for a fixed
+  number of epochs per stage: the mean over folds of the epochs each stage ran up to the
+  fold's best checkpoint, rounded half up and at least 1 (a stage that improved in no fold
+  still gets 1 epoch, so every configured stage is trained). It keeps the last epoch's
+  weights. Its threshold is the median of the folds' validation thresholds (on the raw score
+  scale), the ensemble's rule: no held-out data are left to tune on. It has no calibrator: the
+  fold calibrators were fitted to other models' scores, and no data are left to fit its own.
+  Only ``run_cv`` with all folds (``medtl cv CONFIG``) retrains; ``fold=k`` and
+  :func:`merge_cv` (``--merge``) do not. An interrupted retraining resumes from its last
+  epoch; a finished one (``final/final.json``) is kept.
 
 Folds can run as separate jobs (``run_cv(cfg, run_dir, fold=k)``): the run folder is named
 from the config (or given), the fold assignment and config are written once and then reused,
@@ -47,10 +60,10 @@ from medtl.config import Config, ConfigError, load_resolved
 from medtl.evaluate.metrics import summarize_folds
 from medtl.evaluate.postprocess import POSTPROCESS_FILE, PostProcess
 from medtl.evaluate.runs import (
-    CV_FILE, ENSEMBLE_FILE, FOLD_DONE, FOLDS_FILE, METRICS_FILE, OOF_FILE, SPLIT_FILE, TEST_PREDICTIONS,
-    create_once, decision_suffix, ensemble_thresholds, finished_folds, fold_dir, is_cv_run, label_columns,
-    read_json, score_columns, scores_from_frame, table_metrics, targets_from_frame, threshold_columns,
-    write_csv, write_json,
+    CV_FILE, ENSEMBLE_FILE, FINAL_DIR, FINAL_DONE, FOLD_DONE, FOLDS_FILE, METRICS_FILE, OOF_FILE, SPLIT_FILE,
+    TEST_PREDICTIONS, create_once, decision_suffix, ensemble_thresholds, final_dir, finished_folds, fold_dir,
+    is_cv_run, label_columns, read_json, score_columns, scores_from_frame, table_metrics, targets_from_frame,
+    threshold_columns, write_csv, write_json,
 )
 
 try:  # fcntl locks are released by the OS when a process dies, so a killed job leaves none
@@ -94,7 +107,9 @@ def run_cv(cfg: Config, run_dir: str | Path | None = None, fold: int | None = No
         run_dir: the run folder; default :func:`run_folder` (derived from the config). An
             existing folder is continued: finished folds are skipped, interrupted ones resumed.
         fold: run only this fold (0 .. folds-1), e.g. as one job of a cluster array; the folds
-            are then pooled with :func:`merge_cv`. None runs all folds and merges them.
+            are then pooled with :func:`merge_cv`. None runs all folds and merges them, then,
+            with ``evaluate.final_model: retrain`` and every fold finished, trains (or resumes)
+            the final model on all images into ``RUN/final``; a single fold never does.
         progress: print fold headers, the trainer's progress and the final table.
 
     Returns:
@@ -106,7 +121,7 @@ def run_cv(cfg: Config, run_dir: str | Path | None = None, fold: int | None = No
             folds.csv); nothing is trained.
         DataError: the manifest changed since folds.csv was written, or a fold is empty.
         FoldBusyError: ``fold`` is being run by another process.
-        NotImplementedError: ``evaluate.final_model: retrain``.
+        RuntimeError: the retraining epochs cannot be derived (a fold lacks its history).
 
     Example:
         >>> run = run_cv(load_config("configs/demo.yaml"), progress=False)
@@ -137,6 +152,14 @@ def run_cv(cfg: Config, run_dir: str | Path | None = None, fold: int | None = No
             _log(progress, f"Fold(s) {', '.join(map(str, busy))} are running in other processes; "
                            f"merge later with medtl cv --merge {run}")
         metrics = merge_cv(run)
+        if cfg.evaluate.final_model == "retrain":
+            if not metrics["complete"]:
+                _log(progress, "Final model not retrained: it needs every fold finished; run medtl cv CONFIG "
+                               "again once they are")
+            elif _retrain_final(run, cfg, manifest, metrics, progress):
+                metrics["final"] = _final_summary(run, metrics["retrain_epochs_per_stage"], metrics["n_images"],
+                                                  metrics["calibration"], None, None)
+                write_json(run / METRICS_FILE, metrics)
         _log(progress, format_cv(metrics))
     return run
 
@@ -146,7 +169,9 @@ def merge_cv(run_dir: str | Path) -> dict[str, Any]:
 
     Writes ``oof_predictions.csv`` (file, patient, fold, label, score[, score_calibrated],
     threshold, prediction; every image of the finished folds exactly once), ``metrics.json``
-    and ``ensemble.json`` into the run folder.
+    and ``ensemble.json`` into the run folder. It never trains: with
+    ``evaluate.final_model: retrain`` the final model is trained by :func:`run_cv` (all
+    folds), and ``metrics["final"]`` says whether it is done.
 
     Args:
         run_dir: a folder made by :func:`run_cv`.
@@ -154,7 +179,9 @@ def merge_cv(run_dir: str | Path) -> dict[str, Any]:
     Returns:
         The metrics dict (as written): ``per_fold``, ``pooled`` and ``pooled_ci`` (95%
         patient-bootstrap intervals), ``across_folds`` (mean/std), ``thresholds`` per fold,
-        ``finished_folds`` and ``missing_folds``, and more; see :func:`format_cv`.
+        ``finished_folds`` and ``missing_folds``, ``final`` (with ``final_model: retrain``:
+        the retrained model's epochs, threshold, state and a note), and more; see
+        :func:`format_cv`.
 
     Raises:
         RuntimeError: no fold has finished, or a fold's predictions do not match folds.csv.
@@ -249,6 +276,9 @@ def merge_cv(run_dir: str | Path) -> dict[str, Any]:
         "retrain_epochs_per_stage": _retrain_epochs(run, done),
         "wall_time_s": round(sum(float(v.get("wall_time_s") or 0.0) for v in info.values()), 2),
     }
+    if cfg.evaluate.final_model == "retrain":
+        metrics["final"] = _final_summary(run, metrics["retrain_epochs_per_stage"], len(assign), first.calibration,
+                                          *_final_thresholds(list(pps.values())))
     notes = [f"fold {f}: {w}" for f in done for w in pps[f].extra.get("warnings", [])]
     if notes:
         metrics["warnings"] = notes
@@ -272,10 +302,6 @@ def config_digest(cfg: Config) -> str:
 
 
 def _check_supported(cfg: Config) -> None:
-    if cfg.evaluate.final_model != "ensemble":
-        raise NotImplementedError(
-            f"evaluate.final_model: {cfg.evaluate.final_model!r} is not implemented yet (retraining on all "
-            "data needs a fixed-epoch trainer mode without a validation split); use final_model: ensemble")
     if cfg.task == "multiclass" and cfg.evaluate.calibration == "platt":
         raise ConfigError("evaluate.calibration: platt is binary-only; use temperature (or none) for multiclass")
 
@@ -642,6 +668,127 @@ def _retrain_epochs(run: Path, done: list[int]) -> list[float] | None:
     return [float(v) for v in np.mean(per_fold, axis=0)]
 
 
+def _retrain_schedule(means: list[float]) -> list[int]:
+    """Epochs per stage of the final model: each mean rounded half up, and at least 1.
+
+    A stage that improved in no fold (mean 0) still trains 1 epoch, so the final model goes
+    through every configured stage like the recipe does; its effect is then not covered by the
+    cross-validated estimate (the fold models kept their earlier weights), which is the price
+    of one fixed schedule for all data.
+
+    Example:
+        >>> _retrain_schedule([0.0, 2.4, 2.5])
+        [1, 2, 3]
+    """
+    return [max(1, int(np.floor(float(m) + 0.5))) for m in means]
+
+
+def _final_thresholds(pps: list[PostProcess]) -> tuple[list[float] | None, str | None]:
+    """(thresholds, rule text) of the retrained model: the median of the fold thresholds on the
+    raw score scale (it has no calibrator); None for multiclass (arg-max)."""
+    if pps[0].raw_thresholds is None:
+        return None, None
+    t = np.median(np.array([pp.raw_thresholds for pp in pps], dtype=np.float64), axis=0)
+    raw = " (on uncalibrated scores)" if pps[0].calibrators else ""
+    return ([float(v) for v in t],
+            f"median of the fold thresholds, each chosen by {pps[0].rule!r} on its validation split{raw}")
+
+
+def _final_summary(run: Path, means: list[float] | None, n_images: int, calibration: str,
+                   thresholds: list[float] | None, rule: str | None) -> dict[str, Any]:
+    """``metrics["final"]`` of a retrain run: from final/final.json once trained, else the plan."""
+    marker = final_dir(run) / FINAL_DONE
+    finished = marker.is_file()
+    if finished:
+        done = read_json(marker)
+        epochs, n_images = done["epochs_per_stage"], done["n_images"]
+        thresholds, rule = done["thresholds"], done["threshold_rule"]
+    else:
+        epochs = None if means is None else _retrain_schedule(means)
+    e_text = "(unknown)" if epochs is None else ", ".join(map(str, epochs))
+    if finished:
+        note = (f"final model: one model retrained on all {n_images} images for {e_text} epochs per stage; "
+                "its performance is estimated by the cross-validation above")
+    else:
+        note = (f"final model: one model to be retrained on all {n_images} images for {e_text} epochs per stage "
+                "(NOT TRAINED YET: medtl cv CONFIG trains it once every fold is finished; --fold and --merge "
+                "do not); its performance is estimated by the cross-validation above")
+    out = {"kind": "retrain", "dir": FINAL_DIR, "finished": finished, "epochs_per_stage": epochs,
+           "mean_best_epochs": means, "n_images": n_images, "thresholds": thresholds, "threshold_rule": rule,
+           "calibration": "none", "note": note}
+    if calibration != "none":
+        out["caveat"] = (f"evaluate.calibration is {calibration}, but the final model has no calibrator (no held-out "
+                         "data are left to fit one): the Brier score and ECE 'before calibration' describe its "
+                         "scores; thresholded metrics hold (its threshold is on the raw scale)")
+    return out
+
+
+def _retrain_final(run: Path, cfg: Config, manifest, metrics: dict, progress: bool) -> bool:
+    """Train (or resume) the final model on every image into RUN/final; False if it was
+    already finished or another process holds it."""
+    fin = final_dir(run)
+    if (fin / FINAL_DONE).is_file():
+        _log(progress, f"Final model {fin}: already trained; skipped")
+        return False
+    means = metrics.get("retrain_epochs_per_stage")
+    if means is None:
+        raise RuntimeError(f"{run}: cannot derive the final model's epochs: a fold folder lacks history.csv or "
+                           "the best epoch in its metrics.json; delete that fold's fold.json and run medtl cv again")
+    epochs = _retrain_schedule(means)
+    done = list(metrics["finished_folds"])
+    thresholds, rule = _final_thresholds(
+        [PostProcess.from_dict(read_json(fold_dir(run, f) / POSTPROCESS_FILE)) for f in done])
+    fin.mkdir(parents=True, exist_ok=True)
+    with _FoldLock(fin / _LOCK_FILE) as lock:
+        if not lock.acquired:
+            _log(progress, f"Final model {fin}: being trained by another process; run medtl cv CONFIG again "
+                           "when it has finished")
+            return False
+        if (fin / FINAL_DONE).is_file():  # finished by another process meanwhile
+            return False
+        _log(progress, f"\n=== Final model: retraining on all {len(manifest)} images, no validation split, for "
+                       f"{', '.join(map(str, epochs))} epochs per stage (mean best epochs over folds: "
+                       f"{', '.join(f'{m:.2f}' for m in means)})")
+        trained = _train_final(cfg, manifest, fin, epochs, progress)
+        _release()
+        pp = PostProcess(task=cfg.task, classes=list(manifest.classes),
+                         rule=None if thresholds is None else cfg.evaluate.threshold, calibration="none",
+                         thresholds=thresholds, raw_thresholds=thresholds, calibrators=None, n_val=0,
+                         extra={"threshold_rule": rule, "folds": done})
+        write_json(fin / POSTPROCESS_FILE, pp.to_dict())
+        if thresholds is not None:
+            from medtl.train.predict import set_threshold
+
+            set_threshold(fin, thresholds[0] if cfg.task == "binary" else thresholds, rule=rule)
+        write_json(fin / FINAL_DONE, {  # last: the final model counts as finished from here on
+            "finished": True,
+            "kind": "retrain",
+            "epochs_per_stage": epochs,
+            "mean_best_epochs": means,
+            "folds": done,
+            "n_images": int(trained["n_train"]),
+            "n_patients": int(trained["n_train_patients"]),
+            "thresholds": thresholds,
+            "threshold_rule": rule,
+            "calibration": "none",
+            "wall_time_s": trained.get("wall_time_s"),
+        })
+    _log(progress, f"Final model: {fin / 'model.keras'}, threshold {_fmt_list(thresholds)}")
+    return True
+
+
+def _train_final(cfg: Config, manifest, fin: Path, epochs: list[int], progress: bool) -> dict:
+    """Train (or resume) the fixed-epoch model on every image; returns the trainer's metrics."""
+    from medtl.train.trainer import CKPT_DIR, STATE_FILE, train
+
+    every = np.arange(len(manifest))
+    if (fin / CKPT_DIR / STATE_FILE).exists():
+        res = train(cfg, manifest, every, None, resume=fin, progress=progress, fixed_epochs=epochs)
+    else:
+        res = train(cfg, manifest, every, None, run_dir=fin, progress=progress, fixed_epochs=epochs)
+    return res.metrics
+
+
 def _plain(x: Any) -> Any:
     from medtl.evaluate.runs import jsonable
 
@@ -764,7 +911,15 @@ def format_cv(metrics: dict[str, Any]) -> str:
         rows = [[f"{name} (roc_auc)", _fmt(metrics["pooled"]["per_class"][name]["roc_auc"]), "-",
                  *[_fmt(per[str(f)]["per_class"][name]["roc_auc"]) for f in done]] for name in metrics["classes"]]
         lines.append(_table(header, rows))
-    ens = metrics.get("ensemble", {})
-    lines.append(f"final model: ensemble of {len(ens.get('members', []))} fold models ({ens.get('combine')}); "
-                 f"threshold {_fmt_list(ens.get('thresholds'))} = {ens.get('threshold_rule') or 'arg-max'}")
+    final = metrics.get("final")
+    if final:
+        lines.append(final["note"])
+        lines.append(f"final model threshold {_fmt_list(final.get('thresholds'))} = "
+                     f"{final.get('threshold_rule') or 'arg-max'}; it has no calibrator")
+        if final.get("caveat"):
+            lines.append(f"NOTE {final['caveat']}")
+    else:
+        ens = metrics.get("ensemble", {})
+        lines.append(f"final model: ensemble of {len(ens.get('members', []))} fold models ({ens.get('combine')}); "
+                     f"threshold {_fmt_list(ens.get('thresholds'))} = {ens.get('threshold_rule') or 'arg-max'}")
     return "\n".join(lines)

@@ -1,5 +1,6 @@
 """Run folders: their layout, safe writes, prediction tables, their metrics, and prediction
-with a finished run (a cross-validation ensemble, one fold, a training run or a model file).
+with a finished run (a cross-validation run's final model, one fold, a training run or a model
+file).
 
 A cross-validation run folder (made by :func:`medtl.evaluate.cv.run_cv`)::
 
@@ -15,6 +16,11 @@ A cross-validation run folder (made by :func:`medtl.evaluate.cv.run_cv`)::
         oof_predictions.csv  every image once, from the fold that held it out   (merge)
         metrics.json         per fold, pooled with patient-bootstrap CIs, mean/std (merge)
         ensemble.json        how the fold models are combined for predict/evaluate (merge)
+        final/               only with evaluate.final_model: retrain: a fixed-epoch training
+                             run on every image (model.keras, model_info.json, config.yaml,
+                             history*.csv, ckpt/), plus
+            postprocess.json     the threshold (median of the fold thresholds; no calibrator)
+            final.json           written last: the final model is finished
 
 Everything is written to a temporary name and renamed, and files that several cluster jobs
 may create at once (config.yaml, folds.csv, cv.json, split.csv) are created with a hard link,
@@ -46,7 +52,7 @@ __all__ = [
     "METRICS_FILE", "ENSEMBLE_FILE", "POSTPROCESS_FILE",
     "is_cv_run", "fold_dir", "finished_folds", "read_json", "write_json", "write_csv", "create_once",
     "label_columns", "score_columns", "targets_from_frame", "scores_from_frame",
-    "table_metrics", "RunPredictor", "ensemble_thresholds",
+    "table_metrics", "RunPredictor", "ensemble_thresholds", "FINAL_DIR", "FINAL_DONE", "final_dir",
 ]
 
 CV_FILE = "cv.json"
@@ -57,6 +63,8 @@ TEST_PREDICTIONS = "test_predictions.csv"
 OOF_FILE = "oof_predictions.csv"
 METRICS_FILE = "metrics.json"
 ENSEMBLE_FILE = "ensemble.json"
+FINAL_DIR = "final"
+FINAL_DONE = "final.json"
 MODEL_FILE = "model.keras"
 THRESHOLD_METRICS = ("accuracy", "balanced_accuracy", "sensitivity", "specificity", "ppv", "npv", "f1")
 RANK_METRICS = ("roc_auc", "pr_auc", "brier", "ece")
@@ -74,6 +82,11 @@ def is_cv_run(path: str | Path) -> bool:
 def fold_dir(run_dir: str | Path, fold: int) -> Path:
     """``RUN/fold_<k>``."""
     return Path(run_dir) / f"fold_{int(fold)}"
+
+
+def final_dir(run_dir: str | Path) -> Path:
+    """``RUN/final``: the model retrained on all data (``evaluate.final_model: retrain``)."""
+    return Path(run_dir) / FINAL_DIR
 
 
 def finished_folds(run_dir: str | Path, k: int) -> list[int]:
@@ -314,12 +327,14 @@ def ensemble_thresholds(pps: Sequence[PostProcess]) -> list[float] | None:
 
 
 class RunPredictor:
-    """Scores images with a finished run: a CV run (the fold models as an ensemble), one fold
-    folder, a training run folder, or a ``.keras`` file with ``model_info.json`` beside it.
+    """Scores images with a finished run: a CV run (its final model), one fold folder, a
+    training run folder, or a ``.keras`` file with ``model_info.json`` beside it.
 
-    The score each model gives is calibrated with its fold's calibrator (if any); the ensemble
-    score is the mean over folds and its threshold :func:`ensemble_thresholds`. Without a
-    saved ``postprocess.json`` (a plain training run) the model_info threshold is used, or 0.5.
+    A CV run's final model is, by default, the ensemble of its fold models: each model's score
+    is calibrated with its fold's calibrator (if any), the ensemble score is the mean over folds
+    and its threshold :func:`ensemble_thresholds`. With ``evaluate.final_model: retrain`` it is
+    the one model in ``RUN/final`` with the threshold saved there. Without a saved
+    ``postprocess.json`` (a plain training run) the model_info threshold is used, or 0.5.
 
     Attributes:
         task, classes: of the models.
@@ -340,14 +355,13 @@ class RunPredictor:
         if not p.exists():
             raise FileNotFoundError(f"{p}: not found; pass a medtl run folder (CV or training) or a .keras file")
         self.path = p
-        if is_cv_run(p):
+        if is_cv_run(p) and read_json(p / CV_FILE).get("final_model", "ensemble") == "retrain":
+            self._use_final(p)
+        elif is_cv_run(p):
             cv = read_json(p / CV_FILE)
             done = finished_folds(p, int(cv["folds"]))
             if not done:
                 raise FileNotFoundError(f"{p}: no finished fold yet; run medtl cv first")
-            if cv.get("final_model", "ensemble") != "ensemble":
-                raise NotImplementedError(
-                    f"{p}: evaluate.final_model {cv.get('final_model')!r} is not implemented; use ensemble")
             self.members = [fold_dir(p, f) for f in done]
             self.folds = done
             self.pps: list[PostProcess | None] = [
@@ -392,6 +406,20 @@ class RunPredictor:
         self.task: str = first["task"]
         self.classes: list[str] = list(first["classes"])
         self._models: list | None = None
+
+    def _use_final(self, run: Path) -> None:
+        """The retrained final model of a CV run (``evaluate.final_model: retrain``)."""
+        fin = final_dir(run)
+        if not (fin / FINAL_DONE).is_file():
+            raise FileNotFoundError(
+                f"{run}: evaluate.final_model is retrain and the final model in {fin} is not finished yet "
+                f"({FINAL_DONE} missing); run `medtl cv CONFIG --run {run}` with the config it was started "
+                f"with ({run / 'config.yaml'}) to finish the folds and retrain it")
+        pp = PostProcess.from_dict(read_json(fin / POSTPROCESS_FILE))
+        self.members, self.folds, self.pps = [fin], [], [pp]
+        self.thresholds = pp.thresholds
+        rule = pp.extra.get("threshold_rule") or ("arg-max (multiclass)" if pp.thresholds is None else pp.rule)
+        self.threshold_source = f"{rule}; final model retrained on all data, {fin}"
 
     # ----------------------------------------------------------------------------------------
 

@@ -23,12 +23,20 @@ Each stage ends by restoring the best weights seen so far (over all stages), so 
 only makes things worse leaves the model as it was; model.keras is written from the best
 weights when the run ends.
 
+With ``fixed_epochs`` (one epoch count per stage) the run has no validation split: it trains
+on every given image for exactly those epochs, with no monitor and no early stopping, and
+model.keras holds the last epoch's weights (there is no val_predictions.csv). This is how a
+cross-validated recipe is retrained on all data (``evaluate.final_model: retrain``).
+Checkpoints and resume work as in the default mode; the epoch counts are kept in the
+checkpoint state, so a resume needs no ``fixed_epochs`` and refuses different ones.
+
 Example:
     >>> from medtl.config import load_config
     >>> from medtl.train.trainer import train
     >>> result = train(load_config("configs/demo.yaml"))
     >>> result.metrics["best"]["value"]          # best validation ROC AUC
     >>> result = train(cfg, resume=result.run_dir)  # continue an interrupted run
+    >>> final = train(cfg, manifest, train_idx=all_idx, fixed_epochs=[3, 2])  # no validation
 """
 
 from __future__ import annotations
@@ -39,7 +47,7 @@ import math
 import os
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -72,7 +80,8 @@ class TrainResult:
         run_dir: the run folder.
         model_path: ``run_dir / "model.keras"``, the best model.
         history: one row per epoch over all stages (the contents of history.csv).
-        val_predictions: the best model's validation scores (val_predictions.csv).
+        val_predictions: the best model's validation scores (val_predictions.csv); empty
+            for a ``fixed_epochs`` run, which has no validation split.
         metrics: the contents of metrics.json.
         model: the best model, in memory (None when a finished run was only re-read).
     """
@@ -106,6 +115,7 @@ class _State:
     stages: list = field(default_factory=list)
     elapsed_s: float = 0.0
     finished: bool = False
+    fixed_epochs: list | None = None  # epochs per stage of a run without validation (fixed mode)
 
 
 def stage_seed(seed: int, stage: int, epoch: int) -> int:
@@ -130,6 +140,7 @@ def train(
     run_dir: str | Path | None = None,
     resume: str | Path | None = None,
     progress: bool = True,
+    fixed_epochs: Sequence[int] | None = None,
 ) -> TrainResult:
     """Fine-tune ``cfg.model`` in ``cfg.train.stages`` and save the best model in a run folder.
 
@@ -141,12 +152,18 @@ def train(
         run_dir: the run folder (default ``<output_dir>/<name>/<YYYYmmdd-HHMMSS>``).
         resume: a run folder to continue from its last completed epoch.
         progress: print stage headers and per-epoch progress.
+        fixed_epochs: train without a validation split for exactly these epochs per stage
+            (one int >= 1 per stage of ``cfg.train.stages``; a cosine schedule still spans at
+            least the stage's configured epochs) and keep the last epoch's weights. Give
+            ``train_idx`` (default: every image of ``manifest``) and no ``val_idx``. A resumed
+            fixed run takes them from its checkpoint.
 
     Returns:
         A :class:`TrainResult`.
 
     Raises:
-        ConfigError: a resumed run's config differs, or train.monitor is not a logged metric.
+        ConfigError: a resumed run's config (or fixed_epochs) differs, or train.monitor is not
+            a logged metric.
         LeakageError: a patient or an identical image is in both training and validation.
 
     Example:
@@ -154,7 +171,7 @@ def train(
         >>> res.val_predictions.head()
     """
     run_dir, cfg = _open_run(cfg, run_dir, resume)
-    return _Run(cfg, run_dir, progress).execute(manifest, train_idx, val_idx)
+    return _Run(cfg, run_dir, progress, fixed_epochs).execute(manifest, train_idx, val_idx)
 
 
 # --------------------------------------------------------------------------------------------
@@ -162,7 +179,8 @@ def train(
 
 
 class _Run:
-    def __init__(self, cfg: Config, run_dir: Path, progress: bool) -> None:
+    def __init__(self, cfg: Config, run_dir: Path, progress: bool,
+                 fixed_epochs: Sequence[int] | None = None) -> None:
         self.cfg = cfg
         self.dir = run_dir
         self.ckpt = run_dir / CKPT_DIR
@@ -170,7 +188,13 @@ class _Run:
         self.monitor = cfg.train.monitor
         self.mode = monitor_mode(self.monitor)
         self.state = _load_state(self.ckpt)
+        self.fixed = _fixed_epochs(fixed_epochs, self.state, cfg, self.ckpt / STATE_FILE)
+        self.state.fixed_epochs = self.fixed
         self.t_mark = time.perf_counter()
+
+    def _epochs(self, s: int) -> int:
+        """Epochs of stage ``s``: the configured maximum, or the fixed count."""
+        return self.cfg.train.stages[s].epochs if self.fixed is None else self.fixed[s]
 
     def log(self, msg: str) -> None:
         if self.progress:
@@ -200,8 +224,12 @@ class _Run:
                 self.model = build_model(cfg, self.train_m.n_outputs)
             write_model_info(self.dir, cfg, self.train_m, policy=rt.policy)
             _load_weights(self.model, [self.ckpt / f for f in self.state.weights])
-            self.log(f"Run {self.dir}: {len(self.train_m)} training / {len(self.val_m)} "
-                     f"validation images; {rt.describe()}")
+            if self.val_m is None:
+                self.log(f"Run {self.dir}: {len(self.train_m)} training images, no validation split, "
+                         f"fixed epochs per stage {self.fixed}; {rt.describe()}")
+            else:
+                self.log(f"Run {self.dir}: {len(self.train_m)} training / {len(self.val_m)} "
+                         f"validation images; {rt.describe()}")
             self.tb = EpochSummaries(str(self.dir / "tensorboard"))
             try:
                 for s in range(self.state.stage, len(cfg.train.stages)):
@@ -213,17 +241,32 @@ class _Run:
     def _prepare_data(self, manifest, train_idx, val_idx) -> None:
         from medtl.data.manifest import load_manifest
         from medtl.data.pipeline import ImagePipeline
-        from medtl.data.splits import assert_no_leakage, patient_holdout
 
         cfg = self.cfg
-        if (train_idx is None) != (val_idx is None):
+        if self.fixed is not None and val_idx is not None:
+            raise ValueError("train(): fixed_epochs trains without a validation split; pass val_idx=None")
+        if self.fixed is None and (train_idx is None) != (val_idx is None):
             raise ValueError("train(): give both train_idx and val_idx, or neither")
         self.pipeline = ImagePipeline(cfg)
         if manifest is None:
             manifest = load_manifest(cfg)
+        if self.fixed is None:
+            self._split_data(manifest, train_idx, val_idx)
+        else:
+            idx = np.arange(len(manifest)) if train_idx is None else train_idx
+            self.train_m, self.val_m = self.pipeline.prepare(manifest.subset(idx)), None
+            if len(self.train_m) == 0:
+                raise ValueError("train(): no training images; give a non-empty train_idx")
+        listed = self.pipeline.save_skipped(self.dir)
+        if listed:
+            self.log(f"Skipped {len(self.pipeline.skipped)} unreadable file(s); listed in {listed}")
+
+    def _split_data(self, manifest, train_idx, val_idx) -> None:
+        from medtl.data.splits import assert_no_leakage, patient_holdout
+
         if train_idx is None:
             manifest = self.pipeline.prepare(manifest)
-            train_idx, val_idx = patient_holdout(manifest, cfg.data.val_fraction, cfg.seed)
+            train_idx, val_idx = patient_holdout(manifest, self.cfg.data.val_fraction, self.cfg.seed)
             train_m, val_m = manifest.subset(train_idx), manifest.subset(val_idx)
         else:
             # Prepare each side on its own so that skipped files cannot shift the indices.
@@ -234,9 +277,6 @@ class _Run:
             if len(m) == 0:
                 raise ValueError(f"train(): the {side} split is empty; add images or lower data.val_fraction")
         self.train_m, self.val_m = train_m, val_m
-        listed = self.pipeline.save_skipped(self.dir)
-        if listed:
-            self.log(f"Skipped {len(self.pipeline.skipped)} unreadable file(s); listed in {listed}")
 
     # -- one stage ---------------------------------------------------------------------------
 
@@ -252,7 +292,10 @@ class _Run:
         self._stage_header(s, n_params, cached)
         fit_model, epoch_data, val_ds = self._stage_inputs(cached)
         steps = math.ceil(len(self.train_m) / cfg.train.batch_size)
-        self._compile(fit_model, st, steps)
+        # A fixed run keeps the stage's schedule length, so a cosine decay follows the same
+        # curve as the runs whose best epoch counts it reuses (and stops where they peaked).
+        self._compile(fit_model, st if self.fixed is None else
+                      replace(st, epochs=max(st.epochs, self._epochs(s))), steps)
         position = {id(v): i for i, v in enumerate(self.model.weights)}
         self._trained = sorted({position[id(v)] for v in _changing_variables(self.model)})
         if state.epoch == 0:
@@ -262,15 +305,16 @@ class _Run:
 
         callbacks: list = [self.tb]
         if self.progress:
-            callbacks.append(EpochProgress(st.epochs, state.global_epoch - state.epoch, steps))
-        for e in range(state.epoch, st.epochs):
+            callbacks.append(EpochProgress(self._epochs(s), state.global_epoch - state.epoch, steps))
+        end_epoch = self._end_epoch if self.fixed is None else self._end_fixed_epoch
+        for e in range(state.epoch, self._epochs(s)):
             gid = state.global_epoch
             self._reseed(s, e)
             t0 = time.perf_counter()
             hist = fit_model.fit(epoch_data(gid), validation_data=val_ds, initial_epoch=gid, epochs=gid + 1,
                                  shuffle=False, verbose=0, callbacks=callbacks)
             logs = {k: float(v[-1]) for k, v in hist.history.items()}
-            if self._end_epoch(s, e, logs, t0, time.perf_counter() - t0, fit_model, summary):
+            if end_epoch(s, e, logs, t0, time.perf_counter() - t0, fit_model, summary):
                 self.log(f"Stage {s + 1}: early stop, no improvement of {self.monitor} "
                          f"in {cfg.train.patience} epochs")
                 break
@@ -280,17 +324,17 @@ class _Run:
         what = {"head": "head only", "all": "all layers"}.get(
             st.unfreeze, f"unfreeze {st.unfreeze} block{'s' if st.unfreeze != 1 else ''}")
         resumed = f", resuming at epoch {self.state.epoch + 1}" if self.state.epoch else ""
-        self.log(f"Stage {s + 1}/{len(self.cfg.train.stages)}: {what}, lr {st.lr:g}, {st.epochs} epochs, "
+        self.log(f"Stage {s + 1}/{len(self.cfg.train.stages)}: {what}, lr {st.lr:g}, {self._epochs(s)} epochs, "
                  f"{n_params:,} trainable params{', cached features' if cached else ''}{resumed}")
 
     def _stage_inputs(self, cached: bool):
         """(model to fit, epoch -> training dataset, validation dataset) for a stage."""
         seed, bs = self.cfg.seed, self.cfg.train.batch_size
         if cached:
-            head, (fx, fy), (vx, vy) = self._feature_data()
+            head, (fx, fy), val = self._feature_data()
             return (head,
                     lambda gid: _feature_dataset(fx, fy, bs, np.random.default_rng([seed, gid]).permutation(len(fx))),
-                    _feature_dataset(vx, vy, bs))
+                    None if val is None else _feature_dataset(*val, bs))
         self._features = None  # this stage may change the backbone: cached features go stale
         return (self.model,
                 lambda gid: self.pipeline.dataset(self.train_m, training=True, epoch=gid),
@@ -320,10 +364,34 @@ class _Run:
         summary = self.state.stages[s]
         if not summary:
             summary.update(stage=s + 1, unfreeze=st.unfreeze, lr=st.lr, optimizer=st.optimizer,
-                           schedule=st.schedule, epochs_planned=st.epochs, epochs_run=0,
-                           stopped_early=False, best=None, improved_overall=False,
-                           trainable_params=n_params, feature_cache=cached, seconds=0.0)
+                           schedule=st.schedule, epochs_planned=self._epochs(s), epochs_run=0)
+            if self.fixed is None:  # a fixed run has no monitor: nothing stops or improves
+                summary.update(stopped_early=False, best=None, improved_overall=False)
+            summary.update(trainable_params=n_params, feature_cache=cached, seconds=0.0)
         return summary
+
+    def _end_fixed_epoch(self, s: int, e: int, logs: dict, t0: float, fit_seconds: float, fit_model,
+                         summary: dict) -> bool:
+        """Book-keeping after one epoch of a fixed run: the weights go on as they are (no best
+        to return to); commits the checkpoint. Never stops a stage early."""
+        state = self.state
+        gid = state.global_epoch
+        state.weights = [state.stage_base, f"epoch-{gid:04d}.weights.npz"]
+        _save_weights(self.model, self.ckpt / state.weights[-1], self._trained)
+        if e + 1 == self._epochs(s):
+            state.stage, state.epoch, state.optimizer = s + 1, 0, None
+        else:
+            state.stage, state.epoch = s, e + 1
+            state.optimizer = f"epoch-{gid:04d}.optimizer.npz"
+            _save_optimizer(fit_model, self.ckpt / state.optimizer)
+        seconds = time.perf_counter() - t0
+        summary.update(epochs_run=e + 1, seconds=round(summary["seconds"] + seconds, 3))
+        state.history.append({"stage": s + 1, "epoch": e + 1, "global_epoch": gid + 1, **logs,
+                              "lr": _current_lr(fit_model), "seconds": round(seconds, 3),
+                              "fit_seconds": round(fit_seconds, 3)})
+        state.global_epoch = gid + 1
+        self._commit()
+        return False
 
     def _end_epoch(self, s: int, e: int, logs: dict, t0: float, fit_seconds: float, fit_model,
                    summary: dict) -> bool:
@@ -407,6 +475,8 @@ class _Run:
     # -- data --------------------------------------------------------------------------------
 
     def _val_dataset(self):
+        if self.val_m is None:
+            return None
         if getattr(self, "_val_ds", None) is None:
             self._val_ds = self.pipeline.dataset(self.val_m, training=False)
         return self._val_ds
@@ -417,22 +487,28 @@ class _Run:
                     and aug.preset == "none" and not aug.transforms and not aug.hflip)
 
     def _feature_data(self):
-        """(head model, (train features, y), (val features, y)) for a cached head-only stage."""
+        """(head model, (train features, y), (val features, y) or None) for a cached head-only stage."""
         if getattr(self, "_features", None) is None:
             extractor, head = split_head(self.model)
             t0 = time.perf_counter()
             data = []
             for m in (self.train_m, self.val_m):
+                if m is None:  # a fixed run has no validation split
+                    data.append(None)
+                    continue
                 images = self.pipeline.dataset(m, training=False).map(lambda x, y: x)
                 data.append((extractor.predict(images, verbose=0), m.targets()))
+            n = sum(len(d[0]) for d in data if d is not None)
             self.log(f"Cached backbone features {data[0][0].shape[1:]} for "
-                     f"{len(data[0][0]) + len(data[1][0])} images in {time.perf_counter() - t0:.1f}s")
+                     f"{n} images in {time.perf_counter() - t0:.1f}s")
             self._features = (head, data[0], data[1])
         return self._features
 
     # -- end of run --------------------------------------------------------------------------
 
     def _finish(self) -> TrainResult:
+        if self.fixed is not None:
+            return self._finish_fixed()
         state = self.state
         if not state.best_weights:
             raise RuntimeError(f"{self.dir}: no epoch completed; nothing to save")
@@ -465,6 +541,42 @@ class _Run:
         self.log(f"Best {self.monitor} {metrics['best']['value']:.4f} (stage {state.best_at['stage']}, "
                  f"epoch {state.best_at['epoch']}); saved {self.dir / MODEL_FILE}")
         return TrainResult(self.dir, self.dir / MODEL_FILE, pd.DataFrame(state.history), val,
+                           metrics, self.model)
+
+    def _finish_fixed(self) -> TrainResult:
+        """Save the last epoch's weights; metrics describe training only (no validation)."""
+        state = self.state
+        if not state.weights or not state.history:
+            raise RuntimeError(f"{self.dir}: no epoch completed; nothing to save")
+        _load_weights(self.model, [self.ckpt / f for f in state.weights])
+        _save_model_atomic(self.model, self.dir / MODEL_FILE)
+        state.elapsed_s += time.perf_counter() - self.t_mark
+        self.t_mark = time.perf_counter()
+        last = state.history[-1]
+        metrics = {
+            "monitor": None,
+            "mode": "fixed_epochs",
+            "fixed_epochs": list(self.fixed),
+            "best": None,
+            "last": {k: last[k] for k in ("stage", "epoch", "global_epoch")},
+            "last_train_metrics": {k: last[k] for k in ("loss", *METRIC_NAMES) if k in last},
+            "stages": state.stages,
+            "epochs_run": state.global_epoch,
+            "wall_time_s": round(state.elapsed_s, 2),
+            "n_train": len(self.train_m),
+            "n_val": 0,
+            "n_train_patients": int(self.train_m.df["patient_id"].nunique()),
+            "n_val_patients": 0,
+            "classes": list(self.train_m.classes),
+            "task": self.cfg.task,
+            "runtime": self.rt.as_dict(),
+        }
+        _write_json(self.dir / "metrics.json", metrics)
+        state.finished = True
+        self._commit()
+        self.log(f"Trained {state.global_epoch} epochs ({', '.join(map(str, self.fixed))} per stage) without "
+                 f"validation; saved the last epoch's weights to {self.dir / MODEL_FILE}")
+        return TrainResult(self.dir, self.dir / MODEL_FILE, pd.DataFrame(state.history), pd.DataFrame(),
                            metrics, self.model)
 
     def _val_predictions(self) -> pd.DataFrame:
@@ -712,6 +824,28 @@ def _flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
+def _fixed_epochs(given: Sequence[int] | None, state: _State, cfg: Config, state_path: Path) -> list[int] | None:
+    """The run's fixed epochs per stage: ``given``, checked against a resumed run's state."""
+    saved = state.fixed_epochs
+    started = state_path.exists()
+    if given is None:
+        return None if saved is None else [int(e) for e in saved]
+    n = len(cfg.train.stages)
+    try:
+        fixed = [int(e) for e in given]
+        ok = len(fixed) == n and all(e >= 1 and e == g for e, g in zip(fixed, given))
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ValueError(f"train(): fixed_epochs {given!r} must list one whole number >= 1 for each of the "
+                         f"{n} stage(s) of train.stages")
+    if started and saved != fixed:
+        was = f"fixed_epochs {saved}" if saved is not None else "a validation split (no fixed_epochs)"
+        raise ConfigError(f"{state_path}: the run being resumed trains with {was}, not fixed_epochs {fixed}; "
+                          "resume it as it was started, or start a new run")
+    return fixed
+
+
 def _open_run(cfg: Config | None, run_dir, resume) -> tuple[Path, Config]:
     if resume is not None:
         path = Path(resume)
@@ -751,5 +885,7 @@ def _open_run(cfg: Config | None, run_dir, resume) -> tuple[Path, Config]:
 def _read_result(run_dir: Path) -> TrainResult:
     metrics = json.loads((run_dir / "metrics.json").read_text())
     history = pd.read_csv(run_dir / "history.csv")
-    val = pd.read_csv(run_dir / "val_predictions.csv")
+    val_file = run_dir / "val_predictions.csv"
+    # A fixed-epoch run has no validation split and so no val_predictions.csv.
+    val = pd.read_csv(val_file) if metrics.get("mode") != "fixed_epochs" else pd.DataFrame()
     return TrainResult(run_dir, run_dir / MODEL_FILE, history, val, metrics, None)

@@ -325,8 +325,10 @@ def test_bad_fold_number_and_retrain(cfg, data, tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="0 .. 2"):
         run_cv(cfg, run_dir=tmp_path / "r", fold=3, progress=False)
     retrain = make_cfg(data, tmp_path / "work", final_model="retrain")
-    with pytest.raises(NotImplementedError, match="final_model"):
+    # The fake folds leave no training history, so the final model's epochs are unknown.
+    with pytest.raises(RuntimeError, match="cannot derive the final model's epochs"):
         run_cv(retrain, progress=False)
+    assert not (run_folder(retrain) / "final" / "final.json").exists()
 
 
 def test_merge_without_finished_folds(cfg, tmp_path, monkeypatch):
@@ -430,3 +432,141 @@ def test_real_cv_end_to_end(tmp_path):
     assert np.allclose(direct["score"], pred["score"][:3], atol=1e-5)
     r = compare_runs(run, run)
     assert r["diff"] == 0.0 and r["delong"]["p_value"] == pytest.approx(1.0)
+
+
+# --------------------------------------------------------------------------------------------
+# Final model retrained on all data (evaluate.final_model: retrain)
+
+
+# Each fake fold's training history: (stage, epoch, improved the overall best); the best
+# checkpoint is the last improving epoch. Fold 0 peaks at stage 1 epoch 2 and never improves
+# in stage 2 ([2, 0] epochs); fold 1 peaks at stage 2 epoch 1 ([1, 1]). Means [1.5, 0.5]:
+# the final model trains 2 + 1 epochs (half rounds up).
+_FOLD_HISTORIES = {
+    "fold_0": [(1, 1, True), (1, 2, True), (2, 1, False), (2, 2, False)],
+    "fold_1": [(1, 1, True), (1, 2, False), (2, 1, True), (2, 2, False)],
+}
+
+
+class _HistoryTrainer(FakeTrainer):
+    """The fake fold model, plus the history.csv and metrics.json a real fold run leaves."""
+
+    def __call__(self, cfg, manifest, train_idx, val_idx, fdir, progress):
+        rows = [{"stage": s, "epoch": e, "global_epoch": g, "best": b}
+                for g, (s, e, b) in enumerate(_FOLD_HISTORIES[fdir.name], start=1)]
+        pd.DataFrame(rows).to_csv(fdir / "history.csv", index=False)
+        best = max(r["global_epoch"] for r in rows if r["best"])
+        (fdir / "metrics.json").write_text(
+            '{"best": {"global_epoch": %d}, "wall_time_s": 1.0}' % best)
+        return super().__call__(cfg, manifest, train_idx, val_idx, fdir, progress)
+
+
+def _retrain_cfg(data: Path, work: Path):
+    from medtl.config import config_from_dict
+
+    return config_from_dict({
+        "name": "retrain", "seed": 3, "output_dir": str(work / "runs"),
+        "data": {"manifest": str(data), "patient_column": "patient_id", "cache_dir": str(work / "cache"),
+                 "val_fraction": 0.3, "image_size": [32, 32], "workers": 1},
+        "augment": {"preset": "none"},
+        "model": {"backbone": "smallcnn", "weights": "none"},
+        "train": {"batch_size": 16, "mixed_precision": "off", "distribute": "none", "feature_cache": True,
+                  "stages": [{"unfreeze": "head", "epochs": 2, "lr": 1e-2},
+                             {"unfreeze": "all", "epochs": 2, "lr": 1e-3}]},
+        "evaluate": {"folds": 2, "bootstrap": 20, "final_model": "retrain"},
+    })
+
+
+def test_retrain_schedule_rounds_half_up_and_trains_every_stage():
+    from medtl.evaluate.cv import _retrain_schedule
+
+    assert _retrain_schedule([0.0, 0.49, 0.5, 1.5, 2.5, 3.0]) == [1, 1, 1, 2, 3, 3]
+
+
+def test_retrain_final_model_after_all_folds_only(data, tmp_path, monkeypatch, capsys):
+    """Fold jobs and --merge never retrain; medtl cv CONFIG retrains on every image for the mean
+    best epochs, resumes an interrupted retraining, skips a finished one; predict uses it."""
+    import keras
+
+    from medtl.data.manifest import load_manifest
+    from medtl.data.pipeline import ImagePipeline
+    from medtl.evaluate.runs import RunPredictor
+    from medtl.train import trainer
+
+    cfg = _retrain_cfg(data, tmp_path / "work")
+    install_fakes(monkeypatch, trainer=_HistoryTrainer())
+    run = tmp_path / "run"
+    for f in (0, 1):
+        run_cv(cfg, run_dir=run, fold=f, progress=False)
+    m = merge_cv(run)  # --merge: pools, does not retrain
+    assert not (run / "final").exists()
+    assert m["retrain_epochs_per_stage"] == [1.5, 0.5]
+    assert not m["final"]["finished"] and m["final"]["epochs_per_stage"] == [2, 1]
+    assert "NOT TRAINED YET" in format_cv(m)
+    with pytest.raises(FileNotFoundError, match=r"not finished yet.*medtl cv CONFIG --run"):
+        RunPredictor(run)
+
+    # Killed after the final model's first epoch; the next medtl cv resumes it.
+    real_commit = trainer._Run._commit
+
+    class Crash(Exception):
+        pass
+
+    def commit_then_crash(self):
+        real_commit(self)
+        if self.state.global_epoch == 1:
+            raise Crash
+
+    monkeypatch.setattr(trainer._Run, "_commit", commit_then_crash)
+    with pytest.raises(Crash):
+        run_cv(cfg, run_dir=run, progress=False)
+    monkeypatch.setattr(trainer._Run, "_commit", real_commit)
+    first = pd.read_csv(run / "final" / "history.csv")
+    assert len(first) == 1 and not (run / "final" / "final.json").exists()
+    capsys.readouterr()
+    run_cv(cfg, run_dir=run)
+    out = capsys.readouterr().out
+    assert "Fold 0 (of 0..1): already finished; skipped" in out and "resuming at epoch 2" in out
+
+    n = len(_manifest_paths(cfg))
+    fin = run / "final"
+    hist = pd.read_csv(fin / "history.csv")
+    assert hist[["stage", "epoch"]].values.tolist() == [[1, 1], [1, 2], [2, 1]]
+    assert hist["seconds"].iloc[0] == first["seconds"].iloc[0]  # epoch 1 was not trained again
+    for name in ("model.keras", "model_info.json", "config.yaml", "history_stage2.csv", "postprocess.json"):
+        assert (fin / name).is_file(), name
+    assert not (fin / "val_predictions.csv").exists()
+    tm = read_json(fin / "metrics.json")
+    assert tm["fixed_epochs"] == [2, 1] and tm["n_train"] == n and tm["n_val"] == 0
+
+    fold_t = [read_json(run / f"fold_{f}" / "postprocess.json")["thresholds"][0] for f in (0, 1)]
+    t = float(np.median(fold_t))
+    pp = read_json(fin / "postprocess.json")
+    assert pp["thresholds"] == [pytest.approx(t)] and pp["calibrators"] is None
+    assert read_json(fin / "model_info.json")["threshold"] == pytest.approx(t)
+    done = read_json(fin / "final.json")
+    assert done["epochs_per_stage"] == [2, 1] and done["n_images"] == n and done["folds"] == [0, 1]
+    m = read_json(run / "metrics.json")
+    assert m["final"]["finished"] and m["final"]["thresholds"] == [pytest.approx(t)]
+    note = (f"final model: one model retrained on all {n} images for 2, 1 epochs per stage; "
+            "its performance is estimated by the cross-validation above")
+    assert m["final"]["note"] == note and note in out and note in format_cv(merge_cv(run))
+
+    # Finished: a further medtl cv keeps it.
+    mtime = (fin / "model.keras").stat().st_mtime_ns
+    run_cv(cfg, run_dir=run)
+    assert "Final model" in capsys.readouterr().out and (fin / "model.keras").stat().st_mtime_ns == mtime
+
+    # predict/evaluate use the final model with its threshold.
+    pred = RunPredictor(run)
+    assert pred.members == [fin] and pred.thresholds == [pytest.approx(t)]
+    assert "median of the fold thresholds" in pred.threshold_source
+    m_all = load_manifest(cfg)
+    paths = m_all.paths[:6]
+    got = pred.predict_paths(paths)
+    model = keras.models.load_model(fin / "model.keras", compile=False)
+    x = np.stack([ImagePipeline(cfg).load(p)[0] for p in paths])
+    own = model.predict(x, verbose=0)[:, 0]
+    np.testing.assert_allclose(got["score"], own, atol=1e-6)
+    assert got["prediction"].tolist() == [m_all.classes[int(v >= t)] for v in own]
+    assert "score_fold0" not in got.columns

@@ -274,3 +274,106 @@ def keras_np(v):
     import keras
 
     return keras.ops.convert_to_numpy(v)
+
+
+# --------------------------------------------------------------------------------------------
+# Fixed epochs without a validation split (the final model of evaluate.final_model: retrain)
+
+
+def _fixed_config(tiny_data, work):
+    # No augmentation: the head stage trains on cached features in fixed mode too.
+    return tiny_config(tiny_data, work, augment={"preset": "none"}, train={"feature_cache": True})
+
+
+@pytest.fixture(scope="module")
+def fixed_run(tiny_data, tmp_path_factory):
+    """An uninterrupted fixed-epoch run on every image: 1 epoch of stage 1, 3 of stage 2."""
+    from medtl.train.trainer import train
+
+    work = tmp_path_factory.mktemp("fixed")
+    cfg = _fixed_config(tiny_data, work)
+    return cfg, train(cfg, run_dir=work / "run", fixed_epochs=[1, 3], progress=False)
+
+
+def test_fixed_epochs_run_exactly_those_epochs_on_all_images_and_keep_the_last(fixed_run):
+    from medtl.models import build_model
+    from medtl.train.trainer import _load_weights
+
+    cfg, res = fixed_run
+    d, m = res.run_dir, res.metrics
+    n = len(pd.read_csv(cfg.data.manifest))
+    hist = pd.read_csv(d / "history.csv")
+    assert hist[["stage", "epoch"]].values.tolist() == [[1, 1], [2, 1], [2, 2], [2, 3]]
+    assert not any(c.startswith("val_") for c in hist.columns) and "best" not in hist.columns
+    assert m["mode"] == "fixed_epochs" and m["fixed_epochs"] == [1, 3] and m["best"] is None
+    assert m["epochs_run"] == 4 and m["last"] == {"stage": 2, "epoch": 3, "global_epoch": 4}
+    assert [s["epochs_planned"] for s in m["stages"]] == [1, 3] == [s["epochs_run"] for s in m["stages"]]
+    assert m["stages"][0]["feature_cache"] and not m["stages"][1]["feature_cache"]
+    assert m["n_train"] == n and m["n_val"] == 0
+    assert m["last_train_metrics"]["loss"] == pytest.approx(hist["loss"].iloc[-1])
+    assert not (d / "val_predictions.csv").exists() and res.val_predictions.empty
+    # Cosine decay over max(configured 2, fixed 3) epochs: the rate (logged at each epoch's
+    # end) reaches 0 at the end of the 3rd epoch, not of the 2nd.
+    lr = hist[hist.stage == 2]["lr"].to_numpy()
+    assert lr[0] > lr[1] > 0 and lr[2] == pytest.approx(0.0, abs=1e-12)
+
+    # model.keras is the last epoch's weights: stage 2's start plus what its 3rd epoch left,
+    # the only weight files kept, and not the stage's starting point.
+    ckpt = sorted(p.name for p in (d / "ckpt").iterdir())
+    assert ckpt == ["epoch-0003.weights.npz", "stage2-start.weights.npz", "state.json"]
+    saved = _weights(res.model_path)
+    for a, b in zip(saved, res.model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    rebuilt = build_model(cfg, 1)
+    _load_weights(rebuilt, [d / "ckpt" / "stage2-start.weights.npz"])
+    start = rebuilt.get_weights()
+    _load_weights(rebuilt, [d / "ckpt" / "epoch-0003.weights.npz"])
+    for a, b in zip(saved, rebuilt.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    assert any(not np.array_equal(a, b) for a, b in zip(saved, start))
+
+
+def test_fixed_epochs_resume_after_a_crash_to_the_same_weights(fixed_run, monkeypatch):
+    from medtl.config import ConfigError
+    from medtl.train import trainer
+
+    cfg, ref = fixed_run
+    run = ref.run_dir.parent / "crashed"
+    real_commit = trainer._Run._commit
+
+    class Crash(Exception):
+        pass
+
+    def commit_then_crash(self):
+        real_commit(self)
+        if self.state.global_epoch == 2:  # mid stage 2: the optimizer state must come back too
+            raise Crash
+
+    monkeypatch.setattr(trainer._Run, "_commit", commit_then_crash)
+    with pytest.raises(Crash):
+        trainer.train(cfg, run_dir=run, fixed_epochs=[1, 3], progress=False)
+    monkeypatch.setattr(trainer._Run, "_commit", real_commit)
+    with pytest.raises(ConfigError, match=r"fixed_epochs \[1, 3\], not fixed_epochs \[1, 2\]"):
+        trainer.train(cfg, resume=run, fixed_epochs=[1, 2], progress=False)
+
+    res = trainer.train(cfg, resume=run, progress=False)  # the epochs come from the checkpoint
+    assert res.history[["stage", "epoch"]].values.tolist() == [[1, 1], [2, 1], [2, 2], [2, 3]]
+    for a, b in zip(_weights(res.model_path), _weights(ref.model_path)):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    again = trainer.train(cfg, resume=run, progress=False)  # finished: re-read, not retrained
+    assert again.model is None and again.val_predictions.empty and again.metrics == res.metrics
+
+
+def test_fixed_epochs_arguments_are_checked(reference_run, tiny_data, tmp_path):
+    from medtl.config import ConfigError
+    from medtl.train.trainer import train
+
+    cfg, ref = reference_run
+    with pytest.raises(ValueError, match="one whole number >= 1 for each of the 2 stage"):
+        train(cfg, run_dir=tmp_path / "a", fixed_epochs=[2], progress=False)
+    with pytest.raises(ValueError, match="one whole number"):
+        train(cfg, run_dir=tmp_path / "b", fixed_epochs=[2, 0], progress=False)
+    with pytest.raises(ValueError, match="pass val_idx=None"):
+        train(cfg, None, [0, 1], [2, 3], run_dir=tmp_path / "c", fixed_epochs=[1, 1], progress=False)
+    with pytest.raises(ConfigError, match="a validation split"):
+        train(cfg, resume=ref.run_dir, fixed_epochs=[1, 1], progress=False)
