@@ -7,7 +7,8 @@ each fold, and the wall time. Target: pooled ROC AUC >= 0.97.
 
 Patients: PNEUMONIA rows carry ``person_id``; NORMAL rows have none, so their study id is taken
 from the file name (``IM-0115-0001.jpeg`` -> ``IM-0115``, ``NORMAL2-IM-1345-0001-0002.jpeg`` ->
-``NORMAL2-IM-1345``). The derived manifest is written to a temporary folder.
+``NORMAL2-IM-1345``; see benchmarks/_kermany.py). The derived manifest is written to a temporary
+folder.
 
 Settings chosen to fit in about an hour on a 2-core CPU (measured there: MobileNetV2 at 160 px
 runs ~100 images/s forward and ~90 images/s training its top two blocks): 160 px input; stage 1
@@ -26,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
 import tempfile
 import time
@@ -34,50 +34,7 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-_SHARED = Path(__file__).resolve().parents[2] / "shared"
-_DATA = _SHARED / "data" / "kermany-pneumonia-224"
-_WEIGHTS = _SHARED / "weights" / "mobilenet_v2_imagenet" / "mobilenet_v2_1.0_224_imagenet_notop.weights.h5"
-_STUDY = re.compile(r"^((?:NORMAL2-)?IM-\d+)")
-
-
-def study_id(file_name: str) -> str:
-    """Patient/study id of a NORMAL file: ``IM-0115-0001.jpeg`` -> ``IM-0115``."""
-    name = Path(file_name).name
-    m = _STUDY.match(name)
-    if not m:
-        raise ValueError(f"{file_name}: no IM-<number> study id in the file name; cannot group it by patient")
-    return m.group(1)
-
-
-def derived_manifest(data_dir: Path, out: Path, limit: int | None, seed: int) -> Path:
-    """Write ``out/labels.csv`` (file, label, patient) for ``data_dir``; ``limit`` keeps about that
-    many images, whole patients, in the original class ratio."""
-    import numpy as np
-    import pandas as pd
-
-    df = pd.read_csv(data_dir / "labels.csv")
-    pid = df["person_id"].astype("string")
-    df["patient"] = [p if isinstance(p, str) and p.strip() else study_id(f) for p, f in zip(pid, df["file"])]
-    df["file"] = [str((data_dir / f).resolve()) for f in df["file"]]
-    if limit is not None and limit < len(df):
-        rng = np.random.default_rng(seed)
-        keep = []
-        for _, part in df.groupby("label"):
-            quota = round(limit * len(part) / len(df))
-            patients = part["patient"].unique()
-            rng.shuffle(patients)
-            n = 0
-            for p in patients:
-                if n >= quota:
-                    break
-                rows = part.index[part["patient"] == p]
-                keep.extend(rows)
-                n += len(rows)
-        df = df.loc[sorted(keep)]
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / "labels.csv"
-    df[["file", "label", "patient"]].to_csv(path, index=False)
-    return path
+from _kermany import DATA_DIR, WEIGHTS_FILE, check_inputs, derived_manifest  # noqa: E402
 
 
 def make_config(args, labels: Path, work: Path):
@@ -103,8 +60,8 @@ def make_config(args, labels: Path, work: Path):
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", type=Path, default=_DATA, help="kermany-pneumonia-224 folder")
-    ap.add_argument("--weights", type=Path, default=_WEIGHTS, help="MobileNetV2 ImageNet no-top weights file")
+    ap.add_argument("--data", type=Path, default=DATA_DIR, help="kermany-pneumonia-224 folder")
+    ap.add_argument("--weights", type=Path, default=WEIGHTS_FILE, help="MobileNetV2 ImageNet no-top weights file")
     ap.add_argument("--limit", type=int, help="use about this many images (whole patients), for a smoke test")
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--size", type=int, default=160, help="model input size in pixels")
@@ -119,9 +76,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--run", type=Path, help="run folder (kept; an existing one is resumed)")
     ap.add_argument("--cache", type=Path, help="image cache folder (reused between runs)")
     args = ap.parse_args(argv)
-    for what, p in (("--data", args.data / "labels.csv"), ("--weights", args.weights)):
-        if not p.exists():
-            raise SystemExit(f"{what}: {p} not found (the project's ../shared folder); pass the path")
+    check_inputs(args.data, args.weights)
 
     from medtl.evaluate.cv import run_cv
 
