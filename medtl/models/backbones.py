@@ -217,9 +217,24 @@ def build_backbone(name: str, weights: str | None, input_shape: tuple[int, int, 
         ) from exc
     if isinstance(resolved, Path):
         _load_weights_file(base, spec, resolved)
+    elif resolved is None:
+        _settle_batchnorm_fast(base)
     # Renamed only now: EfficientNet derives its ImageNet weights file name from `name`.
     base.name = "backbone"
     return base
+
+
+# Keras applications use momentum 0.99 (0.999 for MobileNetV2/EfficientNet): fine for ImageNet,
+# but a backbone trained from scratch on a few hundred images takes only a few hundred steps,
+# after which the moving statistics still sit near their initial values and the model predicts
+# one constant score at inference. 0.9 settles within tens of steps.
+SCRATCH_BN_MOMENTUM = 0.9
+
+
+def _settle_batchnorm_fast(base: keras.Model) -> None:
+    for layer in walk_layers(base):
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = min(float(layer.momentum), SCRATCH_BN_MOMENTUM)
 
 
 def _load_weights_file(base: keras.Model, spec: BackboneSpec, path: Path) -> None:

@@ -198,3 +198,23 @@ def test_smallcnn_builds_with_four_blocks_and_refuses_imagenet():
     assert all(len(layers) >= 6 for _, layers in blocks)
     with pytest.raises(ValueError, match="smallcnn has no pretrained"):
         build_backbone("smallcnn", "imagenet", (64, 64, 3))
+
+
+def test_scratch_backbone_batchnorm_statistics_settle_within_tens_of_steps():
+    # With Keras' momentum (0.999 for MobileNetV2) a backbone trained from scratch on a small
+    # data set keeps its initial moving statistics and predicts a constant at inference.
+    scratch = build_backbone("mobilenetv2", "none", (32, 32, 3))
+    bns = [layer for layer in scratch.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    assert bns and all(layer.momentum == pytest.approx(0.9) for layer in bns)
+    x = np.random.default_rng(0).uniform(1.0, 3.0, (8, 32, 32, 3)).astype("float32")
+    first = bns[0]
+    for _ in range(30):
+        scratch(x, training=True)
+    before_bn = keras.Model(scratch.input, first.input)
+    batch_mean = keras.ops.convert_to_numpy(before_bn(x)).mean(axis=(0, 1, 2))
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(first.moving_mean), batch_mean, rtol=0.05, atol=1e-3)
+
+
+def test_pretrained_backbone_keeps_the_momentum_it_was_trained_with(mobilenet_weights):
+    pretrained = build_backbone("mobilenetv2", str(mobilenet_weights), (32, 32, 3))
+    assert {layer.momentum for layer in pretrained.layers if isinstance(layer, keras.layers.BatchNormalization)} == {0.999}
