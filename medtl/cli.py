@@ -100,7 +100,10 @@ def cmd_cv(args: argparse.Namespace) -> int:
 
     run = run_cv(cfg, run_dir=args.run, fold=args.fold, progress=not args.quiet)
     if args.fold is not None:
-        print(f"fold {args.fold} done in {run}; pool finished folds with: medtl cv {args.config} --merge {run}")
+        print(f"fold {args.fold} done in {run}; pool finished folds with: medtl cv --merge {run}")
+        if cfg.evaluate.final_model == "retrain":
+            print(f"evaluate.final_model is retrain: once every fold is done, `medtl cv {args.config} --run {run}` "
+                  "trains the final model on all images")
     elif args.quiet:
         print(format_cv(merge_cv(run)))
     print(f"run folder: {run}")
