@@ -66,3 +66,48 @@ def test_cli_explain_writes_overlays_and_lists_bad_files(trained_run, tmp_path, 
         assert np.asarray(img).shape[:2] == read_image(row["path"]).shape  # the film's own size
         assert 0.0 <= float(row["score"]) <= 1.0 and row["method"] == "gradcam"
     assert "1 unreadable file" in capsys.readouterr().err
+
+
+def _bright_spot_model(size: int):
+    """Known answer: the evidence for the positive class is wherever the film is near white
+    (a 1x1 conv fires above 0.75), seen through a 2x-pooled map as in a real backbone."""
+    import keras
+
+    bi = keras.Input((size, size, 3))
+    conv = keras.layers.Conv2D(1, 1, activation="relu", name="spot")
+    h = keras.layers.AveragePooling2D(2, name="pool2")(conv(bi))
+    backbone = keras.Model(bi, h, name="backbone")
+    inp = keras.Input((size, size, 1), name="image")
+    x = keras.layers.Concatenate()([inp, inp, inp])
+    x = keras.layers.GlobalAveragePooling2D(name="pool")(backbone(x, training=False))
+    head = keras.layers.Dense(1, activation="sigmoid", name="classifier")
+    model = keras.Model(inp, head(x))
+    conv.set_weights([np.full((1, 1, 3, 1), 1.0 / 3, np.float32), np.array([-0.75], np.float32)])
+    head.set_weights([np.array([[50.0]], np.float32), np.array([-1.0], np.float32)])
+    return model
+
+
+@pytest.mark.parametrize("shape, spot", [((120, 80), (30, 22)), ((80, 120), (58, 95)), ((100, 100), (50, 20))])
+def test_map_peak_lands_on_the_planted_spot_of_a_letterboxed_film(trained_run, tmp_path, shape, spot):
+    """End to end (file -> letterboxed canvas -> map -> film): with a model whose evidence is
+    known, the map's peak must land on the spot in the film's own pixels, whatever the padding."""
+    import shutil
+
+    from medtl.explain.files import maps_for_files
+
+    run, _, _ = trained_run
+    known = tmp_path / "run"
+    shutil.copytree(run, known)
+    _bright_spot_model(48).save(known / "model.keras")
+    h, w = shape
+    yy, xx = np.mgrid[0:h, 0:w]
+    # A peaked spot (not a flat disc, whose map would be a plateau with no single peak)
+    film = (40 + 215 * np.exp(-((yy - spot[0]) ** 2 + (xx - spot[1]) ** 2) / (2 * 8.0**2))).astype(np.uint8)
+    path = tmp_path / "film.png"
+    Image.fromarray(film).save(path)
+    fm = maps_for_files(known, [str(path)], method="gradcam")
+    m = fm.maps[str(path)]
+    assert m.shape == shape
+    r, c = np.unravel_index(int(np.argmax(m)), m.shape)
+    assert np.hypot(r - spot[0], c - spot[1]) <= 4, (r, c)
+    assert m[film < 100].max() < 0.5  # nothing of the evidence far from the spot

@@ -59,9 +59,13 @@ def test_lesion_lies_in_the_hot_region_for_true_positives(trained, method):
 
 @pytest.mark.xfail(
     strict=False,
-    reason="measured on this data (smallcnn, 128 px, 16x16 last feature map): the peak falls inside "
-    "the lesion for 40% (Grad-CAM) and 30% (Grad-CAM++) of true positives, 75% with the finer "
-    "cnn_block3 map; peaks sit on average ~1 radius left of the centre. Not yet understood.",
+    reason="measured on this data (smallcnn, 128 px, 16x16 last feature map; 2026-11-29): the peak "
+    "falls inside the lesion for 33-50% of true positives (Grad-CAM and Grad-CAM++ alike; 32% with 80 "
+    "patients, 50% with 30 epochs, 72% with the finer cnn_block3 map). The peak sits on the lesion's "
+    "border with the lung, 0.4-0.6 radius off-centre. Behind the GAP + Dense head Grad-CAM equals the "
+    "model's own class activation map, and occlusion peaks off-centre too, so this is where the demo "
+    "model's evidence lies, not a mapping error (the film -> canvas -> film round trip is tested in "
+    "test_cam.py and test_files.py).",
 )
 @pytest.mark.parametrize("method", ["gradcam", "gradcam++"])
 def test_peak_falls_inside_the_lesion_for_true_positives(trained, method):
