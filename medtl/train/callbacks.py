@@ -15,7 +15,7 @@ from typing import TextIO
 
 import keras
 
-__all__ = ["EpochProgress", "EpochSummaries", "format_logs"]
+__all__ = ["EpochProgress", "EpochSummaries", "RecalibrateBatchNorm", "format_logs"]
 
 
 def format_logs(logs: dict, keys: list[str] | None = None) -> str:
@@ -122,3 +122,42 @@ class EpochSummaries(keras.callbacks.Callback):
         for w in self._writers.values():
             w.close()
         self._writers = {}
+
+
+class RecalibrateBatchNorm(keras.callbacks.Callback):
+    """After an epoch's last training batch, and so before validation and the checkpoint,
+    re-estimate the moving statistics of the model's trainable BatchNormalization layers
+    (:func:`medtl.train.batchnorm.recalibrate_batchnorm`).
+
+    Args:
+        model: the model being trained.
+        steps: batches per epoch; the recalibration runs after batch ``steps - 1``.
+        max_batches: batches of training data to average the statistics over.
+
+    Set ``batches`` to the epoch's training batches before each ``fit``. An epoch that ends
+    without the recalibration (fewer batches than ``steps``) raises instead of validating a
+    model with stale statistics.
+    """
+
+    def __init__(self, model: keras.Model, steps: int, max_batches: int = 50) -> None:
+        super().__init__()
+        self.target, self.steps, self.max_batches = model, int(steps), int(max_batches)
+        self.batches = None
+        self.done = False
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self.done = False
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        if batch == self.steps - 1:
+            from medtl.train.batchnorm import recalibrate_batchnorm
+
+            if self.batches is None:
+                raise RuntimeError("RecalibrateBatchNorm: set .batches before fit")
+            recalibrate_batchnorm(self.target, self.batches, self.max_batches)
+            self.done = True
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        if not self.done and not self.target.stop_training:
+            raise RuntimeError(f"RecalibrateBatchNorm: epoch {epoch + 1} ended before batch {self.steps}; "
+                               "BatchNormalization statistics were not re-estimated")

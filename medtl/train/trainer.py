@@ -56,7 +56,7 @@ import numpy as np
 import pandas as pd
 
 from medtl.config import Config, ConfigError, load_resolved, save_config
-from medtl.train.callbacks import EpochProgress, EpochSummaries
+from medtl.train.callbacks import EpochProgress, EpochSummaries, RecalibrateBatchNorm
 from medtl.train.predict import MODEL_FILE, score_columns, write_model_info
 from medtl.train.runtime import runtime_for
 
@@ -282,6 +282,7 @@ class _Run:
 
     def _run_stage(self, s: int) -> None:
         from medtl.models import set_trainable
+        from medtl.train.batchnorm import trainable_batchnorm
 
         cfg, st, state = self.cfg, self.cfg.train.stages[s], self.state
         if state.epoch == 0:
@@ -306,11 +307,19 @@ class _Run:
         callbacks: list = [self.tb]
         if self.progress:
             callbacks.append(EpochProgress(self._epochs(s), state.global_epoch - state.epoch, steps))
+        # A backbone trained from random weights: its BatchNormalization statistics are
+        # re-estimated for each epoch's weights before validation (see medtl.train.batchnorm).
+        recalibrate = None
+        if not cached and trainable_batchnorm(self.model):
+            recalibrate = RecalibrateBatchNorm(self.model, steps)
+            callbacks.append(recalibrate)
         end_epoch = self._end_epoch if self.fixed is None else self._end_fixed_epoch
         for e in range(state.epoch, self._epochs(s)):
             gid = state.global_epoch
             self._reseed(s, e)
             t0 = time.perf_counter()
+            if recalibrate is not None:
+                recalibrate.batches = epoch_data(gid)
             hist = fit_model.fit(epoch_data(gid), validation_data=val_ds, initial_epoch=gid, epochs=gid + 1,
                                  shuffle=False, verbose=0, callbacks=callbacks)
             logs = {k: float(v[-1]) for k, v in hist.history.items()}
@@ -524,16 +533,7 @@ class _Run:
             "best": {"value": state.best_logs.get(self.monitor), **(state.best_at or {})},
             "best_val_metrics": {k: v for k, v in state.best_logs.items() if k.startswith("val_")},
             "best_train_metrics": {k: v for k, v in state.best_logs.items() if not k.startswith("val_")},
-            "stages": state.stages,
-            "epochs_run": state.global_epoch,
-            "wall_time_s": round(state.elapsed_s, 2),
-            "n_train": len(self.train_m),
-            "n_val": len(self.val_m),
-            "n_train_patients": int(self.train_m.df["patient_id"].nunique()),
-            "n_val_patients": int(self.val_m.df["patient_id"].nunique()),
-            "classes": list(self.train_m.classes),
-            "task": self.cfg.task,
-            "runtime": self.rt.as_dict(),
+            **self._run_summary(validated=True),
         }
         _write_json(self.dir / "metrics.json", metrics)
         state.finished = True
@@ -542,6 +542,22 @@ class _Run:
                  f"epoch {state.best_at['epoch']}); saved {self.dir / MODEL_FILE}")
         return TrainResult(self.dir, self.dir / MODEL_FILE, pd.DataFrame(state.history), val,
                            metrics, self.model)
+
+    def _run_summary(self, validated: bool) -> dict:
+        """The metrics.json fields that describe the run rather than its scores."""
+        state = self.state
+        return {
+            "stages": state.stages,
+            "epochs_run": state.global_epoch,
+            "wall_time_s": round(state.elapsed_s, 2),
+            "n_train": len(self.train_m),
+            "n_val": len(self.val_m) if validated else 0,
+            "n_train_patients": int(self.train_m.df["patient_id"].nunique()),
+            "n_val_patients": int(self.val_m.df["patient_id"].nunique()) if validated else 0,
+            "classes": list(self.train_m.classes),
+            "task": self.cfg.task,
+            "runtime": self.rt.as_dict(),
+        }
 
     def _finish_fixed(self) -> TrainResult:
         """Save the last epoch's weights; metrics describe training only (no validation)."""
@@ -560,16 +576,7 @@ class _Run:
             "best": None,
             "last": {k: last[k] for k in ("stage", "epoch", "global_epoch")},
             "last_train_metrics": {k: last[k] for k in ("loss", *METRIC_NAMES) if k in last},
-            "stages": state.stages,
-            "epochs_run": state.global_epoch,
-            "wall_time_s": round(state.elapsed_s, 2),
-            "n_train": len(self.train_m),
-            "n_val": 0,
-            "n_train_patients": int(self.train_m.df["patient_id"].nunique()),
-            "n_val_patients": 0,
-            "classes": list(self.train_m.classes),
-            "task": self.cfg.task,
-            "runtime": self.rt.as_dict(),
+            **self._run_summary(validated=False),
         }
         _write_json(self.dir / "metrics.json", metrics)
         state.finished = True
