@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from scipy.special import expit, logit
 
 from medtl.evaluate.metrics import as_binary_labels, as_scores
 
@@ -69,6 +70,11 @@ def choose_threshold(y_true: Any, y_score: Any, rule: str = "youden") -> float:
     * ``specificity:X``: the lowest threshold whose specificity on these data is >= X.
     * ``fixed:T``: T, whatever the data.
 
+    The data-driven rules pick the validation decisions above; of the thresholds that make
+    them, the one returned lies midway between the two validation scores on either side of
+    the cut (in logit space for probabilities), not on a film's own score, unless every film
+    is called positive or negative.
+
     Args:
         y_true: 0/1 validation labels.
         y_score: validation scores (probabilities or logits; only their order matters).
@@ -82,8 +88,8 @@ def choose_threshold(y_true: Any, y_score: Any, rule: str = "youden") -> float:
             sensitivity needs positives, specificity needs negatives).
 
     Example:
-        >>> choose_threshold([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8], "sensitivity:1.0")
-        0.35
+        >>> round(choose_threshold([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8], "sensitivity:1.0"), 4)
+        0.1965
     """
     name, value = parse_threshold_rule(rule)
     if name == "fixed":
@@ -114,4 +120,21 @@ def choose_threshold(y_true: Any, y_score: Any, rule: str = "youden") -> float:
         idx = int(np.flatnonzero(sens >= value - tol)[-1])  # sensitivity falls as t rises
     else:
         idx = int(np.flatnonzero(spec >= value - tol)[0])  # specificity rises with t
-    return float(cand[idx])
+    return _margin_threshold(cand, idx)
+
+
+def _margin_threshold(cand: np.ndarray, idx: int) -> float:
+    """Every threshold in (cand[idx - 1], cand[idx]] makes the same validation decisions. Its
+    upper end sits on a validation film's own score, so a new film scoring a hair below that film
+    flips; the midpoint keeps a margin on both sides. Probabilities are split midway in logit
+    space, where temperature and Platt scaling are affine, so a calibrated model's threshold
+    decides exactly as the raw model's does."""
+    hi = float(cand[idx])
+    if idx == 0 or idx == cand.size - 1:  # all called positive, or all called negative
+        return hi
+    lo = float(cand[idx - 1])
+    if 0.0 < lo and hi < 1.0 and cand[0] >= 0.0 and cand[-2] <= 1.0:
+        mid = float(expit((logit(lo) + logit(hi)) / 2.0))
+    else:
+        mid = (lo + hi) / 2.0
+    return mid if lo < mid <= hi else hi

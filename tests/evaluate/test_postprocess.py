@@ -13,8 +13,9 @@ def test_binary_threshold_and_round_trip():
     y = [0, 0, 1, 1]
     s = [0.1, 0.4, 0.35, 0.8]
     pp = PostProcess.fit("binary", ["n", "p"], y, s, rule="youden")
-    assert pp.thresholds == pp.raw_thresholds == [0.35]
-    assert pp.decide([[0.34], [0.35]]).tolist() == [[0], [1]]
+    # Midway (in logit space) between the scores .1 and .35 either side of the cut.
+    assert pp.thresholds == pp.raw_thresholds == [pytest.approx(0.1965, abs=1e-4)]
+    assert pp.decide([[0.19], [0.20]]).tolist() == [[0], [1]]
     again = PostProcess.from_dict(pp.to_dict())
     assert again == pp
 
@@ -48,7 +49,7 @@ def test_multilabel_per_label_and_multiclass():
     y = np.array([[1, 0], [0, 1], [1, 1], [0, 0]])
     s = np.array([[0.9, 0.2], [0.3, 0.7], [0.6, 0.6], [0.1, 0.4]])
     pp = PostProcess.fit("multilabel", ["a", "b"], y, s, rule="youden")
-    assert pp.thresholds == [0.6, 0.6]
+    assert pp.thresholds == [pytest.approx(0.4450, abs=1e-4), pytest.approx(0.5)]
     assert pp.decide(s).tolist() == y.tolist()
     probs = np.array([[0.7, 0.2, 0.1], [0.2, 0.5, 0.3], [0.1, 0.1, 0.8]])
     onehot = np.eye(3)[[0, 1, 2]]
