@@ -23,6 +23,12 @@ WEIGHTS_FILE = SHARED / "weights" / "mobilenet_v2_imagenet" / "mobilenet_v2_1.0_
 _STUDY = re.compile(r"^((?:NORMAL2-)?IM-\d+)")
 
 
+def add_input_args(ap) -> None:
+    """``--data`` and ``--weights``, shared by the Kermany benchmarks."""
+    ap.add_argument("--data", type=Path, default=DATA_DIR, help="kermany-pneumonia-224 folder")
+    ap.add_argument("--weights", type=Path, default=WEIGHTS_FILE, help="MobileNetV2 ImageNet no-top weights file")
+
+
 def study_id(file_name: str) -> str:
     """Patient/study id of a NORMAL file: ``IM-0115-0001.jpeg`` -> ``IM-0115``."""
     name = Path(file_name).name

@@ -37,7 +37,7 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from _kermany import (  # noqa: E402  (a sibling module: run this file as a script)
-    DATA_DIR, WEIGHTS_FILE, check_inputs, evaluate_holdout, kermany_table, sample_patients, write_labels)
+    add_input_args, check_inputs, evaluate_holdout, kermany_table, sample_patients, write_labels)
 
 MODES = ("balanced", "none")
 
@@ -141,8 +141,7 @@ def format_table(results: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", type=Path, default=DATA_DIR, help="kermany-pneumonia-224 folder")
-    ap.add_argument("--weights", type=Path, default=WEIGHTS_FILE, help="MobileNetV2 ImageNet no-top weights file")
+    add_input_args(ap)
     ap.add_argument("--out", type=Path, help="write the results as JSON here")
     ap.add_argument("--positive", default="pneumonia", choices=["pneumonia", "normal"],
                     help="the class made rare and positive (default pneumonia)")

@@ -34,7 +34,7 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from _kermany import DATA_DIR, WEIGHTS_FILE, check_inputs, derived_manifest  # noqa: E402
+from _kermany import add_input_args, check_inputs, derived_manifest  # noqa: E402
 
 
 def make_config(args, labels: Path, work: Path):
@@ -60,8 +60,7 @@ def make_config(args, labels: Path, work: Path):
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", type=Path, default=DATA_DIR, help="kermany-pneumonia-224 folder")
-    ap.add_argument("--weights", type=Path, default=WEIGHTS_FILE, help="MobileNetV2 ImageNet no-top weights file")
+    add_input_args(ap)
     ap.add_argument("--limit", type=int, help="use about this many images (whole patients), for a smoke test")
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--size", type=int, default=160, help="model input size in pixels")

@@ -47,7 +47,7 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from _kermany import (  # noqa: E402  (a sibling module: run this file as a script)
-    DATA_DIR, WEIGHTS_FILE, check_inputs, derived_manifest, evaluate_holdout, sample_patients)
+    add_input_args, check_inputs, derived_manifest, evaluate_holdout, sample_patients)
 
 ARMS = ("pretrained", "scratch")
 
@@ -161,8 +161,7 @@ def format_table(rows: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", type=Path, default=DATA_DIR, help="kermany-pneumonia-224 folder")
-    ap.add_argument("--weights", type=Path, default=WEIGHTS_FILE, help="MobileNetV2 ImageNet no-top weights file")
+    add_input_args(ap)
     ap.add_argument("--out", type=Path, help="write the results as JSON here (rewritten after every run)")
     ap.add_argument("--sizes", "--sizes-list", dest="sizes", default="100,500,all",
                     help="training-set sizes in images, 'all' for every training image (default 100,500,all)")
