@@ -335,7 +335,7 @@ def _patient_ids(df: pd.DataFrame, src: Path, cfg: Config, strict: bool = True) 
     if not pc or pc.lower() == "none":
         return [f"file:{p}" for p in df["path"]]  # each image is its own patient
     if pc.startswith("dicom:"):
-        return _dicom_ids(df["path"].tolist(), pc.split(":", 1)[1], src, strict)
+        return _pseudonyms(_dicom_ids(df["path"].tolist(), pc.split(":", 1)[1], src, strict), cfg.data.cache_dir)
     ids = df[pc]
     empty = [i + 2 for i, v in enumerate(ids) if pd.isna(v) or not str(v).strip()]
     if empty:
@@ -344,6 +344,20 @@ def _patient_ids(df: pd.DataFrame, src: Path, cfg: Config, strict: bool = True) 
             "fill in every patient id, or set patient_column: none to treat each image as its own patient"
         )
     return [_clean_id(v) for v in ids]
+
+
+PATIENT_SALT_FILE = "patient-id.salt"
+
+
+def _pseudonyms(ids: list[str], cache_dir: str) -> list[str]:
+    """Patient ids read from DICOM headers are PHI: they are kept only as salted hashes
+    (``pid-`` + 12 hex digits), so run folders, logs and reports never hold them. The salt lives
+    in ``data.cache_dir``, which stays on this machine, so the same patient gets the same
+    pseudonym in every run that shares the cache (resumed folds, runs to compare)."""
+    from medtl.report.deid import hash_patient_id, run_salt
+
+    salt = run_salt(cache_dir, name=PATIENT_SALT_FILE)
+    return [i if i.startswith("file:") else f"pid-{hash_patient_id(i, salt)}" for i in ids]
 
 
 def _clean_id(v: Any) -> str:

@@ -105,12 +105,13 @@ _PDF_STREAM = re.compile(rb"stream\r?\n(.*?)\r?\nendstream", re.DOTALL)
 # Hashing
 
 
-def run_salt(run_dir: str | Path, create: bool = True) -> bytes:
+def run_salt(run_dir: str | Path, create: bool = True, name: str = SALT_FILE) -> bytes:
     """The run's secret salt, read from ``run_dir/deid.salt`` (created, mode 0600, if absent).
 
     Args:
-        run_dir: the run folder.
+        run_dir: the run folder (or another folder that keeps a salt).
         create: make a new random salt when there is none (else raise).
+        name: the salt file's name in that folder.
 
     Raises:
         FileNotFoundError: no salt file and ``create`` is False.
@@ -118,14 +119,14 @@ def run_salt(run_dir: str | Path, create: bool = True) -> bytes:
     Example:
         >>> salt = run_salt(tmp_path)   # 32 random bytes, the same on every later call
     """
-    path = Path(run_dir) / SALT_FILE
+    path = Path(run_dir) / name
     if path.is_file():
         return bytes.fromhex(path.read_text().strip())
     if not create:
         raise FileNotFoundError(f"{path}: no de-identification salt in this run folder; "
                                 "call run_salt(run_dir) to create one")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{SALT_FILE}.{os.getpid()}.tmp")
+    tmp = path.with_name(f".{name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(secrets.token_hex(32) + "\n")

@@ -6,6 +6,7 @@ import csv
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import pytest
 
 from medtl.config import ConfigError
@@ -174,9 +175,19 @@ def test_reserved_column_names_are_kept(tmp_path):
 
 def test_dicom_patient_ids(dicom_cxr_dir, tmp_path):
     rows = [{"file": str(p), "label": 0} for p in sorted((dicom_cxr_dir / "udacity-nih").glob("test[12].dcm"))]
-    cfg = make_cfg(_csv(tmp_path / "l.csv", rows), data={"patient_column": "dicom:PatientID"})
+    cfg = make_cfg(_csv(tmp_path / "l.csv", rows), cache_dir=tmp_path / "cache",
+                   data={"patient_column": "dicom:PatientID"})
     m = load_manifest(cfg)
-    assert m.df["patient_id"].str.len().min() > 0
+    raw = [str(pydicom.dcmread(p, stop_before_pixels=True).PatientID) for p in m.paths]
+    ids = m.df["patient_id"].tolist()
+    # Header patient ids are PHI: only salted pseudonyms, the same for the same patient.
+    assert all(i.startswith("pid-") and len(i) == 16 for i in ids)
+    assert not set(ids) & set(raw)
+    assert (ids[0] == ids[1]) == (raw[0] == raw[1])
+    assert load_manifest(cfg).df["patient_id"].tolist() == ids  # stable: the salt stays in the cache
+    assert (tmp_path / "cache" / "patient-id.salt").stat().st_mode & 0o077 == 0
+    other = make_cfg(cfg.data.manifest, cache_dir=tmp_path / "other", data={"patient_column": "dicom:PatientID"})
+    assert load_manifest(other).df["patient_id"].tolist() != ids  # another salt, other pseudonyms
     with pytest.raises(ConfigError, match="dicom:Nonsense is not a header field"):
         load_manifest(make_cfg(cfg.data.manifest, data={"patient_column": "dicom:Nonsense"}))
 
