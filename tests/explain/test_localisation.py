@@ -60,9 +60,10 @@ def test_lesion_lies_in_the_hot_region_for_true_positives(trained, method):
 @pytest.mark.xfail(
     strict=False,
     reason="measured on this data (smallcnn, 128 px, 16x16 last feature map; 2026-11-29): the peak "
-    "falls inside the lesion for 33-50% of true positives (Grad-CAM and Grad-CAM++ alike; 32% with 80 "
-    "patients, 50% with 30 epochs, 72% with the finer cnn_block3 map). The peak sits on the lesion's "
-    "border with the lung, 0.4-0.6 radius off-centre. Behind the GAP + Dense head Grad-CAM equals the "
+    "falls inside the lesion for 30-50% of true positives (Grad-CAM and Grad-CAM++ alike; 32% with 80 "
+    "patients, 50% with 30 epochs, 72% with the finer cnn_block3 map), while the lesion centre is in "
+    "the hot region for all of them. The peak sits on the lesion's border with the lung, about half a "
+    "radius off-centre. Behind the GAP + Dense head Grad-CAM equals the "
     "model's own class activation map, and occlusion peaks off-centre too, so this is where the demo "
     "model's evidence lies, not a mapping error (the film -> canvas -> film round trip is tested in "
     "test_cam.py and test_files.py).",
