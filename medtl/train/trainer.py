@@ -47,6 +47,7 @@ import math
 import os
 import random
 import time
+import warnings
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
@@ -283,11 +284,18 @@ class _Run:
     def _run_stage(self, s: int) -> None:
         from medtl.models import set_trainable
         from medtl.train.batchnorm import trainable_batchnorm
+        from medtl.train.stages import is_pretrained
 
         cfg, st, state = self.cfg, self.cfg.train.stages[s], self.state
         if state.epoch == 0:
             state.wait = 0
         set_trainable(self.model, st.unfreeze)
+        if st.unfreeze != "all" and not is_pretrained(self.model):
+            warnings.warn(
+                f"train.stages[{s}].unfreeze is {st.unfreeze!r} but model.weights is none: the frozen part of "
+                "the backbone keeps its random weights and initial BatchNorm statistics, so its features carry "
+                "little signal; train a random backbone with unfreeze: all, or give pretrained weights",
+                RuntimeWarning, stacklevel=2)
         cached = self._use_feature_cache(st)
         n_params = int(sum(np.prod(v.shape) for v in self.model.trainable_weights))
         self._stage_header(s, n_params, cached)

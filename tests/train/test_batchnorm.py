@@ -73,3 +73,15 @@ def test_mobilenet_from_random_weights_gives_informative_scores(tiny_data, tmp_p
     res = train(cfg, progress=False)
     scores = res.val_predictions["score"].to_numpy()
     assert np.ptp(scores) > 1e-3, f"every validation film got (nearly) the same score: {scores[:5]}"
+
+
+def test_partly_frozen_random_backbone_is_warned_about(tiny_data, tmp_path):
+    from medtl.train.trainer import train
+
+    cfg = tiny_config(
+        tiny_data, tmp_path, augment={"preset": "none"},
+        model={"backbone": "smallcnn", "weights": "none", "dropout": 0.0},
+        train={"stages": [{"unfreeze": "head", "epochs": 1, "lr": 1e-3}]},
+    )
+    with pytest.warns(RuntimeWarning, match=r"stages\[0\].unfreeze is 'head' but model.weights is none"):
+        train(cfg, progress=False)
