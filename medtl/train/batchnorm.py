@@ -69,8 +69,8 @@ def recalibrate_batchnorm(model: keras.Model, batches: Iterable, max_batches: in
             n = int(keras.ops.shape(x)[0])
             model(x, training=True)
             for layer, (mean, var) in zip(layers, sums):
-                mean += n * keras.ops.convert_to_numpy(layer.moving_mean).astype(np.float64)
-                var += n * keras.ops.convert_to_numpy(layer.moving_variance).astype(np.float64)
+                mean += n * np.asarray(layer.moving_mean.numpy(), np.float64)
+                var += n * np.asarray(layer.moving_variance.numpy(), np.float64)
             seen += n
     finally:
         for layer, momentum in zip(layers, momenta):

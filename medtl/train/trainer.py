@@ -758,7 +758,7 @@ def _save_weights(model: keras.Model, path: Path, which: list[int] | None = None
     """
     weights = model.weights
     which = range(len(weights)) if which is None else which
-    arrays = {f"w{i}": keras.ops.convert_to_numpy(weights[i]) for i in which}
+    arrays = {f"w{i}": np.asarray(weights[i].numpy()) for i in which}
     _atomic(path, lambda tmp: np.savez(tmp, **arrays), suffix=".npz")
 
 

@@ -34,14 +34,14 @@ def test_statistics_are_the_size_weighted_average_of_the_batch_statistics():
     seen = recalibrate_batchnorm(model, [(b, np.zeros(len(b))) for b in batches])
     bn = model.get_layer("bn")
     assert seen == 21
-    np.testing.assert_allclose(keras.ops.convert_to_numpy(bn.moving_mean), want_mean, rtol=1e-4, atol=1e-5)
-    np.testing.assert_allclose(keras.ops.convert_to_numpy(bn.moving_variance), want_var, rtol=1e-4)
+    np.testing.assert_allclose(bn.moving_mean.numpy(), want_mean, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(bn.moving_variance.numpy(), want_var, rtol=1e-4)
     assert bn.momentum == 0.99  # restored
     # The deeper layer got statistics too (away from the initial mean 0 / variance 1).
-    assert not np.allclose(keras.ops.convert_to_numpy(model.get_layer("bn2").moving_variance), 1.0)
+    assert not np.allclose(model.get_layer("bn2").moving_variance.numpy(), 1.0)
     # max_batches: only the first batch counts.
     assert recalibrate_batchnorm(model, batches, max_batches=1) == 8
-    np.testing.assert_allclose(keras.ops.convert_to_numpy(bn.moving_mean), feats[0].mean(axis=(0, 1, 2)),
+    np.testing.assert_allclose(bn.moving_mean.numpy(), feats[0].mean(axis=(0, 1, 2)),
                                rtol=1e-4, atol=1e-5)
 
 
@@ -49,9 +49,9 @@ def test_frozen_batchnorm_is_left_alone_and_empty_data_is_an_error():
     model = _bn_model()
     model.get_layer("bn").trainable = False
     assert [layer.name for layer in trainable_batchnorm(model)] == ["bn2"]
-    before = keras.ops.convert_to_numpy(model.get_layer("bn").moving_variance).copy()
+    before = model.get_layer("bn").moving_variance.numpy().copy()
     recalibrate_batchnorm(model, [np.ones((4, 8, 8, 1), np.float32)])
-    np.testing.assert_array_equal(keras.ops.convert_to_numpy(model.get_layer("bn").moving_variance), before)
+    np.testing.assert_array_equal(model.get_layer("bn").moving_variance.numpy(), before)
     model.trainable = False
     assert recalibrate_batchnorm(model, []) == 0  # nothing to do, so no data needed
     model.trainable = True
