@@ -23,6 +23,7 @@ from medtl.evaluate import binary_metrics, choose_threshold, postprocess
 from medtl.evaluate.cv import FoldBusyError, format_cv, merge_cv, run_cv, run_folder
 from medtl.evaluate.runs import create_once, read_json
 from tests.evaluate._cv_helpers import FakeTrainer, install_fakes, make_cfg, make_png_set
+from tests.train.conftest import crash_after_epoch
 
 
 @pytest.fixture
@@ -491,7 +492,6 @@ def test_retrain_final_model_after_all_folds_only(data, tmp_path, monkeypatch, c
     from medtl.data.manifest import load_manifest
     from medtl.data.pipeline import ImagePipeline
     from medtl.evaluate.runs import RunPredictor
-    from medtl.train import trainer
 
     cfg = _retrain_cfg(data, tmp_path / "work")
     install_fakes(monkeypatch, trainer=_HistoryTrainer())
@@ -507,20 +507,8 @@ def test_retrain_final_model_after_all_folds_only(data, tmp_path, monkeypatch, c
         RunPredictor(run)
 
     # Killed after the final model's first epoch; the next medtl cv resumes it.
-    real_commit = trainer._Run._commit
-
-    class Crash(Exception):
-        pass
-
-    def commit_then_crash(self):
-        real_commit(self)
-        if self.state.global_epoch == 1:
-            raise Crash
-
-    monkeypatch.setattr(trainer._Run, "_commit", commit_then_crash)
-    with pytest.raises(Crash):
+    with crash_after_epoch(monkeypatch, 1):
         run_cv(cfg, run_dir=run, progress=False)
-    monkeypatch.setattr(trainer._Run, "_commit", real_commit)
     first = pd.read_csv(run / "final" / "history.csv")
     assert len(first) == 1 and not (run / "final" / "final.json").exists()
     capsys.readouterr()

@@ -6,6 +6,7 @@ is trained once per session and shared by the trainer, resume and predict tests.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -96,3 +97,28 @@ def reference_run(tiny_data, tiny_work):
 
     cfg = tiny_config(tiny_data, tiny_work)
     return cfg, train(cfg, run_dir=tiny_work / "reference", progress=False)
+
+
+class Crash(Exception):
+    """Raised by :func:`crash_after_epoch`: a run killed right after a checkpoint."""
+
+
+@contextlib.contextmanager
+def crash_after_epoch(monkeypatch, global_epoch: int):
+    """Training inside the block commits the checkpoint of ``global_epoch`` and then dies
+    (the block expects the :class:`Crash`); the real commit is back afterwards."""
+    from medtl.train import trainer
+
+    real_commit = trainer._Run._commit
+
+    def commit_then_crash(self):
+        real_commit(self)
+        if self.state.global_epoch == global_epoch:
+            raise Crash
+
+    monkeypatch.setattr(trainer._Run, "_commit", commit_then_crash)
+    try:
+        with pytest.raises(Crash):
+            yield
+    finally:
+        monkeypatch.setattr(trainer._Run, "_commit", real_commit)

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from tests.train.conftest import crash_after_epoch
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -88,20 +89,8 @@ def test_crash_at_a_stage_boundary_resumes_to_the_same_weights(reference_run, mo
     from medtl.train import trainer
 
     cfg, ref = reference_run
-    real_commit = trainer._Run._commit
-
-    class Crash(Exception):
-        pass
-
-    def commit_then_crash(self):
-        real_commit(self)
-        if self.state.global_epoch == 2:
-            raise Crash
-
-    monkeypatch.setattr(trainer._Run, "_commit", commit_then_crash)
-    with pytest.raises(Crash):
+    with crash_after_epoch(monkeypatch, 2):
         trainer.train(cfg, run_dir=tmp_path / "run", progress=False)
-    monkeypatch.setattr(trainer._Run, "_commit", real_commit)
     st = _state(tmp_path / "run")
     assert (st["stage"], st["epoch"], st["optimizer"]) == (1, 0, None)
     assert len(pd.read_csv(tmp_path / "run" / "history.csv")) == 2

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.train.conftest import tiny_config
+from tests.train.conftest import crash_after_epoch, tiny_config
 
 
 def _weights(path) -> list[np.ndarray]:
@@ -339,20 +339,8 @@ def test_fixed_epochs_resume_after_a_crash_to_the_same_weights(fixed_run, monkey
 
     cfg, ref = fixed_run
     run = ref.run_dir.parent / "crashed"
-    real_commit = trainer._Run._commit
-
-    class Crash(Exception):
-        pass
-
-    def commit_then_crash(self):
-        real_commit(self)
-        if self.state.global_epoch == 2:  # mid stage 2: the optimizer state must come back too
-            raise Crash
-
-    monkeypatch.setattr(trainer._Run, "_commit", commit_then_crash)
-    with pytest.raises(Crash):
+    with crash_after_epoch(monkeypatch, 2):  # mid stage 2: the optimizer state must come back too
         trainer.train(cfg, run_dir=run, fixed_epochs=[1, 3], progress=False)
-    monkeypatch.setattr(trainer._Run, "_commit", real_commit)
     with pytest.raises(ConfigError, match=r"fixed_epochs \[1, 3\], not fixed_epochs \[1, 2\]"):
         trainer.train(cfg, resume=run, fixed_epochs=[1, 2], progress=False)
 
