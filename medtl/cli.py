@@ -33,6 +33,13 @@ def _load_cfg(args: argparse.Namespace):
     return load_config(args.config, overrides=args.set or ())
 
 
+def _start_decoders() -> None:
+    """Let the decoder processes' server import pydicom while this process imports TensorFlow."""
+    from medtl.data.cache import start_decoder_server
+
+    start_decoder_server()
+
+
 # --- subcommands -----------------------------------------------------------------------------
 
 
@@ -60,6 +67,7 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     cfg = _load_cfg(args)  # before the TensorFlow import: config errors come back at once
+    _start_decoders()
     from medtl.train.trainer import train
 
     result = train(cfg, resume=args.resume, progress=not args.quiet)
@@ -73,6 +81,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     paths = collect_paths(args.inputs)
     if not paths:
         raise CommandError(f"no DICOM/PNG/JPEG files found in {' '.join(args.inputs)}")
+    _start_decoders()
     from medtl.evaluate.runs import RunPredictor
 
     predictor = RunPredictor(args.model)
@@ -96,6 +105,7 @@ def cmd_cv(args: argparse.Namespace) -> int:
     if not args.config:
         raise CommandError("give a config (medtl cv CONFIG) or a run to pool (medtl cv --merge RUN)")
     cfg = _load_cfg(args)
+    _start_decoders()
     from medtl.evaluate.cv import format_cv, merge_cv, run_cv
 
     run = run_cv(cfg, run_dir=args.run, fold=args.fold, progress=not args.quiet)
@@ -111,6 +121,7 @@ def cmd_cv(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    _start_decoders()
     from medtl.evaluate.external import evaluate_external, format_external
 
     metrics = evaluate_external(args.model, args.data, args.out, progress=not args.quiet)

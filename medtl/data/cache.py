@@ -39,7 +39,7 @@ import numpy as np
 
 from medtl.data.resize import Geometry, letterbox, plan
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: one flat folder per settings (1 had a sub-folder per first hash byte)
 _MAGIC = b"MTLC"
 _HEADER = struct.Struct("<4sIIIII8x")  # magic, format, h, w, orig_h, orig_w, padding -> 32 bytes
 SUFFIX = ".f16"
@@ -243,7 +243,8 @@ class ImageCache:
 
     def entry_path(self, sha: str) -> Path:
         """Where the entry for content hash ``sha`` lives."""
-        return self.dir / sha[:2] / f"{sha}{SUFFIX}"
+        # Flat: sub-folders by hash prefix cost a mkdir for nearly every entry of a small set.
+        return self.dir / f"{sha}{SUFFIX}"
 
     def read(self, entry: str | os.PathLike) -> tuple[np.ndarray, Geometry]:
         """The cached float16 (H, W) image and its :class:`Geometry`."""
@@ -331,6 +332,7 @@ def _crashed(item: tuple[str, str | None], reason: str) -> CacheResult:
 def _fill_chunk(items: list[tuple[str, str | None]], spec: dict[str, Any]) -> list[CacheResult]:
     """Worker: hash, decode, resize and store a chunk of files."""
     from medtl.io import read_image
+    from medtl.io.dicom import open_file
 
     cache = ImageCache(**spec)
     out = []
@@ -338,11 +340,17 @@ def _fill_chunk(items: list[tuple[str, str | None]], spec: dict[str, Any]) -> li
         res = CacheResult(path, sha)
         try:
             res.stat = _stat_key(os.stat(path))
+            data = None
             if sha is None:
-                res.sha256 = file_sha256(path)
+                # One read serves the hash and the decoder: the entry holds exactly the hashed bytes.
+                with open_file(path) as fh:
+                    data = fh.read()
+                res.sha256 = hashlib.sha256(data).hexdigest()
+                with _MEMO_LOCK:
+                    _MEMO[path] = (res.stat, res.sha256)
             entry = cache.entry_path(res.sha256)
             if not entry.exists():
-                img = np.asarray(read_image(path, window=cache.window, frame=cache.frame), np.float32)
+                img = np.asarray(read_image(path, window=cache.window, frame=cache.frame, data=data), np.float32)
                 resized, _ = letterbox(img, cache.image_size, cache.keep_aspect)
                 write_entry(entry, resized, img.shape[:2])
             res.entry = str(entry)
@@ -384,6 +392,24 @@ def _context() -> mp.context.BaseContext:
     return mp.get_context("spawn")
 
 
+def start_decoder_server() -> None:
+    """Start the process that decoding workers are forked from, without waiting for it.
+
+    The server imports pydicom and the decoders (~0.2 s of CPU) in its own process. Called
+    early (the CLI calls it before importing TensorFlow; :class:`ImagePipeline` when it is
+    built), that start overlaps with work this process does anyway, instead of delaying the
+    first decoded files. It does nothing where workers are spawned instead (not Linux), and
+    nothing when the server is already running.
+    """
+    if not (sys.platform.startswith("linux") and "forkserver" in mp.get_all_start_methods()):
+        return
+    from multiprocessing import forkserver
+
+    _context()  # sets the modules the server imports
+    with _main_not_reimported():
+        forkserver.ensure_running()
+
+
 def _worker_init() -> None:
     import cv2
 
@@ -418,17 +444,15 @@ def _main_not_reimported() -> Iterator[None]:
 
 
 class _Queue:
-    """Chunk numbers shared by the worker feeder (takes from the front) and this process (the back)."""
+    """Chunk numbers, in order, shared by the worker feeder and this process."""
 
     def __init__(self, n: int):
         self._left = collections.deque(range(n))
         self._lock = threading.Lock()
 
-    def take(self, front: bool) -> int | None:
+    def take(self) -> int | None:
         with self._lock:
-            if not self._left:
-                return None
-            return self._left.popleft() if front else self._left.pop()
+            return self._left.popleft() if self._left else None
 
     def clear(self) -> None:
         with self._lock:
@@ -439,14 +463,14 @@ def _feed(
     fn: Callable, chunks: list[list], arg: Any, workers: int, queue: _Queue,
     results: list, crashed: list[int], errors: list[BaseException],
 ) -> None:
-    """Keep ``workers`` processes busy with chunks from the front of ``queue`` (runs in a thread)."""
+    """Keep ``workers`` processes busy with chunks from ``queue`` (runs in a thread)."""
     ctx = _context()
     ex: cf.ProcessPoolExecutor | None = None
     inflight: dict[cf.Future, int] = {}
     try:
         ex = cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init)
         while True:
-            while len(inflight) < 2 * workers and (j := queue.take(front=True)) is not None:
+            while len(inflight) < 2 * workers and (j := queue.take()) is not None:
                 with _main_not_reimported():
                     inflight[ex.submit(fn, chunks[j], arg)] = j
             if not inflight:
@@ -477,6 +501,18 @@ def _feed(
             ex.shutdown(wait=True, cancel_futures=True)
 
 
+def _chunks(items: Sequence[Any], processes: int, size: int | None) -> list[list]:
+    """Fixed-size chunks, or (size None) chunks of ~1/(2 * processes) of what is left, 1 to 8."""
+    if size is not None:
+        return [list(items[i : i + size]) for i in range(0, len(items), size)]
+    out, i = [], 0
+    while i < len(items):
+        step = max(1, min(8, (len(items) - i) // (2 * processes)))
+        out.append(list(items[i : i + step]))
+        i += step
+    return out
+
+
 def run_chunked(
     fn: Callable[[list, Any], list],
     items: Sequence[Any],
@@ -489,17 +525,16 @@ def run_chunked(
     """Apply ``fn(chunk, arg)`` over ``items`` in worker processes; results in item order.
 
     ``fn`` must be a module-level function of a module that does not import TensorFlow. With
-    ``steal``, the calling process also works through chunks, from the back of the queue, while
-    the workers start and run, so small jobs are not slower than a plain loop (but a decoder
-    that crashes there takes this process with it). If a worker dies (a decoder crashing on a
+    ``steal``, the calling process also works through chunks while the workers start and run,
+    so small jobs are not slower than a plain loop (but a decoder that crashes there takes this
+    process with it). Without ``chunk_size``, chunks shrink towards the end of the list (guided
+    scheduling), so no process is left finishing a long chunk while the others idle. If a worker dies (a decoder crashing on a
     corrupt file), its items are retried one per process and ``on_crash(item, reason)`` gives
     the result for the one that kills its process.
     """
     n = len(items)
     workers = min(default_workers(workers), n)
-    if chunk_size is None:
-        chunk_size = max(1, min(8, -(-n // (workers * 8))))
-    chunks = [list(items[i : i + chunk_size]) for i in range(0, n, chunk_size)]
+    chunks = _chunks(items, workers + int(steal), chunk_size)
     if workers <= 1 or len(chunks) <= 2:
         return [r for c in chunks for r in fn(c, arg)]
     results: list[list | None] = [None] * len(chunks)
@@ -514,7 +549,7 @@ def run_chunked(
     )
     feeder.start()
     try:
-        while steal and (j := queue.take(front=False)) is not None:
+        while steal and (j := queue.take()) is not None:
             results[j] = fn(chunks[j], arg)
         feeder.join()
     except BaseException:

@@ -27,7 +27,7 @@ import tensorflow as tf
 
 from medtl.config import Config
 from medtl.data.augment import Augmenter, build_augmenter
-from medtl.data.cache import ImageCache, default_workers, read_entry
+from medtl.data.cache import ImageCache, default_workers, read_entry, start_decoder_server
 from medtl.data.manifest import DataError, Manifest
 from medtl.data.resize import Geometry
 
@@ -66,6 +66,8 @@ class ImagePipeline:
         self.memory_limit = int(memory_limit)
         self.workers = default_workers(workers if workers is not None else d.workers)
         self.skipped: list[tuple[str, str]] = []
+        if self.workers > 1:
+            start_decoder_server()  # starts while the caller reads its manifest and builds a model
         self._entries: dict[str, str] = {}
         self._ram: dict[str, np.ndarray] = {}
         self._ram_bytes = 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 from typing import IO
 
@@ -23,7 +24,9 @@ from medtl.io.errors import ImageReadError, one_line
 _EXIF_ORIENTATION = 0x0112
 
 
-def read_image(path: str | os.PathLike[str], window: str = "auto", frame: int | None = None) -> np.ndarray:
+def read_image(
+    path: str | os.PathLike[str], window: str = "auto", frame: int | None = None, data: bytes | None = None
+) -> np.ndarray:
     """Read a DICOM, PNG, JPEG, TIFF or BMP file as float32 (H, W) in [0, 1], air dark.
 
     DICOM is recognised by content ('DICM' at byte 128) or a .dcm/.dicom suffix and read with
@@ -35,6 +38,9 @@ def read_image(path: str | os.PathLike[str], window: str = "auto", frame: int | 
             the file's bit depth (8-bit / 255, 16-bit / 65535). "minmax": the image's own
             range. "percentile": the 0.5-99.5 percentile range, clipped.
         frame: Frame index for multi-frame files (multi-frame DICOM, TIFF stacks).
+        data: The file's bytes, when the caller has read them already (the cache hashes the
+            same bytes it decodes, so an entry can never hold pixels of a newer file version);
+            ``path`` then only names the file in errors and picks the reader.
 
     Returns:
         float32 array (H, W) in [0, 1] at the file's own resolution; colour becomes luminance.
@@ -48,7 +54,7 @@ def read_image(path: str | os.PathLike[str], window: str = "auto", frame: int | 
         (dtype('float32'), 2)
     """
     check_window(window)
-    with open_file(path) as fh:
+    with open_file(path) if data is None else io.BytesIO(data) as fh:
         head = fh.read(132)
         fh.seek(0)
         if looks_like_dicom(head, path):

@@ -161,6 +161,16 @@ def test_run_chunked_keeps_order(tmp_path):
     assert run_chunked(_square, list(range(50)), 1, workers=2, chunk_size=3) == [x * x + 1 for x in range(50)]
 
 
+def test_default_chunks_shrink_towards_the_end_and_keep_order():
+    from medtl.data.cache import _chunks
+
+    sizes = [len(c) for c in _chunks(list(range(301)), 3, None)]
+    assert sum(sizes) == 301 and max(sizes) == 8 and sizes[-1] == 1
+    assert sizes == sorted(sizes, reverse=True)  # no long chunk left for the end
+    assert [len(c) for c in _chunks(list(range(7)), 3, 2)] == [2, 2, 2, 1]
+    assert run_chunked(_square, list(range(90)), 2, workers=2) == [x * x + 2 for x in range(90)]
+
+
 def _crashy(chunk, arg):
     out = []
     for x in chunk:
@@ -182,9 +192,10 @@ def test_main_script_is_not_rerun_in_workers(tmp_path):
     script = tmp_path / "unguarded.py"
     script.write_text(
         "import os, sys\n"
-        "from medtl.data.cache import run_chunked\n"
+        "from medtl.data.cache import run_chunked, start_decoder_server\n"
         "from medtl.data.inspect import _probe_chunk\n"
         "print('main ran', os.getpid(), flush=True)\n"
+        "start_decoder_server()  # as the CLI does, before anything else\n"
         "res = run_chunked(_probe_chunk, ['/nonexistent'] * 8, 'auto', workers=2, chunk_size=1)\n"
         "assert len(res) == 8 and all('not found' in r['error'] for r in res)\n"
     )

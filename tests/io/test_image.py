@@ -132,3 +132,20 @@ def test_missing_file_and_bad_window(tmp_path: Path) -> None:
 def test_medtl_io_does_not_import_tensorflow() -> None:
     code = "import sys, medtl.io; assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_bytes_already_read_decode_like_the_file(make_dicom, tmp_path: Path) -> None:
+    """The cache hands read_image the bytes it hashed; they must decode exactly as the file."""
+    ramp = (np.arange(64, dtype=np.uint16).reshape(8, 8) * 64)
+    dcm = make_dicom(ramp, PhotometricInterpretation="MONOCHROME1", WindowCenter=2000, WindowWidth=3000)
+    png = save(tmp_path / "r.png", (ramp // 16).astype(np.uint8))
+    for path in (dcm, png):
+        from_file = read_image(path)
+        from_bytes = read_image(path, data=path.read_bytes())
+        np.testing.assert_array_equal(from_bytes, from_file)
+        assert from_file.max() > from_file.min()
+    # The bytes win over the file: the path only names it (and picks the reader).
+    other = save(tmp_path / "other.png", np.full((8, 8), 255, np.uint8))
+    np.testing.assert_array_equal(read_image(other, data=png.read_bytes()), read_image(png))
+    with pytest.raises(ImageReadError, match="r.png"):
+        read_image(png, data=b"not an image at all")
