@@ -269,7 +269,7 @@ def merge_cv(run_dir: str | Path) -> dict[str, Any]:
         "pooled_ci": pooled_ci,
         "across_folds": summarize_folds([per_fold[str(f)] for f in done]),
         "bootstrap": {"n_boot": cfg.evaluate.bootstrap, "alpha": 0.05, "unit": "patient", "seed": cfg.seed,
-                      "interval": "percentile"},
+                      "interval": "bca"},
         "ensemble": ensemble,
         "final_model": cfg.evaluate.final_model,
         "fold_info": info,

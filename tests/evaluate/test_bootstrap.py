@@ -14,6 +14,7 @@ from medtl.evaluate.bootstrap import (
     bootstrap_ci,
     bootstrap_metrics,
     bootstrap_paired_difference,
+    jackknife_weights,
     resample_weights,
 )
 from medtl.evaluate.metrics import BINARY_METRICS, binary_metrics, weighted_binary_metrics
@@ -74,6 +75,79 @@ def test_interval_covers_true_auc_about_95_percent():
         hits.append(low <= true_auc <= high)
     coverage = np.mean(hits)
     assert 0.90 <= coverage <= 0.99, coverage
+
+
+def test_bca_covers_where_the_percentile_interval_under_covers():
+    # 30 patients a class, AUC 0.92 (d = 2): the AUC's bootstrap distribution is skewed and
+    # biased low, and the percentile interval misses the true value too often.
+    d = 2.0
+    true_auc = norm.cdf(d / np.sqrt(2.0))
+    rng = np.random.default_rng(11)
+    hits = {"bca": [], "percentile": []}
+    for i in range(400):
+        y, s = _binormal(rng, 30, 30, d)
+        for method in hits:
+            ci = bootstrap_ci(y, s, "roc_auc", n_boot=1000, seed=i, method=method)
+            assert ci.method == method
+            hits[method].append(ci.low <= true_auc <= ci.high)
+    bca, pct = np.mean(hits["bca"]), np.mean(hits["percentile"])
+    assert 0.93 <= bca <= 0.98, bca  # this seed: BCa 0.940, percentile 0.920
+    assert pct < bca, (pct, bca)
+
+
+def test_bca_arithmetic_on_known_replicates():
+    from medtl.evaluate.bootstrap import _interval
+
+    reps = np.arange(1000) / 1000.0
+    symmetric = np.array([-1.0, 0.0, 1.0, -2.0, 2.0])
+    # No bias (the point is the replicates' median) and no skew: BCa is the percentile interval.
+    plain = _interval(0.4995, reps, 1000, 0.05)
+    same = _interval(0.4995, reps, 1000, 0.05, jack=symmetric)
+    assert same.method == "bca" and plain.method == "percentile"
+    assert (same.low, same.high) == pytest.approx((plain.low, plain.high), abs=1e-12)
+    # A biased, skewed case against Efron's formulas written out here.
+    jack = np.array([0.1, 0.2, 0.2, 0.3, 0.9])
+    dev = jack.mean() - jack
+    a = np.sum(dev**3) / (6 * np.sum(dev**2) ** 1.5)
+    z0 = norm.ppf(np.mean(reps < 0.7005))  # no replicate ties with the point
+    want = [norm.cdf(z0 + (z0 + z) / (1 - a * (z0 + z))) for z in norm.ppf([0.025, 0.975])]
+    got = _interval(0.7005, reps, 1000, 0.05, jack=jack)
+    assert (got.low, got.high) == pytest.approx(tuple(np.quantile(reps, want)), abs=1e-12)
+    assert got.low > plain.low and got.high > plain.high  # shifted towards the biased-high point
+    # Where the corrections are undefined it says so and falls back.
+    assert _interval(float("nan"), reps, 1000, 0.05, jack=jack).method == "percentile"
+
+
+def test_bca_matches_scipy_for_a_skewed_proportion():
+    # Image-level resampling of accuracy (a proportion near 1, n = 40): scipy's BCa uses the same
+    # jackknife and formulas, so the two agree up to Monte Carlo error.
+    from scipy.stats import bootstrap
+
+    y = np.r_[np.ones(20, int), np.zeros(20, int)]
+    s = np.r_[np.full(18, 0.9), np.full(2, 0.1), np.full(19, 0.1), np.full(1, 0.9)]  # 37 of 40 right
+    ours = bootstrap_ci(y, s, "accuracy", n_boot=20000, seed=1)
+    correct = ((s >= 0.5) == (y == 1)).astype(float)
+    ref = bootstrap(
+        (correct,), np.mean, n_resamples=20000, method="BCa", random_state=np.random.default_rng(2),
+    ).confidence_interval
+    assert ours.point == pytest.approx(37 / 40)
+    assert ours.low == pytest.approx(ref.low, abs=0.0126) and ours.high == pytest.approx(ref.high, abs=0.0126)
+    pct = bootstrap_ci(y, s, "accuracy", n_boot=20000, seed=1, method="percentile")
+    assert ours.low < pct.low  # BCa reaches further down from a proportion near 1
+
+
+def test_jackknife_blocks_leave_out_whole_patients():
+    groups = np.repeat(np.arange(7), 3)
+    rows = np.concatenate(list(jackknife_weights(21, groups)))
+    assert rows.shape == (7, 21)
+    for row in rows:  # each row drops exactly one patient, with all of its films
+        dropped = np.unique(groups[row == 0])
+        assert dropped.size == 1 and np.all(row[groups == dropped[0]] == 0) and row.sum() == 18
+    many = np.concatenate(list(jackknife_weights(3000, np.arange(3000) // 2)))
+    assert many.shape == (500, 3000)  # at most 500 blocks of whole patients
+    assert np.all(many.sum(axis=0) == 499)  # every film is left out exactly once
+    with pytest.raises(ValueError, match="method"):
+        bootstrap_ci([0, 1], [0.2, 0.8], method="student")
 
 
 def test_patient_bootstrap_is_wider_when_films_are_correlated():
