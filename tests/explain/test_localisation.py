@@ -1,5 +1,6 @@
 """Localisation sanity check on the synthetic sample data (issue 5): a model trained on films
-with a lesion at a known place must put its heat-map peak inside that lesion."""
+with a lesion at a known place must put its heat map on that lesion, in films of patients it
+never saw (on its own training films it could also recognise the patient's anatomy)."""
 
 from __future__ import annotations
 
@@ -29,7 +30,8 @@ def trained(tmp_path_factory):
         ],
     )
     res = train(cfg, progress=False)
-    return res, pd.read_csv(csv), csv.parent
+    held_out = make_sample_data(work / "held-out", n_patients=30, seed=99, prevalence=0.5)
+    return res, pd.read_csv(held_out), held_out.parent
 
 
 def _true_positive_maps(trained, method):
@@ -59,15 +61,15 @@ def test_lesion_lies_in_the_hot_region_for_true_positives(trained, method):
 
 @pytest.mark.xfail(
     strict=False,
-    reason="measured on this data (smallcnn, 128 px, 16x16 last feature map; 2026-11-29): the peak "
-    "falls inside the lesion for 30-50% of true positives (Grad-CAM and Grad-CAM++ alike; 32% with 80 "
-    "patients, 50% with 30 epochs, 72% with the finer cnn_block3 map), while the lesion centre is in "
-    "the hot region for all of them. On the model's input canvas the peak sits 1-2 lesion radii "
-    "straight above or below the lesion, on a few fixed cells of the 16x16 map (often the same cell for all "
-    "films of a patient wherever the lesion is): inside its 68 px receptive field the model's strongest "
-    "evidence combines the lesion with lung context. Tried and rejected: softer lesion margins (11%), "
-    "a textured lesion (89% at 16 epochs, 20% at 24), global max pooling (the model does not train, "
-    "AUC 0.87). The film -> canvas -> film mapping is tested in test_cam.py and test_files.py.",
+    reason="measured (smallcnn, 128 px, 16x16 last feature map; 2026-11-29, 38 true positives "
+    "among the held-out films): the peak falls inside the lesion for 29%, while the lesion centre "
+    "is in the hot region for all of them. The hot region is a blob that starts at the lesion and "
+    "runs down from it, and the peak sits at its lower end, 1.0-1.9 lesion radii below the centre "
+    "for 27 of 38 (median distance 1.34 radii), so the model's strongest evidence is the lesion "
+    "together with the lung below it. Tried on the training films and rejected: softer lesion "
+    "margins (11%), stronger augmentation (chest_xray, 0-15%), global max pooling (0%, the model "
+    "barely trains), a textured lesion (89% at 16 epochs but 20% at 24). The film -> canvas -> film mapping is tested in test_cam.py "
+    "and test_files.py, and on the canvas the peak is just as far below the lesion.",
 )
 @pytest.mark.parametrize("method", ["gradcam", "gradcam++"])
 def test_peak_falls_inside_the_lesion_for_true_positives(trained, method):
