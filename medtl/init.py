@@ -190,11 +190,11 @@ def _count_dicom(paths: list[str]) -> int:
 
 def _dicom_patients(survey: DatasetSurvey, paths: list[str]) -> list[str] | None:
     """Patient ids from the DICOM headers when every file is DICOM and names its PatientID."""
-    from medtl.data.manifest import _dicom_ids
+    from medtl.data.manifest import dicom_header_ids
 
     if not paths or survey.n_dicom < len(paths):
         return None
-    ids = _dicom_ids(paths, "PatientID", survey.source, strict=False)
+    ids = dicom_header_ids(paths, "PatientID", survey.source, strict=False)
     missing = sum(1 for p, i in zip(paths, ids) if i == f"file:{p}")
     if missing:
         survey.notes.append(f"{missing} of {len(paths)} DICOM file(s) have no PatientID, so the headers "
@@ -220,12 +220,12 @@ def _count(survey: DatasetSurvey, labels: list, patients: list[str]) -> None:
 
 def _int_labels(csv: Path, label_column: Any) -> bool:
     """True when the CSV's labels are class indices (their order is then fixed by the data)."""
-    from medtl.data.manifest import _is_int
+    from medtl.data.manifest import is_integer_value
 
     if not isinstance(label_column, str) or not csv.is_file():
         return False
     values = pd.read_csv(csv, usecols=[label_column])[label_column].dropna()
-    return bool(len(values)) and all(_is_int(v) for v in values)
+    return bool(len(values)) and all(is_integer_value(v) for v in values)
 
 
 def _negative_first(survey: DatasetSurvey) -> None:

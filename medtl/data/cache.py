@@ -406,8 +406,11 @@ def start_decoder_server() -> None:
     from multiprocessing import forkserver
 
     _context()  # sets the modules the server imports
-    with _main_not_reimported():
-        forkserver.ensure_running()
+    try:
+        with _main_not_reimported():
+            forkserver.ensure_running()
+    except (OSError, RuntimeError, ValueError):
+        pass  # only a head start: if processes cannot start, fill() reports it when it needs them
 
 
 def _worker_init() -> None:

@@ -189,7 +189,8 @@ def _absolute(root: Path, p: str) -> Path:
     return path if path.is_absolute() else Path(os.path.abspath(root / path))
 
 
-def _is_int(v: Any) -> bool:
+def is_integer_value(v: Any) -> bool:
+    """True for an int, or a finite float with no fraction (not for bools or strings)."""
     if isinstance(v, (bool, np.bool_)):
         return False
     if isinstance(v, (int, np.integer)):
@@ -207,7 +208,7 @@ def _encode_labels(values: list, src: Path, col: str, cfg: Config) -> tuple[list
     if missing:
         raise DataError(f"{src}: empty {col!r} on line(s) {_short(missing)}; give a label in every row")
     if classes is None:
-        if all(_is_int(v) for v in values):
+        if all(is_integer_value(v) for v in values):
             top = max(int(float(v)) for v in values)
             if cfg.task == "binary":
                 classes = ["negative", "positive"]
@@ -220,14 +221,14 @@ def _encode_labels(values: list, src: Path, col: str, cfg: Config) -> tuple[list
                 f"set classes: [<negative>, <positive>]"
             )
         else:
-            classes = sorted(set(n for n, v in zip(names, values) if not _is_int(v)))
+            classes = sorted(set(n for n, v in zip(names, values) if not is_integer_value(v)))
     _check_classes(classes, cfg)
     index = {c: i for i, c in enumerate(classes)}
     out = []
     for line, (v, name) in enumerate(zip(values, names), start=2):
         if name in index:
             out.append(index[name])
-        elif _is_int(v) and 0 <= int(float(v)) < len(classes):
+        elif is_integer_value(v) and 0 <= int(float(v)) < len(classes):
             out.append(int(float(v)))
         else:
             raise DataError(
@@ -335,7 +336,7 @@ def _patient_ids(df: pd.DataFrame, src: Path, cfg: Config, strict: bool = True) 
     if not pc or pc.lower() == "none":
         return [f"file:{p}" for p in df["path"]]  # each image is its own patient
     if pc.startswith("dicom:"):
-        return _pseudonyms(_dicom_ids(df["path"].tolist(), pc.split(":", 1)[1], src, strict), cfg.data.cache_dir)
+        return _pseudonyms(dicom_header_ids(df["path"].tolist(), pc.split(":", 1)[1], src, strict), cfg.data.cache_dir)
     ids = df[pc]
     empty = [i + 2 for i, v in enumerate(ids) if pd.isna(v) or not str(v).strip()]
     if empty:
@@ -366,8 +367,13 @@ def _clean_id(v: Any) -> str:
     return str(v).strip()
 
 
-def _dicom_ids(paths: list[str], tag: str, src: Path, strict: bool = True) -> list[str]:
-    """Patient ids from a header field; ``strict=False`` gives unreadable files their own id."""
+def dicom_header_ids(paths: list[str], tag: str, src: Path, strict: bool = True) -> list[str]:
+    """Raw patient ids from a DICOM header field, one per path (the manifest pseudonymises them).
+
+    Raises:
+        DataError: (``strict``) files without the field; ``strict=False`` gives each of them its
+            own id ``file:<path>`` instead.
+    """
     from medtl.io import read_header  # pydicom only; imported here to keep manifest light
 
     out, bad = [], []
