@@ -865,7 +865,9 @@ def format_cv(metrics: dict[str, Any]) -> str:
         lines.append(f"{len(metrics['skipped'])} unreadable test image(s) left out (listed in metrics.json)")
     rule = metrics.get("threshold_rule")
     lines.append(f"threshold: {rule or 'arg-max'} on each fold's validation split; calibration: "
-                 f"{metrics['calibration']}; intervals: 95% bootstrap over patients "
+                 f"{metrics['calibration']}; intervals: 95% "
+                 f"{ {'bca': 'BCa'}.get(metrics['bootstrap'].get('interval'), 'percentile')} "
+                 "bootstrap over patients "
                  f"({metrics['bootstrap']['n_boot']} replicates)")
     fold_cols = [f"fold {f}" for f in done]
     header = ["metric", "pooled [95% CI]", "mean ± sd", *fold_cols]

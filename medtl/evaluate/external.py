@@ -210,7 +210,7 @@ def format_external(metrics: dict[str, Any], title: str = "External test") -> st
     ci = metrics.get("roc_auc_ci") or [None, None]
     lines = [f"{title}: {metrics['n']} images, {metrics['n_patients']} patients; threshold "
              f"{f(metrics['threshold'], 4) if metrics['threshold'] is not None else 'arg-max'} (saved with the model)",
-             f"{'roc_auc':<18} {f(metrics['roc_auc'])} [95% CI {f(ci[0])}, {f(ci[1])}] (bootstrap over patients)"]
+             f"{'roc_auc':<18} {f(metrics['roc_auc'])} [95% CI {f(ci[0])}, {f(ci[1])}] (BCa bootstrap over patients)"]
     for k in ("pr_auc", "accuracy", "balanced_accuracy", "sensitivity", "specificity", "ppv", "npv", "f1",
               "brier", "ece"):
         lines.append(f"{k:<18} {f(metrics.get(k))}")
