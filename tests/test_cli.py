@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+from pathlib import Path
 
+import numpy as np
 import pytest
 
 from medtl.cli import build_parser, main
@@ -82,3 +85,45 @@ def test_cv_one_fold_says_how_to_pool_and_how_to_finish_a_retrain_run(tmp_path, 
     assert (run / "fold_1" / "fold.json").is_file() and not (run / "fold_0" / "fold.json").exists()
     assert main(["cv", "--merge", str(run)]) == 0
     assert "1 of 3 folds" in capsys.readouterr().out
+
+
+def _medtl(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """The console command in a fresh interpreter, as a user runs it (nothing imported before)."""
+    proc = subprocess.run([sys.executable, "-m", "medtl.cli", *args], capture_output=True, text=True,
+                          cwd=cwd, timeout=600)
+    assert proc.returncode == 0, f"medtl {args[0]} failed:\n{proc.stderr[-3000:]}"
+    return proc
+
+
+@pytest.mark.slow
+def test_train_predict_evaluate_as_separate_commands(tmp_path):
+    """Each command in its own process: a fresh `medtl predict` must load the saved model (its
+    custom layers registered) and score films exactly as the Python API does."""
+    import pandas as pd
+
+    from medtl.data.synthetic import make_sample_data
+    from medtl.train.predict import predict_paths
+
+    csv = make_sample_data(tmp_path / "data", n_patients=12, seed=3, image_size=(96, 96), prevalence=0.4)
+    repo = Path(__file__).resolve().parents[1]
+    sets = [f"data.manifest={csv}", f"data.cache_dir={tmp_path / 'cache'}", f"output_dir={tmp_path / 'runs'}",
+            "data.image_size=[64,64]", "train.stages.0.epochs=1", "data.val_fraction=0.3"]
+    out = _medtl("train", str(repo / "configs" / "demo.yaml"), "--quiet",
+                 *[a for s in sets for a in ("--set", s)], cwd=tmp_path).stdout
+    run = Path(out.strip().splitlines()[-1].split("run folder: ", 1)[1])
+    assert (run / "model.keras").is_file()
+
+    films = tmp_path / "data" / "images"
+    _medtl("predict", str(run), str(films), "--out", str(tmp_path / "pred.csv"), cwd=tmp_path)
+    cli = pd.read_csv(tmp_path / "pred.csv").sort_values("path").reset_index(drop=True)
+    api = predict_paths(run, sorted(str(p) for p in films.glob("*.dcm"))).sort_values("path").reset_index(drop=True)
+    assert len(cli) == len(api) == len(list(films.glob("*.dcm")))
+    np.testing.assert_allclose(cli["score"], api["score"], atol=1e-6)
+
+    _medtl("evaluate", str(run), str(csv), "--out", str(tmp_path / "eval"), cwd=tmp_path)
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["n"] == len(pd.read_csv(csv)) and 0.0 <= metrics["roc_auc"] <= 1.0
+
+    film = sorted(films.glob("*.dcm"))[0]
+    _medtl("explain", str(run), str(film), "--out", str(tmp_path / "cams"), cwd=tmp_path)
+    assert len(list((tmp_path / "cams").glob("*.png"))) == 1

@@ -535,12 +535,11 @@ def _train_fold(cfg: Config, manifest, train_idx, val_idx, fdir: Path, progress:
 
 def _predict_fold(cfg: Config, fdir: Path, model, test_m):
     """Predict the test fold once with the best model: (rows used, raw scores (N, K), skipped)."""
-    import keras
-
     from medtl.data.pipeline import ImagePipeline
+    from medtl.models.classifier import load_model
 
-    if model is None:
-        model = keras.models.load_model(fdir / "model.keras", compile=False)
+    if model is None:  # a fold finished before an interruption: its saved model
+        model = load_model(fdir / "model.keras")
     pipe = ImagePipeline(cfg)
     used = pipe.prepare(test_m)
     ds = pipe.dataset(used, training=False)

@@ -425,13 +425,14 @@ class RunPredictor:
 
     def _load(self) -> list:
         if self._models is None:
-            import keras
+            # medtl's loader: it registers medtl's layers, which a fresh `medtl predict` has not imported
+            from medtl.models.classifier import load_model
 
             paths = [m / MODEL_FILE if m.is_dir() else m for m in self.members]
             for mp in paths:
                 if not mp.is_file():
                     raise FileNotFoundError(f"{mp}: model file missing; the run folder is incomplete")
-            self._models = [keras.models.load_model(mp, compile=False) for mp in paths]
+            self._models = [load_model(mp) for mp in paths]
         return self._models
 
     def pipeline_config(self, like=None):
