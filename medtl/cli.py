@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 import textwrap
 from pathlib import Path
@@ -112,7 +113,9 @@ def cmd_cv(args: argparse.Namespace) -> int:
     if args.fold is not None:
         print(f"fold {args.fold} done in {run}; pool finished folds with: medtl cv --merge {run}")
         if cfg.evaluate.final_model == "retrain":
-            print(f"evaluate.final_model is retrain: once every fold is done, `medtl cv {args.config} --run {run}` "
+            again = shlex.join(["medtl", "cv", args.config, *[a for s in args.set or () for a in ("--set", s)],
+                                "--run", str(run)])
+            print(f"evaluate.final_model is retrain: once every fold is done, `{again}` "
                   "trains the final model on all images")
     elif args.quiet:
         print(format_cv(merge_cv(run)))

@@ -78,10 +78,11 @@ def test_cv_one_fold_says_how_to_pool_and_how_to_finish_a_retrain_run(tmp_path, 
     cfg_file.write_text(make_cfg(csv, tmp_path / "work", final_model="retrain").to_yaml())
     install_fakes(monkeypatch)
     run = tmp_path / "run"
-    assert main(["cv", str(cfg_file), "--fold", "1", "--run", str(run), "--quiet"]) == 0
+    assert main(["cv", str(cfg_file), "--set", "name=my run", "--fold", "1", "--run", str(run), "--quiet"]) == 0
     out = capsys.readouterr().out
     assert f"fold 1 done in {run}" in out and f"medtl cv --merge {run}" in out
-    assert f"`medtl cv {cfg_file} --run {run}` trains the final model" in out
+    # The hint repeats the overrides: without them the run would refuse the config as changed.
+    assert f"`medtl cv {cfg_file} --set 'name=my run' --run {run}` trains the final model" in out
     assert (run / "fold_1" / "fold.json").is_file() and not (run / "fold_0" / "fold.json").exists()
     assert main(["cv", "--merge", str(run)]) == 0
     assert "1 of 3 folds" in capsys.readouterr().out

@@ -13,7 +13,9 @@ Example:
 
 from __future__ import annotations
 
+import math
 import warnings
+from typing import Callable
 
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold
@@ -58,13 +60,17 @@ def leakage_groups(manifest: Manifest) -> np.ndarray:
     return ids.astype(np.int64)
 
 
-def patient_kfold(manifest: Manifest, k: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+def patient_kfold(
+    manifest: Manifest, k: int, seed: int, *, too_few: Callable[[int], str] | None = None
+) -> list[tuple[np.ndarray, np.ndarray]]:
     """k stratified folds that never split a patient (or a duplicated image).
 
     Args:
         manifest: the images.
         k: number of folds (>= 2).
         seed: shuffles which patients go to which fold.
+        too_few: advice for the error on too few patients, given how many there are, instead
+            of "use fewer folds" (:func:`patient_holdout` names ``data.val_fraction``).
 
     Returns:
         k pairs ``(train_idx, test_idx)`` of row positions; every row is in exactly one test fold.
@@ -81,7 +87,9 @@ def patient_kfold(manifest: Manifest, k: int, seed: int) -> list[tuple[np.ndarra
         raise DataError(f"evaluate.folds: {k} folds; expected at least 2")
     if n_groups < k:
         raise DataError(
-            f"{manifest.source}: only {n_groups} patient group(s) for {k} folds; use fewer folds or more patients"
+            f"{manifest.source}: only {n_groups} patient group(s); {too_few(n_groups)}" if too_few else
+            f"{manifest.source}: only {n_groups} patient group(s) for {k} folds; use fewer folds (evaluate.folds) "
+            "or more patients"
         )
     y = manifest.strata()
     if manifest.task != "multilabel":
@@ -89,6 +97,7 @@ def patient_kfold(manifest: Manifest, k: int, seed: int) -> list[tuple[np.ndarra
             n_c = len(np.unique(groups[y == c]))
             if n_c < k:
                 raise DataError(
+                    f"{manifest.source}: class {name!r} has {n_c} patient group(s); {too_few(n_c)}" if too_few else
                     f"{manifest.source}: class {name!r} has {n_c} patient group(s), fewer than the {k} folds, "
                     "so some folds would have none; use fewer folds (evaluate.folds) or more data"
                 )
@@ -112,7 +121,14 @@ def patient_holdout(manifest: Manifest, fraction: float, seed: int) -> tuple[np.
     if not 0.0 < fraction < 1.0:
         raise DataError(f"data.val_fraction: invalid value {fraction}; expected 0 < x < 1")
     k = max(2, int(round(1.0 / fraction)))
-    return patient_kfold(manifest, k, seed)[0]
+
+    def advice(n: int) -> str:
+        head = f"data.val_fraction {fraction} holds out 1 in {k} patients, so every class needs {k}; "
+        if n < 2:
+            return head + "a class needs at least 2 patients to be in training and validation; add patients"
+        return head + f"set data.val_fraction to {math.ceil(100 / n) / 100} (1 in {n}) or more, or add patients"
+
+    return patient_kfold(manifest, k, seed, too_few=advice)[0]
 
 
 def assert_no_leakage(a: Manifest, b: Manifest) -> None:

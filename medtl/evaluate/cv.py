@@ -409,7 +409,13 @@ def _fold_split(run: Path, cfg: Config, manifest, assign: np.ndarray, f: int):
     path = fdir / SPLIT_FILE
     paths = np.asarray(manifest.paths, dtype=object)
     if not path.exists():
-        tr, va = patient_holdout(manifest.subset(rest_idx), cfg.data.val_fraction, cfg.seed)
+        try:
+            tr, va = patient_holdout(manifest.subset(rest_idx), cfg.data.val_fraction, cfg.seed)
+        except DataError as exc:  # the data minus the test fold: say so, it is not the whole set
+            # Splits are made once, when a run starts, so nothing has been trained here yet; but
+            # the run folder has frozen the config, which the fix changes.
+            raise DataError(f"fold {f}, training part: {exc} (nothing was trained: delete {run} or give "
+                            "another --run before running the changed config)") from None
         role = np.full(len(manifest), "test", dtype=object)
         role[rest_idx[tr]] = "train"
         role[rest_idx[va]] = "val"

@@ -125,6 +125,18 @@ def test_too_few_patients_in_a_class(tmp_path):
     assert len(patient_kfold(m, 3, seed=0)) == 3
 
 
+def test_too_few_patients_for_the_validation_split_names_val_fraction(tmp_path):
+    # `medtl train` and each CV fold hold out data.val_fraction: the fix is that key, not the folds.
+    m = load_manifest(make_cfg(make_png_dataset(tmp_path / "ds", n_patients=12, films=1, pos_every=4, size=(8, 8))))
+    with pytest.raises(DataError) as err:
+        patient_holdout(m, 0.2, seed=0)
+    msg = str(err.value)
+    assert "class 'positive' has 3 patient group(s)" in msg and "evaluate.folds" not in msg
+    assert "data.val_fraction 0.2 holds out 1 in 5 patients" in msg and "set data.val_fraction to 0.34 (1 in 3) or more" in msg
+    train_idx, val_idx = patient_holdout(m, 0.34, seed=0)  # 1 in 3: three positive patients suffice
+    assert len(train_idx) + len(val_idx) == 12
+
+
 def test_lazy_package_exports():
     import medtl.data as data
 
