@@ -46,6 +46,7 @@ import json
 import math
 import os
 import random
+import sys
 import time
 import warnings
 from dataclasses import asdict, dataclass, field, replace
@@ -259,8 +260,9 @@ class _Run:
             if len(self.train_m) == 0:
                 raise ValueError("train(): no training images; give a non-empty train_idx")
         listed = self.pipeline.save_skipped(self.dir)
-        if listed:
-            self.log(f"Skipped {len(self.pipeline.skipped)} unreadable file(s); listed in {listed}")
+        if listed:  # not progress: said even when quiet, so no file is left out unannounced
+            print(f"Skipped {len(self.pipeline.skipped)} unreadable file(s) (data.on_error: skip); listed in {listed}",
+                  file=sys.stdout if self.progress else sys.stderr, flush=True)
 
     def _split_data(self, manifest, train_idx, val_idx) -> None:
         from medtl.data.splits import assert_no_leakage, patient_holdout

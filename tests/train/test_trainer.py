@@ -107,6 +107,7 @@ def test_bad_stage_leaves_the_best_model_and_the_next_stage_starts_from_it(tiny_
 
     skipped = pd.read_csv(res.run_dir / "skipped.csv")
     assert skipped["path"].str.endswith("broken.dcm").tolist() == [True]
+    assert f"Skipped 1 unreadable file(s) (data.on_error: skip); listed in {res.run_dir / 'skipped.csv'}" in out
     info = json.loads((res.run_dir / "model_info.json").read_text())
     assert info["preprocessing"]["window"] == "percentile"
 
