@@ -97,6 +97,19 @@ def run_folder(cfg: Config) -> Path:
     return Path(cfg.output_dir) / cfg.name / f"cv-{config_digest(cfg)}"
 
 
+def has_patient_ids(cfg: Config) -> bool:
+    """False when ``data.patient_column`` is none (every image counted as its own patient)."""
+    pc = cfg.data.patient_column
+    return bool(pc) and str(pc).lower() != "none"
+
+
+NO_PATIENTS_WARNING = (
+    "WARNING: no patient ids (data.patient_column: none): every image counts as its own patient, so "
+    "films of one patient can sit on both sides of a split and every figure is optimistic if patients "
+    "have several films"
+)
+
+
 def run_cv(cfg: Config, run_dir: str | Path | None = None, fold: int | None = None,
            progress: bool = True) -> Path:
     """Cross-validate ``cfg``: train and test every fold (or only ``fold``) into a run folder.
@@ -268,6 +281,7 @@ def merge_cv(run_dir: str | Path) -> dict[str, Any]:
         "pooled": pooled,
         "pooled_ci": pooled_ci,
         "across_folds": summarize_folds([per_fold[str(f)] for f in done]),
+        "patient_ids": has_patient_ids(cfg),
         "bootstrap": {"n_boot": cfg.evaluate.bootstrap, "alpha": 0.05, "unit": "patient", "seed": cfg.seed,
                       "interval": "bca"},
         "ensemble": ensemble,
@@ -868,6 +882,8 @@ def format_cv(metrics: dict[str, Any]) -> str:
         lines.append(f"WARNING {w}")
     if metrics.get("skipped"):
         lines.append(f"{len(metrics['skipped'])} unreadable test image(s) left out (listed in metrics.json)")
+    if metrics.get("patient_ids") is False:  # absent (older runs): unknown, say nothing
+        lines.append(NO_PATIENTS_WARNING)
     rule = metrics.get("threshold_rule")
     lines.append(f"threshold: {rule or 'arg-max'} on each fold's validation split; calibration: "
                  f"{metrics['calibration']}; intervals: 95% "

@@ -517,6 +517,12 @@ def collect_report_data(run_dir: str | Path, compute_cams: bool = True, n_cases:
     else:
         gallery_note = f"The case gallery is drawn for binary tasks; this run is {src.task}."
 
+    notes = list(src.notes)
+    from medtl.evaluate.cv import NO_PATIENTS_WARNING, has_patient_ids
+
+    if not has_patient_ids(cfg):
+        text = NO_PATIENTS_WARNING[len("WARNING: "):]
+        notes.insert(0, text[0].upper() + text[1:] + ".")
     now = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
     return ReportData(
         title=f"medtl report: {cfg.name}",
@@ -543,7 +549,7 @@ def collect_report_data(run_dir: str | Path, compute_cams: bool = True, n_cases:
         training=_training_plots(src, cfg.train.monitor),
         gallery=gallery,
         gallery_note=gallery_note,
-        notes=src.notes,
+        notes=notes,
         forbidden=list(dict.fromkeys(forbidden)),
     )
 

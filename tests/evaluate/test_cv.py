@@ -97,6 +97,21 @@ def test_merged_metrics_match_the_oof_table(cfg, monkeypatch):
     assert ens["thresholds"] == [pytest.approx(float(np.median([m["thresholds"][str(f)][0] for f in range(3)])))]
     text = format_cv(m)
     assert "roc_auc" in text and "fold 2" in text and "[" in text
+    assert m["patient_ids"] is True and "no patient ids" not in text
+
+
+def test_a_run_without_patient_ids_says_its_figures_are_optimistic(data, tmp_path, monkeypatch):
+    from medtl.report.data import collect_report_data
+
+    cfg = make_cfg(data, tmp_path / "work")
+    cfg.data.patient_column = None  # what "none" in a YAML file becomes
+    install_fakes(monkeypatch)
+    run = run_cv(cfg, run_dir=tmp_path / "run", progress=False)
+    m = merge_cv(run)
+    assert m["patient_ids"] is False and m["n_patients"] == m["n_predicted"]  # one per image
+    assert "WARNING: no patient ids (data.patient_column: none)" in format_cv(m)
+    notes = collect_report_data(run, compute_cams=False).notes
+    assert notes[0].startswith("No patient ids (data.patient_column: none)")
 
 
 def test_thresholds_and_calibration_see_validation_files_only(cfg, data, tmp_path, monkeypatch):
