@@ -62,8 +62,8 @@ from medtl.evaluate.postprocess import POSTPROCESS_FILE, PostProcess
 from medtl.evaluate.runs import (
     CV_FILE, ENSEMBLE_FILE, FINAL_DIR, FINAL_DONE, FOLD_DONE, FOLDS_FILE, METRICS_FILE, OOF_FILE, SPLIT_FILE,
     TEST_PREDICTIONS, create_once, decision_suffix, ensemble_thresholds, final_dir, finished_folds, fold_dir,
-    is_cv_run, label_columns, read_json, score_columns, scores_from_frame, table_metrics, targets_from_frame,
-    threshold_columns, write_csv, write_json,
+    is_cv_run, label_columns, read_json, save_postprocess, score_columns, scores_from_frame, table_metrics,
+    targets_from_frame, threshold_columns, write_csv, write_json,
 )
 
 try:  # fcntl locks are released by the OS when a process dies, so a killed job leaves none
@@ -584,20 +584,10 @@ def _fit_postprocess(cfg: Config, manifest, val_df: pd.DataFrame, val_idx, fdir:
     if stray:
         raise RuntimeError(f"{where}: {len(stray)} file(s) outside fold {f}'s validation split, e.g. {stray[0]}; "
                            "refusing to choose a threshold on them")
-    y = targets_from_frame(val_df, cfg.task, manifest.classes, where=where)
-    s = scores_from_frame(val_df, cfg.task, manifest.classes, where=where)
     try:
-        pp = PostProcess.fit(cfg.task, manifest.classes, y, s, cfg.evaluate.threshold, cfg.evaluate.calibration)
+        return save_postprocess(cfg, manifest.classes, val_df, fdir, where=where)
     except ValueError as exc:
         raise ValueError(f"fold {f}: {exc}") from None
-    write_json(fdir / POSTPROCESS_FILE, pp.to_dict())
-    if pp.raw_thresholds is not None and (fdir / "model_info.json").exists():
-        from medtl.train.predict import set_threshold
-
-        # The fold model alone (medtl predict FOLD) sees raw scores, so it gets the raw-scale threshold.
-        t = pp.raw_thresholds[0] if cfg.task == "binary" else pp.raw_thresholds
-        set_threshold(fdir, t, rule=f"{cfg.evaluate.threshold} on the validation split (uncalibrated scores)")
-    return pp
 
 
 def _test_table(used, f: int, raw: np.ndarray, pp: PostProcess) -> pd.DataFrame:

@@ -53,6 +53,7 @@ __all__ = [
     "is_cv_run", "fold_dir", "finished_folds", "read_json", "write_json", "write_csv", "create_once",
     "label_columns", "score_columns", "targets_from_frame", "scores_from_frame",
     "table_metrics", "RunPredictor", "ensemble_thresholds", "FINAL_DIR", "FINAL_DONE", "final_dir",
+    "save_postprocess",
 ]
 
 CV_FILE = "cv.json"
@@ -227,6 +228,33 @@ def decision_suffix(df: pd.DataFrame, task: str, classes: Sequence[str]) -> str:
 
 # --------------------------------------------------------------------------------------------
 # Metrics of a prediction table
+
+
+def save_postprocess(cfg: Any, classes: Sequence[str], val_df: pd.DataFrame, out_dir: str | Path,
+                     where: str | None = None) -> PostProcess:
+    """Fit the decision threshold and calibrator on validation predictions and save them.
+
+    ``evaluate.threshold`` and ``evaluate.calibration`` are fitted on ``val_df`` (the scores a
+    model gave its own validation split, e.g. val_predictions.csv) and written to
+    ``out_dir/postprocess.json``, which ``medtl predict`` applies; the model's
+    model_info.json gets the raw-score threshold, for callers of the bare model file.
+
+    Raises:
+        ValueError: the validation predictions cannot support the rule (e.g. one class only).
+    """
+    out = Path(out_dir)
+    where = where or str(out / "val_predictions.csv")
+    y = targets_from_frame(val_df, cfg.task, classes, where=where)
+    s = scores_from_frame(val_df, cfg.task, classes, where=where)
+    pp = PostProcess.fit(cfg.task, list(classes), y, s, cfg.evaluate.threshold, cfg.evaluate.calibration)
+    write_json(out / POSTPROCESS_FILE, pp.to_dict())
+    if pp.raw_thresholds is not None and (out / "model_info.json").exists():
+        from medtl.train.predict import set_threshold
+
+        # The model alone sees raw scores, so it gets the raw-scale threshold.
+        t = pp.raw_thresholds[0] if cfg.task == "binary" else pp.raw_thresholds
+        set_threshold(out, t, rule=f"{cfg.evaluate.threshold} on the validation split (uncalibrated scores)")
+    return pp
 
 
 def _binary_table(y: np.ndarray, s: np.ndarray, t: np.ndarray, groups: Any, n_boot: int, seed: int,

@@ -173,7 +173,24 @@ def train(
         >>> res.val_predictions.head()
     """
     run_dir, cfg = _open_run(cfg, run_dir, resume)
-    return _Run(cfg, run_dir, progress, fixed_epochs).execute(manifest, train_idx, val_idx)
+    run = _Run(cfg, run_dir, progress, fixed_epochs)
+    res = run.execute(manifest, train_idx, val_idx)
+    standalone = train_idx is None and val_idx is None and not run.fixed
+    if standalone and len(res.val_predictions):
+        # A run of its own (not a CV fold, which does this itself): choose evaluate.threshold and
+        # fit evaluate.calibration on the validation split, so predict applies them.
+        from medtl.evaluate.runs import save_postprocess
+        from medtl.train.predict import read_model_info
+
+        try:
+            pp = save_postprocess(cfg, read_model_info(res.run_dir)["classes"], res.val_predictions, res.run_dir)
+        except ValueError as exc:  # the model is fine; only the threshold rule cannot be applied
+            print(f"No decision threshold chosen ({exc}); medtl predict uses 0.5", file=sys.stderr)
+            return res
+        if pp.thresholds is not None:
+            run.log(f"Decision threshold {', '.join(f'{t:.4f}' for t in pp.thresholds)} ({pp.rule} on the "
+                    f"validation split), calibration {pp.calibration}; medtl predict applies them")
+    return res
 
 
 # --------------------------------------------------------------------------------------------

@@ -27,7 +27,14 @@ def test_predictions_equal_the_trainers_validation_scores(reference_run):
     np.testing.assert_allclose(out["score"], val["score"], atol=1e-5)
     assert (out["error"] == "").all()
     classes = res.metrics["classes"]
-    expected = np.where(val["score"] >= 0.5, classes[1], classes[0])
+    # A run of its own chose its threshold on the validation split; predict applies it.
+    from medtl.evaluate import choose_threshold
+    from medtl.evaluate.postprocess import PostProcess
+
+    pp = PostProcess.from_dict(json.loads((res.run_dir / "postprocess.json").read_text()))
+    assert pp.calibration == "none" and pp.thresholds[0] == pytest.approx(
+        choose_threshold(val["label"], val["score"], pp.rule))
+    expected = np.where(val["score"] >= pp.thresholds[0], classes[1], classes[0])
     assert out["prediction"].tolist() == expected.tolist()
 
 

@@ -25,7 +25,7 @@ def test_run_folder_holds_every_artifact(reference_run):
     cfg, res = reference_run
     d = res.run_dir
     for name in ("config.yaml", "model.keras", "model_info.json", "metrics.json", "history.csv",
-                 "history_stage1.csv", "history_stage2.csv", "val_predictions.csv"):
+                 "history_stage1.csv", "history_stage2.csv", "val_predictions.csv", "postprocess.json"):
         assert (d / name).is_file(), name
     assert not (d / "skipped.csv").exists()
     assert load_resolved(d / "config.yaml").to_dict() == cfg.to_dict()
@@ -48,7 +48,10 @@ def test_run_folder_holds_every_artifact(reference_run):
     info = json.loads((d / "model_info.json").read_text())
     assert info["task"] == "binary" and info["classes"] == metrics["classes"]
     assert info["preprocessing"] == {"image_size": [32, 32], "keep_aspect": True, "window": "auto"}
-    assert info["threshold"] is None
+    # The threshold of evaluate.threshold, chosen on the validation split (the raw-score one).
+    pp = json.loads((d / "postprocess.json").read_text())
+    assert info["threshold"] == pytest.approx(pp["raw_thresholds"][0])
+    assert info["threshold_rule"].startswith(cfg.evaluate.threshold)
 
     val = pd.read_csv(d / "val_predictions.csv")
     assert list(val.columns) == ["path", "patient_id", "label", "score"]
