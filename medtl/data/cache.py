@@ -531,9 +531,9 @@ def run_chunked(
     ``steal``, the calling process also works through chunks while the workers start and run,
     so small jobs are not slower than a plain loop (but a decoder that crashes there takes this
     process with it). Without ``chunk_size``, chunks shrink towards the end of the list (guided
-    scheduling), so no process is left finishing a long chunk while the others idle. If a worker dies (a decoder crashing on a
-    corrupt file), its items are retried one per process and ``on_crash(item, reason)`` gives
-    the result for the one that kills its process.
+    scheduling), so no process is left finishing a long chunk while the others idle. If a
+    worker dies (a decoder crashing on a corrupt file), its items are retried one per process
+    and ``on_crash(item, reason)`` gives the result for the one that kills its process.
     """
     n = len(items)
     workers = min(default_workers(workers), n)
