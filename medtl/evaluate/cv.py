@@ -933,6 +933,8 @@ def format_cv(metrics: dict[str, Any]) -> str:
             lines.append(f"NOTE {final['caveat']}")
     else:
         ens = metrics.get("ensemble", {})
+        decision = (f"threshold {_fmt_list(ens.get('thresholds'))} = {ens.get('threshold_rule')}"
+                    if ens.get("thresholds") is not None else "decision: the class with the highest mean score")
         lines.append(f"final model: ensemble of {len(ens.get('members', []))} fold models ({ens.get('combine')}); "
-                     f"threshold {_fmt_list(ens.get('thresholds'))} = {ens.get('threshold_rule') or 'arg-max'}")
+                     f"{decision}")
     return "\n".join(lines)

@@ -397,7 +397,8 @@ class RunPredictor:
             self.thresholds = ensemble_thresholds(self.pps)  # type: ignore[arg-type]
             rule = self.pps[0].rule  # type: ignore[union-attr]
             self.threshold_source = (f"median of the validation-chosen ({rule}) thresholds of folds "
-                                     f"{', '.join(map(str, done))}")
+                                     f"{', '.join(map(str, done))}" if self.thresholds is not None
+                                     else "arg-max (multiclass)")
             if len(done) < int(cv["folds"]):
                 self.threshold_source += f" (only {len(done)} of {cv['folds']} folds finished)"
         else:
