@@ -222,8 +222,16 @@ def _cv_source(run: Path, cfg: Any) -> _Source:
     )
 
 
+def _fmt_threshold(t: Any) -> str:
+    if t is None:
+        return "arg-max"
+    vals = np.atleast_1d(np.asarray(t, dtype=np.float64))
+    return ", ".join(f"{v:.4f}" for v in vals)
+
+
 def _train_source(run: Path, cfg: Any) -> _Source:
     from medtl.evaluate import runs
+    from medtl.evaluate.postprocess import POSTPROCESS_FILE, PostProcess
 
     val_path = run / "val_predictions.csv"
     if not val_path.is_file():
@@ -238,6 +246,16 @@ def _train_source(run: Path, cfg: Any) -> _Source:
     tcols = runs.threshold_columns(task, classes)
     t = info.get("threshold")
     notes = []
+    calibration, rule = "none", info.get("threshold_rule") or "default"
+    pp_path = run / POSTPROCESS_FILE
+    if pp_path.is_file():  # what medtl predict applies to this run: calibrated scores, their threshold
+        pp = PostProcess.from_dict(runs.read_json(pp_path))
+        cols = runs.score_columns(task, classes)
+        preds[cols] = pp.calibrate(preds[cols].to_numpy(dtype=np.float64))
+        t, calibration, rule = pp.thresholds, pp.calibration, f"{pp.rule} on the validation split"
+        if calibration != "none":
+            notes.append(f"Scores are calibrated ({calibration}) by a calibrator fitted on this same validation "
+                         "split, so its calibration figures are optimistic.")
     if tcols:
         if t is None:
             t = 0.5
@@ -265,8 +283,8 @@ def _train_source(run: Path, cfg: Any) -> _Source:
     return _Source(
         kind="training run", task=task, classes=classes, preds=preds, groups=["validation"],
         group_metrics={"validation": res}, pooled=None, across=None, histories=hist, counts=counts,
-        created=mtime, threshold_text=f"{t if t is not None else 'arg-max'} ({info.get('threshold_rule') or 'default'})",
-        calibration="none", fold_rows=[], notes=notes,
+        created=mtime, threshold_text=f"{_fmt_threshold(t)} ({rule})",
+        calibration=calibration, fold_rows=[], notes=notes,
     )
 
 

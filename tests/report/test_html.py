@@ -165,6 +165,20 @@ def test_report_of_a_training_run(tmp_path):
     assert "ID000Q" not in page
     assert len(_imgs(page)) == 4 + 1 + len(data.gallery) and data.gallery  # films, no maps without compute
 
+    # With the calibrator and threshold medtl train fitted, the report shows what predict applies.
+    from medtl.evaluate import binary_metrics
+    from medtl.evaluate.postprocess import PostProcess
+
+    val = pd.read_csv(run / "val_predictions.csv")
+    pp = PostProcess.fit("binary", ["no", "yes"], val[["label"]].to_numpy(float), val[["score"]].to_numpy(float),
+                         "youden", "temperature")
+    (run / "postprocess.json").write_text(json.dumps(pp.to_dict()))
+    cal = collect_report_data(run, compute_cams=False)
+    assert cal.calibration == "temperature" and f"{pp.thresholds[0]:.4f} (youden" in cal.threshold_text
+    assert any("calibrated (temperature)" in n for n in cal.notes)
+    want = binary_metrics(val["label"], pp.calibrate(val[["score"]].to_numpy(float))[:, 0], pp.thresholds[0])
+    assert dict(cal.metrics.rows)["Brier score (lower is better)"][0].value == pytest.approx(want["brier"])
+
 
 def test_render_refuses_external_resources(fake_cv_run, monkeypatch):
     import jinja2
