@@ -69,6 +69,10 @@ def cmd_init(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     cfg = _load_cfg(args)  # before the TensorFlow import: config errors come back at once
     _start_decoders()
+    from medtl.evaluate.cv import NO_PATIENTS_WARNING, has_patient_ids
+
+    if not has_patient_ids(cfg):
+        print(NO_PATIENTS_WARNING, file=sys.stderr)  # the validation split may share patients with training
     from medtl.train.trainer import train
 
     result = train(cfg, resume=args.resume, progress=not args.quiet)

@@ -128,3 +128,20 @@ def test_train_predict_evaluate_as_separate_commands(tmp_path):
     film = sorted(films.glob("*.dcm"))[0]
     _medtl("explain", str(run), str(film), "--out", str(tmp_path / "cams"), cwd=tmp_path)
     assert len(list((tmp_path / "cams").glob("*.png"))) == 1
+
+
+def test_train_without_patient_ids_warns_before_training(tmp_path, monkeypatch, capsys):
+    import medtl.train.trainer as trainer
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"data: {{manifest: {tmp_path / 'labels.csv'}, patient_column: none}}\n")
+    class Reached(Exception):
+        pass
+
+    def fake_train(*args, **kwargs):
+        raise Reached  # stops the command where training would start
+
+    monkeypatch.setattr(trainer, "train", fake_train)
+    with pytest.raises(Reached):
+        main(["--debug", "train", str(cfg)])
+    assert "WARNING: no patient ids (data.patient_column: none)" in capsys.readouterr().err
