@@ -103,11 +103,12 @@ def has_patient_ids(cfg: Config) -> bool:
     return bool(pc) and str(pc).lower() != "none"
 
 
-NO_PATIENTS_WARNING = (
-    "WARNING: no patient ids (data.patient_column: none): every image counts as its own patient, so "
+NO_PATIENTS_NOTE = (
+    "No patient ids (data.patient_column: none): every image counts as its own patient, so "
     "films of one patient can sit on both sides of a split and every figure is optimistic if patients "
     "have several films"
 )
+NO_PATIENTS_WARNING = "WARNING: n" + NO_PATIENTS_NOTE[1:]  # the console's form of the report's note
 
 
 def run_cv(cfg: Config, run_dir: str | Path | None = None, fold: int | None = None,
@@ -537,7 +538,7 @@ def _run_fold(run: Path, cfg: Config, manifest, split, f: int, progress: bool, r
                                  + time.perf_counter() - t_trained, 2),
         }
         write_json(fdir / FOLD_DONE, marker)  # last: the fold counts as finished from here on
-        _log(progress, f"Fold {f}: threshold {_fmt_list(pp.thresholds)} (chosen on validation), "
+        _log(progress, f"Fold {f}: threshold {format_thresholds(pp.thresholds)} (chosen on validation), "
                        f"{len(table)} test images predicted")
     return "done"
 
@@ -782,7 +783,7 @@ def _retrain_final(run: Path, cfg: Config, manifest, metrics: dict, progress: bo
             "calibration": "none",
             "wall_time_s": trained.get("wall_time_s"),
         })
-    _log(progress, f"Final model: {fin / 'model.keras'}, threshold {_fmt_list(thresholds)}")
+    _log(progress, f"Final model: {fin / 'model.keras'}, threshold {format_thresholds(thresholds)}")
     return True
 
 
@@ -821,10 +822,11 @@ def _fmt(v: Any, digits: int = 3) -> str:
     return str(v)
 
 
-def _fmt_list(v: Any) -> str:
+def format_thresholds(v: Any) -> str:
+    """Thresholds (one value or a list) to 4 decimals; ``arg-max`` for None (multiclass)."""
     if v is None:
         return "arg-max"
-    return ", ".join(_fmt(float(x), 4) for x in v)
+    return ", ".join(_fmt(float(x), 4) for x in np.atleast_1d(np.asarray(v, dtype=np.float64)))
 
 
 def _ci_text(m: dict, ci: dict, key: str) -> str:
@@ -927,13 +929,13 @@ def format_cv(metrics: dict[str, Any]) -> str:
     final = metrics.get("final")
     if final:
         lines.append(final["note"])
-        lines.append(f"final model threshold {_fmt_list(final.get('thresholds'))} = "
+        lines.append(f"final model threshold {format_thresholds(final.get('thresholds'))} = "
                      f"{final.get('threshold_rule') or 'arg-max'}; it has no calibrator")
         if final.get("caveat"):
             lines.append(f"NOTE {final['caveat']}")
     else:
         ens = metrics.get("ensemble", {})
-        decision = (f"threshold {_fmt_list(ens.get('thresholds'))} = {ens.get('threshold_rule')}"
+        decision = (f"threshold {format_thresholds(ens.get('thresholds'))} = {ens.get('threshold_rule')}"
                     if ens.get("thresholds") is not None else "decision: the class with the highest mean score")
         lines.append(f"final model: ensemble of {len(ens.get('members', []))} fold models ({ens.get('combine')}); "
                      f"{decision}")

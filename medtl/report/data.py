@@ -222,15 +222,9 @@ def _cv_source(run: Path, cfg: Any) -> _Source:
     )
 
 
-def _fmt_threshold(t: Any) -> str:
-    if t is None:
-        return "arg-max"
-    vals = np.atleast_1d(np.asarray(t, dtype=np.float64))
-    return ", ".join(f"{v:.4f}" for v in vals)
-
-
 def _train_source(run: Path, cfg: Any) -> _Source:
     from medtl.evaluate import runs
+    from medtl.evaluate.cv import format_thresholds
     from medtl.evaluate.postprocess import POSTPROCESS_FILE, PostProcess
 
     val_path = run / "val_predictions.csv"
@@ -283,7 +277,7 @@ def _train_source(run: Path, cfg: Any) -> _Source:
     return _Source(
         kind="training run", task=task, classes=classes, preds=preds, groups=["validation"],
         group_metrics={"validation": res}, pooled=None, across=None, histories=hist, counts=counts,
-        created=mtime, threshold_text=f"{_fmt_threshold(t)} ({rule})",
+        created=mtime, threshold_text=f"{format_thresholds(t)} ({rule})",
         calibration=calibration, fold_rows=[], notes=notes,
     )
 
@@ -536,11 +530,10 @@ def collect_report_data(run_dir: str | Path, compute_cams: bool = True, n_cases:
         gallery_note = f"The case gallery is drawn for binary tasks; this run is {src.task}."
 
     notes = list(src.notes)
-    from medtl.evaluate.cv import NO_PATIENTS_WARNING, has_patient_ids
+    from medtl.evaluate.cv import NO_PATIENTS_NOTE, has_patient_ids
 
     if not has_patient_ids(cfg):
-        text = NO_PATIENTS_WARNING[len("WARNING: "):]
-        notes.insert(0, text[0].upper() + text[1:] + ".")
+        notes.insert(0, NO_PATIENTS_NOTE + ".")
     now = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
     return ReportData(
         title=f"medtl report: {cfg.name}",
