@@ -542,7 +542,14 @@ def _resize(maps: np.ndarray, hw: Sequence[int]) -> np.ndarray:
     maps = np.asarray(maps, np.float32)
     if maps.shape[1:3] == tuple(hw):
         return maps
-    # Bilinear with half-pixel centres, so each feature cell lands over the pixels it sees.
+    # Bilinear with half-pixel centres: cell j is drawn centred at (j + 0.5) * H / h. By layer
+    # geometry alone, stride-2 layers padded on one side (MobileNetV2, EfficientNet: +15.5 px at
+    # 224; ResNet50: -15.5 px) put a cell's receptive field half a cell away from there, and a
+    # randomly initialised network's effective receptive field does sit there. Trained kernels
+    # compensate: ImageNet MobileNetV2's measured centroid is within -11..+12 px of the resize
+    # centre, and a model fine-tuned on the synthetic lesions had its hot region centred on the
+    # lesion with this resize but 1 radius off with the geometric shift (2026-11-29), so the
+    # shift is not applied.
     return tf.image.resize(maps[..., None], tuple(hw), method="bilinear").numpy()[..., 0]
 
 
