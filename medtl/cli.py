@@ -162,9 +162,12 @@ def cmd_explain(args: argparse.Namespace) -> int:
     paths = collect_paths(args.inputs)
     if not paths:
         raise CommandError(f"no DICOM/PNG/JPEG files found in {' '.join(args.inputs)}")
-    df = explain_paths(args.model, paths, args.out, method=args.method, target_layer=args.target_layer)
+    df = explain_paths(args.model, paths, args.out, method=args.method, target_layer=args.target_layer,
+                       class_name=args.class_name)
     n_err = int((df["error"].fillna("") != "").sum())
-    print(f"wrote {len(df) - n_err} overlays and explanations.csv to {args.out}")
+    shown = sorted(set(df["map_class"].fillna("").astype(str)) - {""})
+    print(f"wrote {len(df) - n_err} overlays and explanations.csv to {args.out} "
+          f"(maps of evidence for: {', '.join(shown) or '-'})")
     if n_err:
         print(f"{n_err} unreadable file(s); see the error column of explanations.csv", file=sys.stderr)
     return 1 if n_err else 0
@@ -311,6 +314,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder for the overlay PNGs")
     p.add_argument("--method", choices=["gradcam", "gradcam++", "occlusion"], help="default: the run's report.cam")
     p.add_argument("--target-layer", help="layer for the gradient methods (default: last feature map)")
+    p.add_argument("--class", dest="class_name", metavar="NAME",
+                   help="class to map the evidence for (default: binary, the positive class; multiclass, "
+                        "the predicted class; multilabel, the highest-scoring label)")
     return parser
 
 

@@ -51,7 +51,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
@@ -538,7 +538,8 @@ def _run_fold(run: Path, cfg: Config, manifest, split, f: int, progress: bool, r
                                  + time.perf_counter() - t_trained, 2),
         }
         write_json(fdir / FOLD_DONE, marker)  # last: the fold counts as finished from here on
-        _log(progress, f"Fold {f}: threshold {format_thresholds(pp.thresholds)} (chosen on validation), "
+        _log(progress, f"Fold {f}: threshold {format_thresholds(pp.thresholds, manifest.classes)} "
+                       "(chosen on validation), "
                        f"{len(table)} test images predicted")
     return "done"
 
@@ -783,7 +784,8 @@ def _retrain_final(run: Path, cfg: Config, manifest, metrics: dict, progress: bo
             "calibration": "none",
             "wall_time_s": trained.get("wall_time_s"),
         })
-    _log(progress, f"Final model: {fin / 'model.keras'}, threshold {format_thresholds(thresholds)}")
+    _log(progress, f"Final model: {fin / 'model.keras'}, "
+                   f"threshold {format_thresholds(thresholds, manifest.classes)}")
     return True
 
 
@@ -822,11 +824,17 @@ def _fmt(v: Any, digits: int = 3) -> str:
     return str(v)
 
 
-def format_thresholds(v: Any) -> str:
-    """Thresholds (one value or a list) to 4 decimals; ``arg-max`` for None (multiclass)."""
+def format_thresholds(v: Any, names: Sequence[str] | None = None) -> str:
+    """Thresholds (one value or a list) to 4 decimals; ``arg-max`` for None (multiclass).
+
+    With ``names`` (multilabel: one per threshold) each value is labelled, e.g. ``effusion 0.31``.
+    """
     if v is None:
         return "arg-max"
-    return ", ".join(_fmt(float(x), 4) for x in np.atleast_1d(np.asarray(v, dtype=np.float64)))
+    values = [_fmt(float(x), 4) for x in np.atleast_1d(np.asarray(v, dtype=np.float64))]
+    if names is not None and len(names) == len(values) > 1:
+        values = [f"{n} {x}" for n, x in zip(names, values)]
+    return ", ".join(values)
 
 
 def _ci_text(m: dict, ci: dict, key: str) -> str:
@@ -915,7 +923,8 @@ def format_cv(metrics: dict[str, Any]) -> str:
                             across.get("per_label", {}).get(name, {}), _SHOWN)
             lines.append(_table(header, rows))
         lines.append("\n[macro]")
-        lines.append(_table(header, rows_for(metrics["pooled"]["macro"], {},
+        macro_ci = {"roc_auc": metrics["pooled_ci"]["macro_roc_auc"]} if "macro_roc_auc" in metrics["pooled_ci"] else {}
+        lines.append(_table(header, rows_for(metrics["pooled"]["macro"], macro_ci,
                                              {str(f): per[str(f)]["macro"] for f in done}, across.get("macro", {}),
                                              _SHOWN)))
     else:
@@ -929,13 +938,14 @@ def format_cv(metrics: dict[str, Any]) -> str:
     final = metrics.get("final")
     if final:
         lines.append(final["note"])
-        lines.append(f"final model threshold {format_thresholds(final.get('thresholds'))} = "
+        lines.append(f"final model threshold {format_thresholds(final.get('thresholds'), metrics['classes'])} = "
                      f"{final.get('threshold_rule') or 'arg-max'}; it has no calibrator")
         if final.get("caveat"):
             lines.append(f"NOTE {final['caveat']}")
     else:
         ens = metrics.get("ensemble", {})
-        decision = (f"threshold {format_thresholds(ens.get('thresholds'))} = {ens.get('threshold_rule')}"
+        decision = (f"threshold {format_thresholds(ens.get('thresholds'), metrics['classes'])} = "
+                    f"{ens.get('threshold_rule')}"
                     if ens.get("thresholds") is not None else "decision: the class with the highest mean score")
         lines.append(f"final model: ensemble of {len(ens.get('members', []))} fold models ({ens.get('combine')}); "
                      f"{decision}")

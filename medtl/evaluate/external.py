@@ -24,9 +24,8 @@ import numpy as np
 import pandas as pd
 
 from medtl.config import Config, ConfigError, config_from_dict, load_config, load_resolved
-from medtl.evaluate.bootstrap import bootstrap_ci, bootstrap_paired_difference
+from medtl.evaluate.bootstrap import bootstrap_paired_difference
 from medtl.evaluate.compare import delong_test
-from medtl.evaluate.metrics import roc_auc
 from medtl.evaluate.runs import (
     FOLD_DONE, OOF_FILE, RunPredictor, decision_suffix, fold_dir, is_cv_run, jsonable, label_columns,
     read_json, score_columns, table_metrics, write_csv, write_json,
@@ -111,20 +110,8 @@ def evaluate_external(run_or_model: str | Path, data_manifest_or_config: str | P
     else:
         macro = m["macro"]
         flat = {k: macro.get(k, m.get(k)) for k in EXTERNAL_KEYS if k in macro or k in m}
-        if pred.task == "multiclass":
-            roc_ci = ci.get("macro_roc_auc", {})
-            flat["threshold"] = None
-        else:
-            cols = list(range(len(pred.classes)))
-
-            def macro_auc(yy: np.ndarray, ss: np.ndarray) -> float:
-                return float(np.mean([roc_auc(yy[:, j], ss[:, j]) for j in cols]))
-
-            try:
-                roc_ci = bootstrap_ci(y, s, macro_auc, groups, n_boot=cfg.evaluate.bootstrap, seed=cfg.seed).to_dict()
-            except ValueError:
-                roc_ci = {}
-            flat["threshold"] = list(pred.thresholds)
+        roc_ci = ci.get("macro_roc_auc", {})
+        flat["threshold"] = None if pred.task == "multiclass" else list(pred.thresholds)
         write_json(out / "per_class.json", {"metrics": m, "intervals": ci, "threshold_source": pred.threshold_source})
     flat["roc_auc_ci"] = [roc_ci.get("low"), roc_ci.get("high")]
     flat["n"] = int(len(used))

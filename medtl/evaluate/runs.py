@@ -44,7 +44,7 @@ import numpy as np
 import pandas as pd
 
 from medtl.evaluate.bootstrap import bootstrap_ci, bootstrap_metrics
-from medtl.evaluate.metrics import binary_metrics, multiclass_metrics
+from medtl.evaluate.metrics import binary_metrics, multiclass_metrics, roc_auc
 from medtl.evaluate.postprocess import POSTPROCESS_FILE, PostProcess
 
 __all__ = [
@@ -301,7 +301,7 @@ def table_metrics(task: str, classes: Sequence[str], y: np.ndarray, s: np.ndarra
     Returns:
         (metrics, intervals). Binary: the :data:`~medtl.evaluate.metrics.BINARY_METRICS` plus
         counts, and an interval per metric. Multilabel: ``per_label`` {name: binary metrics},
-        ``macro``, ``exact_match`` and intervals per label. Multiclass: as
+        ``macro``, ``exact_match``, intervals per label and for macro ROC AUC. Multiclass: as
         :func:`~medtl.evaluate.metrics.multiclass_metrics`, with intervals for macro ROC AUC,
         accuracy and balanced accuracy.
     """
@@ -320,7 +320,17 @@ def table_metrics(task: str, classes: Sequence[str], y: np.ndarray, s: np.ndarra
         hits = (s >= thresholds) == (y == 1)
         m = {"per_label": per, "macro": macro, "exact_match": float(np.mean(hits.all(axis=1))),
              "n": int(y.shape[0]), "n_patients": n_patients}
-        return m, {"per_label": cis}
+        ci: dict[str, Any] = {"per_label": cis}
+        if n_boot > 0:
+            def macro_auc(yy: np.ndarray, ss: np.ndarray) -> float:
+                return float(np.mean([roc_auc(yy[:, j], ss[:, j]) for j in range(yy.shape[1])]))
+
+            try:  # the labels are resampled together: one patient draw for all of them
+                ci["macro_roc_auc"] = bootstrap_ci(y, s, macro_auc, groups, n_boot=n_boot, alpha=alpha,
+                                                   seed=seed).to_dict()
+            except ValueError:  # a label with one class: no macro AUC to bound
+                pass
+        return m, ci
     yi = y.argmax(axis=1)
     m = multiclass_metrics(yi, s, list(classes))
     m["n_patients"] = n_patients
@@ -463,6 +473,10 @@ class RunPredictor:
                     raise FileNotFoundError(f"{mp}: model file missing; the run folder is incomplete")
             self._models = [load_model(mp) for mp in paths]
         return self._models
+
+    def models(self) -> list:
+        """The member models, loaded once (medtl's loader, so medtl's layers are registered)."""
+        return self._load()
 
     def pipeline_config(self, like=None):
         """A Config reproducing the training-time preprocessing (cache/workers/on_error from ``like``)."""

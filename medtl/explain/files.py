@@ -2,7 +2,9 @@
 
 A training run (or a ``.keras`` file) explains with its one model; a cross-validation run
 explains with every fold model and averages their maps, the same ensemble that scores the
-file in ``medtl predict``. Maps are returned at the film's own resolution (letterbox padding
+file in ``medtl predict``. Every member maps the same class for a file, chosen once from the
+ensemble's scores (fold models can disagree on the top class, and an average of maps of
+different classes would explain neither). Maps are returned at the film's own resolution (letterbox padding
 and resize undone) and drawn over the windowed original film.
 
 Example:
@@ -12,8 +14,7 @@ Example:
 
 from __future__ import annotations
 
-import gc
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -32,6 +33,25 @@ class FileMaps:
     errors: dict[str, str]
     method: str
     reason: str
+    #: The class (or label) each file's map shows evidence for.
+    classes: dict[str, str] = field(default_factory=dict)
+    #: ``medtl predict``'s table for the readable files (None when there were none).
+    scores: pd.DataFrame | None = None
+
+
+def _map_classes(task: str, classes: Sequence[str], scores: np.ndarray,
+                 class_name: str | None) -> list[int]:
+    """Class index per image for the CAM: the named class, else binary: the positive class;
+    multiclass: the ensemble's predicted class; multilabel: its highest-scoring label."""
+    names = list(classes)
+    if class_name is not None:
+        if class_name not in names:
+            raise ValueError(f"class {class_name!r}: not a class of this model; choose one of "
+                             f"{', '.join(names)}")
+        return [names.index(class_name)] * len(scores)
+    if task == "binary":
+        return [1] * len(scores)
+    return [int(i) for i in np.asarray(scores).argmax(axis=1)]
 
 
 def maps_for_files(
@@ -40,6 +60,7 @@ def maps_for_files(
     method: str = "gradcam",
     target_layer: str | None = None,
     batch_size: int = 16,
+    class_name: str | None = None,
 ) -> FileMaps:
     """Class activation maps of ``paths`` at each film's own resolution.
 
@@ -50,15 +71,17 @@ def maps_for_files(
             feature map (TF Hub) falls back to occlusion, and ``reason`` says so.
         target_layer: layer for the gradient methods (default: the last feature map).
         batch_size: images per CAM batch.
+        class_name: the class whose evidence to map; default binary: the positive class,
+            multiclass: the predicted class, multilabel: the highest-scoring label (each
+            decided by the whole ensemble, so all its members map the same class).
 
     Returns:
         A :class:`FileMaps`; unreadable files are listed in ``errors``, never dropped.
     """
     from medtl.data.pipeline import ImagePipeline
-    from medtl.evaluate.runs import RunPredictor
+    from medtl.evaluate.runs import RunPredictor, score_columns
     from medtl.explain.cam import compute_cam, explain_for_original, method_for_model
     from medtl.io import read_image
-    from medtl.models.classifier import load_model
 
     predictor = RunPredictor(run_or_model)
     pipe = ImagePipeline(predictor.pipeline_config())
@@ -70,31 +93,36 @@ def maps_for_files(
         except Exception as exc:  # noqa: BLE001 - reported per file
             errors[p] = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     ok = list(loaded)
+    x = np.stack([loaded[p][0] for p in ok]) if ok else None
+    if x is not None and x.ndim == 3:
+        x = x[..., None]
+    targets = _map_classes(predictor.task, predictor.classes, np.zeros((0, 1)), class_name)
+    scores = None
+    if ok:  # the ensemble's scores, exactly as medtl predict gives them
+        scores = predictor.predict_paths(ok, batch_size=batch_size)
+        cols = score_columns(predictor.task, predictor.classes)
+        targets = _map_classes(predictor.task, predictor.classes, scores[cols].to_numpy(dtype=np.float64),
+                               class_name)
     total: np.ndarray | None = None
     choice = None
-    for member in predictor.members:
-        model_path = member / "model.keras" if Path(member).is_dir() else Path(member)
-        model = load_model(model_path)
-        try:
-            choice = method_for_model(model, method)
-            if ok:
-                maps = compute_cam(
-                    model,
-                    np.stack([loaded[p][0] for p in ok]),
-                    method=str(choice),
-                    target_layer=None if choice == "occlusion" else target_layer,
-                    batch_size=batch_size,
-                )
-                total = maps if total is None else total + maps
-        finally:
-            del model
-            gc.collect()
+    for model in predictor.models():
+        choice = method_for_model(model, method)
+        if ok:
+            maps = compute_cam(
+                model, x,
+                method=str(choice),
+                target_layer=None if choice == "occlusion" else target_layer,
+                class_index=targets,
+                batch_size=batch_size,
+            )
+            total = maps if total is None else total + maps
     films, out = {}, {}
     for i, p in enumerate(ok):
         m = total[i] / len(predictor.members)
         films[p] = read_image(p, window=window)
         out[p] = explain_for_original(m, loaded[p][1])
-    return FileMaps(films, out, errors, str(choice), getattr(choice, "reason", ""))
+    shown = {p: predictor.classes[t] for p, t in zip(ok, targets)}
+    return FileMaps(films, out, errors, str(choice), getattr(choice, "reason", ""), shown, scores)
 
 
 def explain_paths(
@@ -104,6 +132,7 @@ def explain_paths(
     method: str | None = None,
     target_layer: str | None = None,
     batch_size: int = 16,
+    class_name: str | None = None,
 ) -> pd.DataFrame:
     """Write a heat-map overlay PNG per file and ``explanations.csv`` into ``out_dir``.
 
@@ -114,11 +143,12 @@ def explain_paths(
         method: CAM method; default the run's ``report.cam``.
         target_layer: layer for the gradient methods; default the run's ``report.target_layer``.
         batch_size: images per CAM batch.
+        class_name: the class to map (default: see :func:`maps_for_files`).
 
     Returns:
-        One row per file: path, png, method, score, prediction, error.
+        One row per file: path, png, method, map_class (the class the map is for), error,
+        score column(s), prediction.
     """
-    from medtl.evaluate.runs import RunPredictor
     from medtl.explain.overlay import overlay, write_png
 
     run_cfg = _run_report_settings(run_or_model)
@@ -126,17 +156,18 @@ def explain_paths(
     target_layer = target_layer or run_cfg.get("target_layer")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    fm = maps_for_files(run_or_model, paths, method=method, target_layer=target_layer, batch_size=batch_size)
-    scores = RunPredictor(run_or_model).predict_paths(list(fm.films), batch_size=batch_size) if fm.films else None
+    fm = maps_for_files(run_or_model, paths, method=method, target_layer=target_layer, batch_size=batch_size,
+                        class_name=class_name)
     rows = []
     used: set[str] = set()
     for i, p in enumerate(map(str, paths)):
-        row = {"path": p, "png": "", "method": fm.method, "error": fm.errors.get(p, "")}
+        row = {"path": p, "png": "", "method": fm.method, "map_class": fm.classes.get(p, ""),
+               "error": fm.errors.get(p, "")}
         if p in fm.films:
             name = _unique(Path(p).stem, used) + f"_{fm.method.replace('+', 'pp')}.png"
             write_png(overlay(fm.films[p], fm.maps[p]), out / name)
             row["png"] = name
-            srow = scores[scores["path"] == p].iloc[0]
+            srow = fm.scores[fm.scores["path"] == p].iloc[0]
             for col in srow.index:
                 if col.startswith("score") or col == "prediction":
                     row[col] = srow[col]

@@ -158,6 +158,7 @@ def _fold_label(f: Any) -> str:
 
 def _cv_source(run: Path, cfg: Any) -> _Source:
     from medtl.evaluate import runs
+    from medtl.evaluate.cv import format_thresholds
 
     metrics_path = run / runs.METRICS_FILE
     if not (run / runs.OOF_FILE).is_file() or not metrics_path.is_file():
@@ -206,7 +207,7 @@ def _cv_source(run: Path, cfg: Any) -> _Source:
         thr = (m.get("thresholds") or {}).get(str(f))
         fold_rows.append({"fold": g, "train": info.get("n_train"), "val": info.get("n_val"),
                           "test": info.get("n_test"), "test_patients": info.get("n_test_patients"),
-                          "threshold": None if thr is None else ", ".join(f"{float(v):.4f}" for v in thr),
+                          "threshold": None if thr is None else format_thresholds(thr, classes),
                           "wall_time_s": info.get("wall_time_s")})
     rule = m.get("threshold_rule")
     thr_text = ("arg-max of the class probabilities (multiclass)" if rule is None else
@@ -277,7 +278,7 @@ def _train_source(run: Path, cfg: Any) -> _Source:
     return _Source(
         kind="training run", task=task, classes=classes, preds=preds, groups=["validation"],
         group_metrics={"validation": res}, pooled=None, across=None, histories=hist, counts=counts,
-        created=mtime, threshold_text=f"{format_thresholds(t)} ({rule})",
+        created=mtime, threshold_text=f"{format_thresholds(t, classes)} ({rule})",
         calibration=calibration, fold_rows=[], notes=notes,
     )
 

@@ -20,7 +20,7 @@ import pytest
 
 from medtl.config import ConfigError
 from medtl.evaluate import binary_metrics, choose_threshold, postprocess
-from medtl.evaluate.cv import FoldBusyError, format_cv, merge_cv, run_cv, run_folder
+from medtl.evaluate.cv import FoldBusyError, format_cv, format_thresholds, merge_cv, run_cv, run_folder
 from medtl.evaluate.runs import create_once, read_json
 from tests.evaluate._cv_helpers import FakeTrainer, install_fakes, make_cfg, make_png_set
 from tests.train.conftest import crash_after_epoch
@@ -390,7 +390,22 @@ def test_multilabel_cv(tmp_path, monkeypatch):
     assert m["pooled"]["macro"]["roc_auc"] == pytest.approx(
         np.mean([m["pooled"]["per_label"][c]["roc_auc"] for c in ("a", "b")]))
     assert len(m["thresholds"]["0"]) == 2
-    assert "[macro]" in format_cv(m)
+    # The macro ROC AUC gets a patient-bootstrap interval (both labels resampled together).
+    macro_ci = m["pooled_ci"]["macro_roc_auc"]
+    assert macro_ci["low"] <= m["pooled"]["macro"]["roc_auc"] <= macro_ci["high"]
+    text = format_cv(m)
+    macro_table = text.split("[macro]")[1]
+    auc_line = next(line for line in macro_table.splitlines() if line.startswith("roc_auc"))
+    assert f"[{macro_ci['low']:.3f}, {macro_ci['high']:.3f}]" in auc_line
+    # Thresholds are named by label, not listed bare.
+    t = m["ensemble"]["thresholds"]
+    assert f"threshold a {t[0]:.4f}, b {t[1]:.4f}" in text
+
+
+def test_format_thresholds_names_multilabel_values_only():
+    assert format_thresholds(None) == "arg-max"
+    assert format_thresholds(0.25, ["normal", "lesion"]) == "0.2500"  # binary: one rule, no name
+    assert format_thresholds([0.1, 0.33333], ["x", "y"]) == "x 0.1000, y 0.3333"
 
 
 def test_import_evaluate_loads_no_tensorflow():

@@ -111,3 +111,76 @@ def test_map_peak_lands_on_the_planted_spot_of_a_letterboxed_film(trained_run, t
     r, c = np.unravel_index(int(np.argmax(m)), m.shape)
     assert np.hypot(r - spot[0], c - spot[1]) <= 4, (r, c)
     assert m[film < 100].max() < 0.5  # nothing of the evidence far from the spot
+
+
+def _bright_dark_model(size: int, w_bright: float, w_dark: float):
+    """Two classes with known evidence: "bright" is near-white film, "dark" near-black film."""
+    import keras
+
+    bi = keras.Input((size, size, 3))
+    conv = keras.layers.Conv2D(2, 1, activation="relu", name="spots")
+    backbone = keras.Model(bi, keras.layers.AveragePooling2D(2, name="pool2")(conv(bi)), name="backbone")
+    inp = keras.Input((size, size, 1), name="image")
+    x = keras.layers.Concatenate()([inp, inp, inp])
+    x = keras.layers.GlobalAveragePooling2D(name="pool")(backbone(x, training=False))
+    head = keras.layers.Dense(2, activation="softmax", name="classifier")
+    model = keras.Model(inp, head(x))
+    # channel 0 = relu(x - 0.75), channel 1 = relu(0.25 - x), for grey x repeated over RGB
+    k = np.zeros((1, 1, 3, 2), np.float32)
+    k[..., 0], k[..., 1] = 1.0 / 3, -1.0 / 3
+    conv.set_weights([k, np.array([-0.75, 0.25], np.float32)])
+    head.set_weights([np.diag([w_bright, w_dark]).astype(np.float32), np.zeros(2, np.float32)])
+    return model
+
+
+def test_ensemble_members_map_the_class_the_ensemble_predicts(trained_run, tmp_path, monkeypatch):
+    """Two members that disagree on the top class must both map the ensemble's class: averaging a
+    map of "bright" with a map of "dark" would explain neither. The map's class is reported."""
+    import json
+    import shutil
+
+    import medtl.evaluate.runs as runs
+    from medtl.explain.files import explain_paths, maps_for_files
+
+    run, _, _ = trained_run
+    members = []
+    # Member 0 leans "bright" a little, member 1 "dark" a lot: together they say "dark".
+    for i, (wb, wd) in enumerate([(800.0, 500.0), (500.0, 2000.0)]):
+        d = tmp_path / f"member{i}"
+        shutil.copytree(run, d)
+        (d / "postprocess.json").unlink(missing_ok=True)
+        info = json.loads((d / "model_info.json").read_text())
+        info.update(task="multiclass", classes=["bright", "dark"], n_outputs=2,
+                    score_columns=["score_bright", "score_dark"], threshold=None)
+        (d / "model_info.json").write_text(json.dumps(info))
+        _bright_dark_model(48, wb, wd).save(d / "model.keras")
+        members.append(d)
+
+    class TwoMembers(runs.RunPredictor):
+        def __init__(self, run_or_model):
+            super().__init__(members[0])
+            self.members, self.folds, self.pps = members, [0, 1], [None, None]
+
+    monkeypatch.setattr(runs, "RunPredictor", TwoMembers)
+    yy, xx = np.mgrid[0:96, 0:96]
+    bright = np.exp(-((yy - 30) ** 2 + (xx - 30) ** 2) / (2 * 12.0**2))
+    dark = np.exp(-((yy - 66) ** 2 + (xx - 66) ** 2) / (2 * 12.0**2))
+    film = np.clip(np.round(127.5 + 127.5 * bright - 127.5 * dark), 0, 255).astype(np.uint8)
+    path = tmp_path / "film.png"
+    Image.fromarray(film).save(path)
+
+    fm = maps_for_files(members[0], [str(path)], method="gradcam")
+    p = str(path)
+    per_member = fm.scores[["score_bright_fold0", "score_dark_fold1"]].iloc[0]
+    assert per_member["score_bright_fold0"] > 0.5 and per_member["score_dark_fold1"] > 0.5  # they disagree
+    assert fm.scores["prediction"].iloc[0] == "dark" and fm.classes[p] == "dark"
+    m = fm.maps[p]
+    assert np.unravel_index(int(np.argmax(m)), m.shape) == pytest.approx((66, 66), abs=3)
+    assert m[bright > 0.5].max() < 0.1  # no evidence drawn at the bright spot
+
+    df = explain_paths(members[0], [p], tmp_path / "cams", method="gradcam", class_name="bright")
+    assert df.loc[0, "map_class"] == "bright"
+    fm_b = maps_for_files(members[0], [p], method="gradcam", class_name="bright")
+    assert m.shape == fm_b.maps[p].shape and fm_b.maps[p][dark > 0.5].max() < 0.1
+    with pytest.raises(ValueError, match="class 'lesion': not a class of this model; choose one of bright, dark"):
+        maps_for_files(members[0], [p], class_name="lesion")
