@@ -76,7 +76,7 @@ class ModelConfig:
 class LossConfig:
     """Loss and class weighting for imbalanced data."""
 
-    name: Literal["bce", "cce", "focal"] = "bce"
+    name: Literal["bce", "cce", "focal"] = "bce"  # not given: cce for task multiclass
     class_weight: Union[Literal["balanced", "none"], dict[str, float]] = "balanced"
     label_smoothing: float = 0.0
     gamma: float = 2.0
@@ -383,7 +383,11 @@ def config_from_dict(raw: dict, base_dir: str | Path | None = None, overrides: t
     raw = yaml.safe_load(yaml.safe_dump(raw))  # deep copy, plain types only
     for ov in overrides:
         _apply_override(raw, ov)
+    loss = ((raw.get("train") or {}).get("loss") if isinstance(raw.get("train"), dict) else None)
+    loss_named = isinstance(loss, dict) and "name" in loss
     cfg = _build(Config, raw, "")
+    if not loss_named and cfg.task == "multiclass":
+        cfg.train.loss.name = "cce"  # the default loss follows the task: softmax for one class of many
     if not cfg.data.manifest:
         raise ConfigError("data.manifest: missing; give a labels CSV or a folder with one sub-folder per class")
     if base_dir is not None:

@@ -174,3 +174,16 @@ def test_weight_file_and_local_hub_paths_resolve_against_config_folder(tmp_path)
     assert cfg.model.backbone == "hub:" + str((tmp_path / "hubmodel").resolve())
     remote = config_from_dict({"data": {"manifest": "a"}, "model": {"backbone": "hub:https://tfhub.dev/x/1"}, "train": {"stages": [{"unfreeze": "all"}]}}, base_dir=tmp_path)
     assert remote.model.backbone == "hub:https://tfhub.dev/x/1" and remote.model.weights == "imagenet"
+
+
+def test_default_loss_follows_the_task_but_a_named_loss_is_kept():
+    assert config_from_dict({"data": {"manifest": "a"}}).train.loss.name == "bce"
+    assert config_from_dict({"data": {"manifest": "a", "label_column": ["x", "y"]},
+                             "task": "multilabel"}).train.loss.name == "bce"
+    multi = config_from_dict({"data": {"manifest": "a"}, "task": "multiclass",
+                              "train": {"loss": {"class_weight": "none"}}})
+    assert multi.train.loss.name == "cce" and multi.train.loss.class_weight == "none"
+    focal = config_from_dict({"data": {"manifest": "a"}, "task": "multiclass", "train": {"loss": {"name": "focal"}}})
+    assert focal.train.loss.name == "focal"
+    with pytest.raises(ConfigError, match="bce is for binary/multilabel"):
+        config_from_dict({"data": {"manifest": "a"}, "task": "multiclass", "train": {"loss": {"name": "bce"}}})

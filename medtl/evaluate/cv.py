@@ -538,8 +538,9 @@ def _run_fold(run: Path, cfg: Config, manifest, split, f: int, progress: bool, r
                                  + time.perf_counter() - t_trained, 2),
         }
         write_json(fdir / FOLD_DONE, marker)  # last: the fold counts as finished from here on
-        _log(progress, f"Fold {f}: threshold {format_thresholds(pp.thresholds, manifest.classes)} "
-                       "(chosen on validation), "
+        decided = ("decision arg-max" if pp.thresholds is None else
+                   f"threshold {format_thresholds(pp.thresholds, manifest.classes)} (chosen on validation)")
+        _log(progress, f"Fold {f}: {decided}, "
                        f"{len(table)} test images predicted")
     return "done"
 
@@ -885,7 +886,8 @@ def format_cv(metrics: dict[str, Any]) -> str:
     if metrics.get("patient_ids") is False:  # absent (older runs): unknown, say nothing
         lines.append(NO_PATIENTS_WARNING)
     rule = metrics.get("threshold_rule")
-    lines.append(f"threshold: {rule or 'arg-max'} on each fold's validation split; calibration: "
+    decision = f"threshold: {rule} on each fold's validation split" if rule else "decision: arg-max"
+    lines.append(f"{decision}; calibration: "
                  f"{metrics['calibration']}; intervals: 95% "
                  f"{ {'bca': 'BCa'}.get(metrics['bootstrap'].get('interval'), 'percentile')} "
                  "bootstrap over patients "

@@ -87,12 +87,14 @@ class Case:
     source: str
     label: str
     score: float
-    threshold: float
+    threshold: float | None  # None: multiclass, where the decision is the arg-max
     film_png: bytes | None = None
     overlay_png: bytes | None = None
     method: str | None = None
     method_reason: str = ""
     note: str = ""
+    target: str = ""  # the class judged and mapped (multilabel/multiclass galleries); '' binary
+    called: str = ""  # the model's decision as names (multilabel/multiclass)
 
 
 @dataclass
@@ -508,7 +510,7 @@ def collect_report_data(run_dir: str | Path, compute_cams: bool = True, n_cases:
     """
     from medtl.config import load_resolved
     from medtl.evaluate.runs import is_cv_run
-    from medtl.report.gallery import read_overlays, render_gallery, select_cases
+    from medtl.report.gallery import class_views, read_overlays, render_gallery, select_cases
 
     run = Path(run_dir)
     if not (run / "config.yaml").is_file():
@@ -520,15 +522,14 @@ def collect_report_data(run_dir: str | Path, compute_cams: bool = True, n_cases:
 
     gallery, gallery_note = [], ""
     forbidden = _forbidden(src.preds)
-    if src.task == "binary":
-        cases = select_cases(src.preds, n_cases if n_cases is not None else cfg.report.cases)
-        gallery, gallery_note = render_gallery(
-            cases, salt, classes=src.classes, method=cfg.report.cam, target_layer=cfg.report.target_layer,
-            overlays=read_overlays(run), compute=compute_cams)
-        for f in dict.fromkeys(cases["file"]):
-            forbidden += [f, *(v for v in read_phi(f, parts=False) if len(v) >= 4)]
-    else:
-        gallery_note = f"The case gallery is drawn for binary tasks; this run is {src.task}."
+    n = n_cases if n_cases is not None else cfg.report.cases
+    cases = pd.concat([select_cases(v, n) for v in class_views(src.preds, src.task, src.classes)],
+                      ignore_index=True)
+    gallery, gallery_note = render_gallery(
+        cases, salt, classes=src.classes, method=cfg.report.cam, target_layer=cfg.report.target_layer,
+        overlays=read_overlays(run), compute=compute_cams)
+    for f in dict.fromkeys(cases["file"]):
+        forbidden += [f, *(v for v in read_phi(f, parts=False) if len(v) >= 4)]
 
     notes = list(src.notes)
     from medtl.evaluate.cv import NO_PATIENTS_NOTE, has_patient_ids

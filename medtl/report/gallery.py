@@ -1,6 +1,10 @@
 """The report's case gallery: the most confident true positives, false positives and false
 negatives, each shown as the film and its class activation map.
 
+Binary runs have one gallery. Multilabel and multiclass runs get one per class, judged one
+class against the rest: for a label, positive means its score reached its threshold; for a
+multiclass class, that it was the arg-max. Each map there shows the evidence for that class.
+
 Maps come from :mod:`medtl.explain` with the model that did *not* train on the case (its
 cross-validation fold model), at the film's own resolution, or from precomputed overlays
 listed in ``RUN/overlays/overlays.csv`` (columns ``file``, ``png`` (path relative to that
@@ -25,10 +29,46 @@ from medtl.report.data import OVERLAYS_FILE, Case
 from medtl.report.deid import hash_patient_id, scrub_text
 from medtl.report.plots import image_png
 
-__all__ = ["KINDS", "select_cases", "render_gallery", "read_overlays", "cam_overlays"]
+__all__ = ["KINDS", "class_views", "select_cases", "render_gallery", "read_overlays", "cam_overlays"]
 
 KINDS = ("true positive", "false positive", "false negative")
 FILM_SIDE = 384  # pixels on the longer side of each gallery image
+
+
+def class_views(preds: pd.DataFrame, task: str, classes: Sequence[str]) -> list[pd.DataFrame]:
+    """One-against-the-rest tables for :func:`select_cases`, one per class the gallery shows.
+
+    Binary: ``preds`` itself. Multilabel: per label, its ``label``/``score``/``threshold``
+    columns. Multiclass: per class, ``label`` 1 for that class, its probability as ``score``
+    and ``predicted`` where it was the arg-max. Each view carries ``target`` (the class the
+    map must show), ``truth`` (the image's true class or labels) and ``called`` (the model's
+    decision, as names).
+
+    Example:
+        >>> [v["target"].iloc[0] for v in class_views(oof, "multilabel", ["effusion", "mass"])]
+        ['effusion', 'mass']
+    """
+    from medtl.evaluate import runs
+
+    if task == "binary":
+        return [preds.assign(target="")]
+    y = runs.targets_from_frame(preds, task, classes)
+    s = runs.scores_from_frame(preds, task, classes)  # the report's tables hold the decision scale
+    names = np.asarray(list(classes), dtype=object)
+    if task == "multilabel":
+        t = preds[runs.threshold_columns(task, classes)].to_numpy(dtype=np.float64)
+        called = s >= t
+        truth = [";".join(names[row == 1]) or "none" for row in y]
+        said = [";".join(names[row]) or "none" for row in called]
+    else:
+        t = np.full_like(s, np.nan)
+        called = np.eye(len(classes), dtype=bool)[s.argmax(axis=1)]
+        truth = list(names[y.argmax(axis=1)])
+        said = list(names[s.argmax(axis=1)])
+    keep = preds[["file", "patient", "group", "model_dir"]]
+    return [keep.assign(label=y[:, k].astype(int), score=s[:, k], threshold=t[:, k], predicted=called[:, k],
+                        target=str(name), truth=truth, called=said)
+            for k, name in enumerate(classes)]
 
 
 def select_cases(preds: pd.DataFrame, n: int) -> pd.DataFrame:
@@ -36,10 +76,11 @@ def select_cases(preds: pd.DataFrame, n: int) -> pd.DataFrame:
 
     True and false positives are ranked by the highest score, false negatives by the lowest
     (the most confidently missed); a case is positive when ``score >= threshold`` (its own
-    fold's threshold). Ties keep the table order.
+    fold's threshold), or where a ``predicted`` column says so. Ties keep the table order.
 
     Args:
-        preds: one row per image with ``label`` (0/1), ``score`` and ``threshold``.
+        preds: one row per image with ``label`` (0/1), ``score`` and ``threshold`` (or
+            ``predicted``).
         n: cases per kind.
 
     Returns:
@@ -49,11 +90,15 @@ def select_cases(preds: pd.DataFrame, n: int) -> pd.DataFrame:
         >>> select_cases(df, 2)["kind"].tolist()
         ['true positive', 'true positive', 'false positive', 'false negative']
     """
-    missing = [c for c in ("label", "score", "threshold") if c not in preds.columns]
+    need = ("label", "score") + (() if "predicted" in preds.columns else ("threshold",))
+    missing = [c for c in need if c not in preds.columns]
     if missing:
         raise ValueError(f"select_cases: prediction table lacks column(s) {', '.join(missing)}")
     y = preds["label"].to_numpy()
-    pos = preds["score"].to_numpy(dtype=np.float64) >= preds["threshold"].to_numpy(dtype=np.float64)
+    if "predicted" in preds.columns:
+        pos = preds["predicted"].to_numpy(dtype=bool)
+    else:
+        pos = preds["score"].to_numpy(dtype=np.float64) >= preds["threshold"].to_numpy(dtype=np.float64)
     parts = []
     for kind, mask, descending in (("true positive", (y == 1) & pos, True),
                                    ("false positive", (y == 0) & pos, True),
@@ -96,7 +141,8 @@ def _reencode(png: bytes) -> bytes:
 
 
 def cam_overlays(model_dir: str | Path, files: Sequence[str], method: str = "gradcam++",
-                 target_layer: str | None = None) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], Any]:
+                 target_layer: str | None = None, class_name: str | None = None,
+                 ) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], Any]:
     """Film and CAM overlay at the original resolution for ``files``, with one saved model.
 
     Args:
@@ -105,6 +151,8 @@ def cam_overlays(model_dir: str | Path, files: Sequence[str], method: str = "gra
         method: the preferred method (``report.cam``); a backbone without a spatial feature
             map falls back to occlusion (see :func:`medtl.explain.cam.method_for_model`).
         target_layer: layer for the gradient methods (``report.target_layer``).
+        class_name: the class whose evidence to map (default: see
+            :func:`medtl.explain.files.maps_for_files`).
 
     Returns:
         ({file: (film float (H, W) in [0, 1], overlay uint8 (H, W, 3))}, the method used,
@@ -117,7 +165,7 @@ def cam_overlays(model_dir: str | Path, files: Sequence[str], method: str = "gra
     from medtl.explain.files import maps_for_files
     from medtl.explain.overlay import overlay
 
-    fm = maps_for_files(model_dir, files, method=method, target_layer=target_layer)
+    fm = maps_for_files(model_dir, files, method=method, target_layer=target_layer, class_name=class_name)
     if fm.errors:
         path, reason = next(iter(fm.errors.items()))
         raise ValueError(reason if path in reason else f"{path}: {reason}")
@@ -136,13 +184,15 @@ def render_gallery(
 ) -> tuple[list[Case], str]:
     """Turn chosen cases into gallery entries with film, overlay, score and label.
 
-    A case takes its overlay from ``overlays`` when given there, else (with ``compute``) from
-    :func:`cam_overlays` with the model in its ``model_dir``. Whatever fails is said on the
-    case (``note``), never dropped silently.
+    A case takes its overlay from ``overlays`` when given there (binary runs only: a
+    precomputed overlay does not say which class it maps), else (with ``compute``) from
+    :func:`cam_overlays` with the model in its ``model_dir``, for the case's ``target`` class.
+    Whatever fails is said on the case (``note``), never dropped silently.
 
     Args:
         cases: rows from :func:`select_cases` (``file``, ``patient``, ``group``, ``model_dir``,
-            ``label``, ``score``, ``threshold``, ``kind``).
+            ``label``, ``score``, ``threshold``, ``kind``; from :func:`class_views` also
+            ``target``, ``truth`` and ``called``).
         salt: the run's salt for the patient and image hashes.
         classes: class names (index = label).
         method: preferred CAM method (``report.cam``).
@@ -154,48 +204,54 @@ def render_gallery(
         (cases, a note for the whole gallery, '' when all is well).
     """
     overlays = dict(overlays or {})
+    if "target" not in cases.columns:
+        cases = cases.assign(target="")
     shown: list[Case] = []
     for row in cases.itertuples(index=False):
         label = int(row.label)
+        truth = getattr(row, "truth", None)
+        threshold = float(row.threshold) if "threshold" in cases.columns else float("nan")
         shown.append(Case(
             kind=row.kind, patient=hash_patient_id(row.patient, salt), image=hash_patient_id(row.file, salt),
-            source=str(row.group), label=str(classes[label]) if label < len(classes) else str(label),
-            score=float(row.score), threshold=float(row.threshold)))
+            source=str(row.group),
+            label=str(truth) if truth is not None else (str(classes[label]) if label < len(classes) else str(label)),
+            score=float(row.score), threshold=None if threshold != threshold else threshold,
+            target=str(row.target), called=str(getattr(row, "called", ""))))
     if not shown:
         return shown, "No case to show: no true positive, false positive or false negative."
 
-    computed: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    methods: dict[str, Any] = {}
-    failures: dict[str, str] = {}
+    computed: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
+    methods: dict[tuple[str, str], Any] = {}
+    failures: dict[tuple[str, str], str] = {}
+    usable = cases["target"].eq("") & cases["file"].isin(list(overlays))  # precomputed: binary only
     if compute:
-        todo = cases[~cases["file"].isin(list(overlays))]
-        for model_dir, part in todo.groupby("model_dir", sort=False):
+        for (model_dir, target), part in cases[~usable].groupby(["model_dir", "target"], sort=False):
             files = list(dict.fromkeys(part["file"]))
             try:
-                got, choice = cam_overlays(model_dir, files, method, target_layer)
+                got, choice = cam_overlays(model_dir, files, method, target_layer, class_name=target or None)
             except Exception as exc:  # noqa: BLE001 - the reason is shown on each case
                 reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
                 # Paths may carry names: the report names images by hash only.
                 reason = scrub_text(reason, {f: f"[image {hash_patient_id(f, salt)}]" for f in files})
-                failures.update({f: f"CAM not computed: {type(exc).__name__}: {reason}" for f in files})
+                failures.update({(f, target): f"CAM not computed: {type(exc).__name__}: {reason}" for f in files})
                 continue
-            computed.update(got)
-            methods.update({f: choice for f in files})
+            computed.update({(f, target): v for f, v in got.items()})
+            methods.update({(f, target): choice for f in files})
 
-    for case, row in zip(shown, cases.itertuples(index=False)):
-        f = str(row.file)
-        if f in overlays:
+    for case, row, pre in zip(shown, cases.itertuples(index=False), usable):
+        f, key = str(row.file), (str(row.file), str(row.target))
+        if pre:
             png, case.method = overlays[f]
             case.overlay_png = _reencode(png)
             case.method_reason = "precomputed"
-        elif f in computed:
-            film, over = computed[f]
+        elif key in computed:
+            film, over = computed[key]
             case.film_png = image_png(film, FILM_SIDE)
             case.overlay_png = image_png(over, FILM_SIDE)
-            case.method = str(methods[f])
-            case.method_reason = getattr(methods[f], "reason", "")
+            case.method = str(methods[key])
+            case.method_reason = getattr(methods[key], "reason", "")
         else:
-            case.note = failures.get(f, "CAM not computed (compute=False and no precomputed overlay)")
+            case.note = failures.get(key, "CAM not computed (compute=False and no precomputed overlay)")
         if case.film_png is None:
             case.film_png, film_note = _film(f)
             if film_note:

@@ -15,7 +15,7 @@ from PIL import Image
 
 from medtl.report import collect_report_data, write_report
 from medtl.report.deid import find_phi, hash_patient_id, run_salt
-from medtl.report.gallery import render_gallery, select_cases
+from medtl.report.gallery import class_views, render_gallery, select_cases
 from medtl.report.html import PHIError, export_pdf, render_html
 
 from .conftest import PHI_NAME
@@ -254,3 +254,76 @@ def test_end_to_end_real_cv_run_with_cams_leaks_no_planted_phi(tmp_path):
     assert len(planted) > 40
     assert find_phi(run, planted) == []
     assert find_phi(out, planted + sorted(phi)) == []  # nor raw patient ids in the report
+
+
+def _multi_preds(task: str) -> pd.DataFrame:
+    """Six held-out predictions of a two-label (or three-class) run, with known decisions."""
+    base = pd.DataFrame({"file": [f"/x/img{i}.png" for i in range(6)], "patient": list("ppqqrs"),
+                         "group": "fold 0", "model_dir": "/runs/fold_0"})
+    if task == "multilabel":
+        return base.assign(label_a=[1, 1, 0, 0, 1, 0], label_b=[0, 1, 1, 0, 0, 0],
+                           score_a=[.9, .6, .7, .1, .2, .3], score_b=[.1, .8, .3, .6, .05, .2],
+                           threshold_a=.5, threshold_b=[.5, .5, .5, .5, .4, .4])
+    return base.assign(label=[0, 1, 2, 0, 1, 2],
+                       score_a=[.7, .2, .1, .3, .6, .2], score_b=[.2, .7, .2, .6, .3, .1],
+                       score_c=[.1, .1, .7, .1, .1, .7])
+
+
+def test_class_views_judge_each_label_against_the_rest():
+    views = class_views(_multi_preds("multilabel"), "multilabel", ["a", "b"])
+    assert [v["target"].iloc[0] for v in views] == ["a", "b"]
+    a, b = views
+    assert a["label"].tolist() == [1, 1, 0, 0, 1, 0] and b["label"].tolist() == [0, 1, 1, 0, 0, 0]
+    assert a["predicted"].tolist() == [True, True, True, False, False, False]
+    assert b["threshold"].tolist() == [.5, .5, .5, .5, .4, .4]
+    assert a["truth"].tolist() == ["a", "a;b", "b", "none", "a", "none"]
+    assert a["called"].tolist() == ["a", "a;b", "a", "b", "none", "none"]
+    cases = select_cases(a, 5)
+    assert cases.groupby("kind", sort=False)["file"].apply(list).to_dict() == {
+        "true positive": ["/x/img0.png", "/x/img1.png"], "false positive": ["/x/img2.png"],
+        "false negative": ["/x/img4.png"]}
+
+
+def test_class_views_of_a_multiclass_run_follow_the_arg_max():
+    views = class_views(_multi_preds("multiclass"), "multiclass", ["a", "b", "c"])
+    a = views[0]
+    assert a["label"].tolist() == [1, 0, 0, 1, 0, 0]
+    assert a["predicted"].tolist() == [True, False, False, False, True, False]  # arg-max, no threshold
+    assert a["threshold"].isna().all()
+    assert a["called"].tolist() == ["a", "b", "c", "b", "a", "c"]
+    cases = select_cases(a, 3)
+    assert cases["kind"].tolist() == ["true positive", "false positive", "false negative"]
+    assert cases["file"].tolist() == ["/x/img0.png", "/x/img4.png", "/x/img3.png"]
+
+
+def test_multilabel_gallery_maps_each_case_for_its_own_label(fake_cv_run, monkeypatch):
+    import medtl.report.gallery as gallery
+
+    calls = []
+
+    def fake_overlays(model_dir, files, method, target_layer=None, class_name=None):
+        calls.append((model_dir, class_name, tuple(files)))
+        film = np.zeros((8, 8), np.float32)
+        return {f: (film, np.zeros((8, 8, 3), np.uint8)) for f in files}, "gradcam"
+
+    monkeypatch.setattr(gallery, "cam_overlays", fake_overlays)
+    preds = _multi_preds("multilabel")
+    cases = pd.concat([select_cases(v, 1) for v in class_views(preds, "multilabel", ["a", "b"])],
+                      ignore_index=True)
+    precomputed = {f: (b"x", "gradcam++") for f in preds["file"]}  # says nothing of the label
+    shown, note = render_gallery(cases, b"salt", classes=["a", "b"], overlays=precomputed)
+    assert not note
+    assert [(c.target, c.kind) for c in shown] == [("a", "true positive"), ("a", "false positive"),
+                                                   ("a", "false negative"), ("b", "true positive"),
+                                                   ("b", "false positive"), ("b", "false negative")]
+    assert sorted({c for _, c, _ in calls}) == ["a", "b"]
+    for c, row in zip(shown, cases.itertuples()):
+        assert (row.model_dir, c.target) in {(m, t) for m, t, files in calls if row.file in files}
+        assert c.method == "gradcam" and c.method_reason != "precomputed"
+    assert shown[0].label == "a" and shown[0].called == "a" and shown[0].threshold == .5
+
+    data = collect_report_data(fake_cv_run.run, compute_cams=False)
+    data.gallery = shown
+    page = render_html(data)
+    assert "<h3>a</h3>" in page and "<h3>b</h3>" in page
+    assert "gradcam for b" in page and "Judged as b against the rest" in page
