@@ -34,7 +34,8 @@ from medtl.evaluate.runs import (
 __all__ = ["evaluate_external", "format_external", "compare_runs", "format_compare", "EXTERNAL_KEYS"]
 
 EXTERNAL_KEYS = ("roc_auc", "roc_auc_ci", "pr_auc", "accuracy", "balanced_accuracy", "sensitivity",
-                 "specificity", "ppv", "npv", "f1", "brier", "ece", "threshold", "n", "n_patients")
+                 "specificity", "ppv", "npv", "f1", "brier", "ece", "threshold", "n", "n_patients", "task",
+                 "classes")
 """The keys of ``DIR/metrics.json`` written by :func:`evaluate_external`, in order."""
 
 PREDICTIONS_FILE = "predictions.csv"
@@ -116,6 +117,7 @@ def evaluate_external(run_or_model: str | Path, data_manifest_or_config: str | P
     flat["roc_auc_ci"] = [roc_ci.get("low"), roc_ci.get("high")]
     flat["n"] = int(len(used))
     flat["n_patients"] = int(pd.Series(groups).nunique())
+    flat["task"], flat["classes"] = pred.task, list(pred.classes)
     result = {k: flat.get(k) for k in EXTERNAL_KEYS}
     write_json(out / "metrics.json", result)
     return jsonable(result)
@@ -194,10 +196,19 @@ def format_external(metrics: dict[str, Any], title: str = "External test") -> st
             return ", ".join(f(x, d) for x in v)
         return f"{v:.{d}f}" if isinstance(v, float) else str(v)
 
+    from medtl.evaluate.cv import format_thresholds
+
     ci = metrics.get("roc_auc_ci") or [None, None]
-    lines = [f"{title}: {metrics['n']} images, {metrics['n_patients']} patients; threshold "
-             f"{f(metrics['threshold'], 4) if metrics['threshold'] is not None else 'arg-max'} (saved with the model)",
-             f"{'roc_auc':<18} {f(metrics['roc_auc'])} [95% CI {f(ci[0])}, {f(ci[1])}] (BCa bootstrap over patients)"]
+    task = metrics.get("task", "binary")
+    thr = metrics["threshold"]
+    decision = "decision arg-max" if thr is None else (
+        f"threshold {format_thresholds(thr, metrics.get('classes'))} (saved with the model)")
+    lines = [f"{title}: {metrics['n']} images, {metrics['n_patients']} patients; {decision}"]
+    if task != "binary":
+        lines.append(f"macro averages over the {len(metrics.get('classes') or [])} "
+                     f"{'labels' if task == 'multilabel' else 'classes'}; per class in per_class.json")
+    lines.append(f"{'roc_auc':<18} {f(metrics['roc_auc'])} [95% CI {f(ci[0])}, {f(ci[1])}] "
+                 "(BCa bootstrap over patients)")
     for k in ("pr_auc", "accuracy", "balanced_accuracy", "sensitivity", "specificity", "ppv", "npv", "f1",
               "brier", "ece"):
         lines.append(f"{k:<18} {f(metrics.get(k))}")

@@ -141,6 +141,24 @@ def test_external_multiclass_writes_macro_and_per_class(tmp_path, monkeypatch):
     per = read_json(tmp_path / "ext" / "per_class.json")
     assert m["roc_auc"] == pytest.approx(per["metrics"]["macro"]["roc_auc"])
     assert set(per["metrics"]["per_class"]) == {"a", "b", "c"}
+    assert m["task"] == "multiclass" and m["classes"] == ["a", "b", "c"]
+    text = format_external(m)
+    assert "decision arg-max" in text and "macro averages over the 3 classes" in text
+
+
+def test_external_multilabel_names_thresholds_and_bounds_the_macro_auc(tmp_path, monkeypatch):
+    data = make_png_set(tmp_path / "ds", task="multilabel")
+    cfg = make_cfg(data, tmp_path / "w", task="multilabel")
+    run = _cv_run(cfg, monkeypatch, tmp_path / "run")
+    _fake_score(monkeypatch)
+    m = evaluate_external(run, data, tmp_path / "ext", progress=False)
+    per = read_json(tmp_path / "ext" / "per_class.json")
+    assert m["roc_auc"] == pytest.approx(per["metrics"]["macro"]["roc_auc"])
+    low, high = m["roc_auc_ci"]
+    assert low <= m["roc_auc"] <= high
+    assert per["intervals"]["macro_roc_auc"]["low"] == pytest.approx(low)
+    t = m["threshold"]
+    assert f"threshold a {t[0]:.4f}, b {t[1]:.4f}" in format_external(m)
 
 
 # --------------------------------------------------------------------------------------------
