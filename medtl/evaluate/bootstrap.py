@@ -16,6 +16,10 @@ leave-one-patient-out jackknife (patients in at most 500 blocks). With few patie
 plain percentile interval under-covers, worst for a high AUC (95% nominal, 400 simulated data
 sets each, 20-50 patients a class, AUC 0.76-0.92: percentile 0.92-0.96, BCa 0.94-0.97; at
 AUC 0.92 with 30 a class 0.92 against 0.96); ``method="percentile"`` gives it.
+
+Below about 8 patients in a class no bootstrap interval keeps its promise (simulated, AUC 0.85,
+300 data sets each: BCa 0.82 at 5 a class, 0.95 at 8, 10 and 20); :func:`few_patients_warning`
+says so where a table is built.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from medtl.evaluate.metrics import BINARY_METRICS, as_binary_labels, as_scores, 
 _MAX_CELLS = 1_000_000  # replicate-by-image cells per chunk (8 MB per float64 temporary)
 _MAX_JACKKNIFE_BLOCKS = 500  # the acceleration needs the skewness, not every patient left out alone
 METHODS = ("bca", "percentile")
+MIN_PATIENTS = 8  # per class: below this the intervals under-cover (see the module docstring)
 
 
 @dataclass(frozen=True)
@@ -338,3 +343,36 @@ def bootstrap_paired_difference(
 
     jack = diffs(jackknife_weights(y.size, groups, seed)) if method == "bca" else None
     return _interval(point, diffs(resample_weights(y.size, groups, n_boot, seed)), n_boot, alpha, jack)
+
+
+def few_patients_warning(y_true: Any, groups: Any, names: Sequence[str] = ("negative", "positive"),
+                         minimum: int = MIN_PATIENTS) -> str | None:
+    """A one-line warning when a class has fewer than ``minimum`` patients, else None.
+
+    Args:
+        y_true: 0/1 labels (N,) or (N, K) for several labels (each judged on its own).
+        groups: patient id per image, or None (each image its own patient).
+        names: (negative, positive) names for one label, or one name per label for (N, K).
+        minimum: patients a class needs for the 95% intervals to be trusted.
+
+    Example:
+        >>> few_patients_warning([0, 1, 1], ["a", "b", "b"], ["normal", "lesion"])[:45]
+        'only 1 normal patient(s) and 1 lesion patient'
+    """
+    y = np.asarray(y_true)
+    cols = y.reshape(len(y), -1)
+    g = np.arange(len(y)) if groups is None else _group_codes(groups, len(y))
+    short = []
+    for j in range(cols.shape[1]):
+        pos = cols[:, j] == 1
+        n_pos, n_neg = len(np.unique(g[pos])), len(np.unique(g[~pos]))
+        if cols.shape[1] == 1:
+            phrases = (f"{n_neg} {names[0]} patient(s)", f"{n_pos} {names[-1]} patient(s)")
+        else:
+            phrases = (f"{n_neg} patient(s) without {names[j]}", f"{n_pos} patient(s) with {names[j]}")
+        short += [text for n, text in zip((n_neg, n_pos), phrases) if n < minimum]
+    if not short:
+        return None
+    return (f"only {' and '.join(short)}: with fewer than {minimum} patients in a class the 95% intervals "
+            "are less reliable than they look (simulated coverage 0.82, not 0.95, at 5 a class)")
+

@@ -62,8 +62,8 @@ from medtl.evaluate.postprocess import POSTPROCESS_FILE, PostProcess
 from medtl.evaluate.runs import (
     CV_FILE, ENSEMBLE_FILE, FINAL_DIR, FINAL_DONE, FOLD_DONE, FOLDS_FILE, METRICS_FILE, OOF_FILE, SPLIT_FILE,
     TEST_PREDICTIONS, create_once, decision_suffix, ensemble_thresholds, final_dir, finished_folds, fold_dir,
-    is_cv_run, label_columns, read_json, save_postprocess, score_columns, scores_from_frame, table_metrics,
-    targets_from_frame, threshold_columns, write_csv, write_json,
+    interval_warning, is_cv_run, label_columns, read_json, save_postprocess, score_columns, scores_from_frame,
+    table_metrics, targets_from_frame, threshold_columns, write_csv, write_json,
 )
 
 try:  # fcntl locks are released by the OS when a process dies, so a killed job leaves none
@@ -295,6 +295,10 @@ def merge_cv(run_dir: str | Path) -> dict[str, Any]:
         metrics["final"] = _final_summary(run, metrics["retrain_epochs_per_stage"], len(assign), first.calibration,
                                           *_final_thresholds(list(pps.values())))
     notes = [f"fold {f}: {w}" for f in done for w in pps[f].extra.get("warnings", [])]
+    few = interval_warning(task, classes, targets_from_frame(oof, task, classes, where=str(run / OOF_FILE)),
+                           oof["patient"].to_numpy(dtype=object))
+    if few:
+        notes.append(f"pooled: {few}")
     if notes:
         metrics["warnings"] = notes
     if suffix:

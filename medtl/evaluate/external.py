@@ -27,15 +27,15 @@ from medtl.config import Config, ConfigError, config_from_dict, load_config, loa
 from medtl.evaluate.bootstrap import bootstrap_paired_difference
 from medtl.evaluate.compare import delong_test
 from medtl.evaluate.runs import (
-    FOLD_DONE, OOF_FILE, RunPredictor, decision_suffix, fold_dir, is_cv_run, jsonable, label_columns,
-    read_json, score_columns, table_metrics, write_csv, write_json,
+    FOLD_DONE, OOF_FILE, RunPredictor, decision_suffix, fold_dir, interval_warning, is_cv_run, jsonable,
+    label_columns, read_json, score_columns, table_metrics, write_csv, write_json,
 )
 
 __all__ = ["evaluate_external", "format_external", "compare_runs", "format_compare", "EXTERNAL_KEYS"]
 
 EXTERNAL_KEYS = ("roc_auc", "roc_auc_ci", "pr_auc", "accuracy", "balanced_accuracy", "sensitivity",
                  "specificity", "ppv", "npv", "f1", "brier", "ece", "threshold", "n", "n_patients", "task",
-                 "classes")
+                 "classes", "warnings")
 """The keys of ``DIR/metrics.json`` written by :func:`evaluate_external`, in order."""
 
 PREDICTIONS_FILE = "predictions.csv"
@@ -118,6 +118,8 @@ def evaluate_external(run_or_model: str | Path, data_manifest_or_config: str | P
     flat["n"] = int(len(used))
     flat["n_patients"] = int(pd.Series(groups).nunique())
     flat["task"], flat["classes"] = pred.task, list(pred.classes)
+    few = interval_warning(pred.task, pred.classes, y, groups)
+    flat["warnings"] = [few] if few else []
     result = {k: flat.get(k) for k in EXTERNAL_KEYS}
     write_json(out / "metrics.json", result)
     return jsonable(result)
@@ -207,6 +209,7 @@ def format_external(metrics: dict[str, Any], title: str = "External test") -> st
     if task != "binary":
         lines.append(f"macro averages over the {len(metrics.get('classes') or [])} "
                      f"{'labels' if task == 'multilabel' else 'classes'}; per class in per_class.json")
+    lines += [f"WARNING {w}" for w in metrics.get("warnings") or []]
     lines.append(f"{'roc_auc':<18} {f(metrics['roc_auc'])} [95% CI {f(ci[0])}, {f(ci[1])}] "
                  "(BCa bootstrap over patients)")
     for k in ("pr_auc", "accuracy", "balanced_accuracy", "sensitivity", "specificity", "ppv", "npv", "f1",

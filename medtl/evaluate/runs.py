@@ -43,7 +43,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from medtl.evaluate.bootstrap import bootstrap_ci, bootstrap_metrics
+from medtl.evaluate.bootstrap import bootstrap_ci, bootstrap_metrics, few_patients_warning
 from medtl.evaluate.metrics import binary_metrics, multiclass_metrics, roc_auc
 from medtl.evaluate.postprocess import POSTPROCESS_FILE, PostProcess
 
@@ -344,6 +344,15 @@ def table_metrics(task: str, classes: Sequence[str], y: np.ndarray, s: np.ndarra
         ci = {k: bootstrap_ci(yi, s, f, groups, n_boot=n_boot, alpha=alpha, seed=seed).to_dict()
               for k, f in fns.items()}
     return m, ci
+
+
+def interval_warning(task: str, classes: Sequence[str], y: np.ndarray, groups: Any) -> str | None:
+    """:func:`~medtl.evaluate.bootstrap.few_patients_warning` for a prediction table's targets
+    (``y`` as from :func:`targets_from_frame`)."""
+    if task == "binary":
+        names = list(classes) if len(classes) == 2 else ["negative", "positive"]
+        return few_patients_warning(y[:, 0], groups, names)
+    return few_patients_warning(y, groups, list(classes))
 
 
 # --------------------------------------------------------------------------------------------

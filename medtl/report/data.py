@@ -203,6 +203,7 @@ def _cv_source(run: Path, cfg: Any) -> _Source:
                      f"{', '.join(map(str, m['missing_folds']))}); pooled figures cover the finished folds.")
     if m.get("skipped"):
         notes.append(f"{len(m['skipped'])} test image(s) could not be read and are left out of the metrics.")
+    notes += [f"Warning, {w}." for w in m.get("warnings", [])]
     fold_rows = []
     for f, g in zip(done, groups):
         info = (m.get("fold_info") or {}).get(str(f), {})
@@ -268,6 +269,9 @@ def _train_source(run: Path, cfg: Any) -> _Source:
                              n_boot=int(cfg.evaluate.bootstrap), seed=cfg.seed)
     notes.append("A single training run: the figures describe its validation split, which also chose the "
                  "checkpoint; run medtl cv for an unbiased estimate.")
+    few = runs.interval_warning(task, classes, y, preds["patient"].to_numpy(dtype=object))
+    if few:
+        notes.append(f"Warning, validation split: {few}.")
     hist = {"training": pd.read_csv(run / "history.csv")} if (run / "history.csv").is_file() else {}
     tm = json.loads((run / "metrics.json").read_text()) if (run / "metrics.json").is_file() else {}
     label_names = ([classes[int(i)] for i in preds["label"]] if "label" in preds and classes

@@ -588,3 +588,15 @@ def test_retrain_final_model_after_all_folds_only(data, tmp_path, monkeypatch, c
     np.testing.assert_allclose(got["score"], own, atol=1e-6)
     assert got["prediction"].tolist() == [m_all.classes[int(v >= t)] for v in own]
     assert "score_fold0" not in got.columns
+
+
+def test_cv_with_few_patients_in_a_class_warns_about_its_intervals(tmp_path, monkeypatch):
+    cfg = make_cfg(make_png_set(tmp_path / "ds", n_patients=15), tmp_path / "w")  # 5 positive patients
+    install_fakes(monkeypatch)
+    m = read_json(run_cv(cfg, progress=False) / "metrics.json")
+    few = [w for w in m["warnings"] if w.startswith("pooled: only")]
+    assert len(few) == 1 and "5 " in few[0] and "fewer than 8 patients" in few[0]
+    assert f"WARNING {few[0]}" in format_cv(m)
+    big = make_cfg(make_png_set(tmp_path / "ds2", n_patients=24), tmp_path / "w2")  # 8 and 16
+    m = read_json(run_cv(big, progress=False) / "metrics.json")
+    assert not any(w.startswith("pooled: only") for w in m.get("warnings", []))
