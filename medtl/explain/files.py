@@ -4,8 +4,8 @@ A training run (or a ``.keras`` file) explains with its one model; a cross-valid
 explains with every fold model and averages their maps, the same ensemble that scores the
 file in ``medtl predict``. Every member maps the same class for a file, chosen once from the
 ensemble's scores (fold models can disagree on the top class, and an average of maps of
-different classes would explain neither). Maps are returned at the film's own resolution (letterbox padding
-and resize undone) and drawn over the windowed original film.
+different classes would explain neither). Maps are returned at the film's own resolution
+(letterbox padding and resize undone) and drawn over the windowed original film.
 
 Example:
     >>> df = explain_paths("runs/demo/cv-1a2b3c", ["a.dcm", "b.dcm"], "cams/")
