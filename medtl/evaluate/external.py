@@ -24,11 +24,13 @@ import numpy as np
 import pandas as pd
 
 from medtl.config import Config, ConfigError, config_from_dict, load_config, load_resolved
-from medtl.evaluate.bootstrap import bootstrap_paired_difference
+from medtl.evaluate.bootstrap import bootstrap_ci, bootstrap_paired_difference
 from medtl.evaluate.compare import delong_test
+from medtl.evaluate.metrics import roc_auc
 from medtl.evaluate.runs import (
     FOLD_DONE, OOF_FILE, RunPredictor, decision_suffix, fold_dir, interval_warning, is_cv_run, jsonable,
-    label_columns, read_json, score_columns, table_metrics, write_csv, write_json,
+    label_columns, read_json, score_columns, scores_from_frame, table_metrics, targets_from_frame, write_csv,
+    write_json,
 )
 
 __all__ = ["evaluate_external", "format_external", "compare_runs", "format_compare", "EXTERNAL_KEYS"]
@@ -222,8 +224,9 @@ def format_external(metrics: dict[str, Any], title: str = "External test") -> st
 # Comparing two runs
 
 
-def _scores_of(run: str | Path) -> tuple[pd.DataFrame, str, int, int]:
-    """(table with file, patient, label, score; score column used; n_boot; seed) of a run."""
+def _scores_of(run: str | Path) -> tuple[pd.DataFrame, str, list[str], str, int, int]:
+    """(table with file, patient, label column(s), score column(s) under their plain names;
+    task; classes; score columns used; n_boot; seed) of a run."""
     p = Path(run)
     if is_cv_run(p):
         from medtl.evaluate.cv import merge_cv
@@ -235,24 +238,42 @@ def _scores_of(run: str | Path) -> tuple[pd.DataFrame, str, int, int]:
         if not oof.exists() or oof.stat().st_mtime < newest:
             merge_cv(p)  # pool the folds finished since the last merge
         df = pd.read_csv(oof, dtype={"file": str, "patient": str})
-        task, classes = cv["task"], cv["classes"]
+        task, classes = cv["task"], list(cv["classes"])
         cfg = load_resolved(p / "config.yaml")
         n_boot, seed = cfg.evaluate.bootstrap, cfg.seed
     elif (p / "metrics.json").is_file() and (p / "predictions.csv").is_file():
         df = pd.read_csv(p / "predictions.csv", dtype={"file": str, "patient": str})
-        task = "binary" if "score" in df.columns else "other"
-        classes, n_boot, seed = ["negative", "positive"], 1000, 0
+        m = read_json(p / "metrics.json")
+        task = m.get("task") or ("binary" if "score" in df.columns else "unknown")
+        classes = list(m.get("classes") or ["negative", "positive"])
+        n_boot, seed = 1000, 0
+        if task == "unknown":
+            raise ValueError(f"{p}: metrics.json names no task (written by an older medtl); run medtl evaluate "
+                             "again to compare it")
     else:
         raise FileNotFoundError(f"{p}: neither a cross-validation run folder (cv.json) nor a medtl evaluate "
                                 "output folder (metrics.json + predictions.csv)")
-    if task != "binary":
-        raise ValueError(f"{p}: compare supports binary runs only (this one is {task}); compare per class by hand")
-    col = "score" + decision_suffix(df, task, classes)
-    need = ["file", "patient", *label_columns(task, classes), col]
+    suffix = decision_suffix(df, task, classes)
+    plain, used = score_columns(task, classes), score_columns(task, classes, suffix)
+    need = ["file", "patient", *label_columns(task, classes), *used]
     missing = [c for c in need if c not in df.columns]
     if missing:
         raise ValueError(f"{p}: prediction table lacks column(s) {', '.join(missing)}")
-    return df[need].rename(columns={col: "score"}), col, n_boot, seed
+    table = df[need].rename(columns=dict(zip(used, plain)))
+    return table, task, classes, ", ".join(used), n_boot, seed
+
+
+def _paired_auc(y: np.ndarray, sa: np.ndarray, sb: np.ndarray, groups: np.ndarray, n_boot: int,
+                seed: int) -> dict[str, Any]:
+    """DeLong and patient-bootstrap comparison of two score columns on 0/1 labels."""
+    d = delong_test(y, sa, sb)
+    boot = bootstrap_paired_difference(y, sa, sb, "roc_auc", groups, n_boot=n_boot, seed=seed)
+    return {
+        "auc_a": d["auc_a"], "auc_b": d["auc_b"], "diff": d["diff"], "n_pos": int(y.sum()),
+        "delong": {k: d[k] for k in ("se", "ci_low", "ci_high", "z", "p_value")},
+        "bootstrap": {"low": boot.low, "high": boot.high, "n_boot": boot.n_boot, "n_skipped": boot.n_skipped,
+                      "unit": "patient", "seed": seed},
+    }
 
 
 def compare_runs(run_a: str | Path, run_b: str | Path, n_boot: int | None = None,
@@ -270,50 +291,60 @@ def compare_runs(run_a: str | Path, run_b: str | Path, n_boot: int | None = None
         DeLong's paired test, which treats images as independent), ``bootstrap`` (the paired
         difference's 95% interval from resampling patients, both runs on the same replicates;
         the one to trust when patients have several films), and the counts ``n_common``,
-        ``n_only_a``, ``n_only_b``, ``n_pos``, ``n_patients``.
+        ``n_only_a``, ``n_only_b``, ``n_pos``, ``n_patients``. Multilabel and multiclass
+        runs: the top-level figures are for the macro ROC AUC (one class against the rest,
+        averaged; ``delong`` is None, as DeLong has no macro form) and ``per_class`` holds
+        the binary comparison of each class.
 
     Raises:
-        ValueError: no common files, a label that differs between the runs, or a non-binary run.
+        ValueError: no common files, a label that differs between the runs, or runs of
+            different tasks or classes.
 
     Example:
         >>> r = compare_runs("runs/a/cv-1", "runs/b/cv-2")
         >>> r["diff"], r["bootstrap"]["low"], r["delong"]["p_value"]
     """
-    a, col_a, nb_a, seed_a = _scores_of(run_a)
-    b, col_b, _, _ = _scores_of(run_b)
+    a, task, classes, col_a, nb_a, seed_a = _scores_of(run_a)
+    b, task_b, classes_b, col_b, _, _ = _scores_of(run_b)
+    if (task, classes) != (task_b, classes_b):
+        raise ValueError(f"{run_a} is {task} {classes} but {run_b} is {task_b} {classes_b}; "
+                         "compare runs of the same task and classes")
     both = a.merge(b, on="file", suffixes=("_a", "_b"))
     if both.empty:
         raise ValueError(f"{run_a} and {run_b}: no file in common; compare runs on the same images")
-    clash = both[both["label_a"] != both["label_b"]]
-    if len(clash):
-        raise ValueError(f"{clash['file'].iloc[0]}: label {clash['label_a'].iloc[0]} in {run_a} but "
-                         f"{clash['label_b'].iloc[0]} in {run_b} ({len(clash)} such files); "
-                         "the runs used different labels")
-    y = both["label_a"].to_numpy(dtype=np.int64)
-    sa, sb = both["score_a"].to_numpy(dtype=np.float64), both["score_b"].to_numpy(dtype=np.float64)
+    for col in label_columns(task, classes):
+        clash = both[both[f"{col}_a"] != both[f"{col}_b"]]
+        if len(clash):
+            raise ValueError(f"{clash['file'].iloc[0]}: {col} {clash[f'{col}_a'].iloc[0]} in {run_a} but "
+                             f"{clash[f'{col}_b'].iloc[0]} in {run_b} ({len(clash)} such files); "
+                             "the runs used different labels")
+    side = {s: both.rename(columns=lambda c, s=s: c[:-2] if c.endswith(s) else c) for s in ("_a", "_b")}
+    y = targets_from_frame(side["_a"], task, classes)
+    sa, sb = (scores_from_frame(side[s], task, classes) for s in ("_a", "_b"))
     groups = both["patient_a"].to_numpy(dtype=object)
     n_boot = nb_a if n_boot is None else int(n_boot)
     seed = seed_a if seed is None else int(seed)
-    d = delong_test(y, sa, sb)
-    boot = bootstrap_paired_difference(y, sa, sb, "roc_auc", groups, n_boot=n_boot, seed=seed)
-    result = {
-        "run_a": str(run_a),
-        "run_b": str(run_b),
-        "score_a": col_a,
-        "score_b": col_b,
-        "n_common": int(len(both)),
-        "n_only_a": int(len(a) - len(both)),
-        "n_only_b": int(len(b) - len(both)),
-        "n_pos": int(y.sum()),
-        "n_patients": int(pd.Series(groups).nunique()),
-        "auc_a": d["auc_a"],
-        "auc_b": d["auc_b"],
-        "diff": d["diff"],
-        "delong": {k: d[k] for k in ("se", "ci_low", "ci_high", "z", "p_value")},
-        "bootstrap": {"low": boot.low, "high": boot.high, "n_boot": boot.n_boot, "n_skipped": boot.n_skipped,
-                      "unit": "patient", "seed": seed},
-    }
-    return jsonable(result)
+    counts = {"run_a": str(run_a), "run_b": str(run_b), "score_a": col_a, "score_b": col_b, "task": task,
+              "classes": classes, "n_common": int(len(both)), "n_only_a": int(len(a) - len(both)),
+              "n_only_b": int(len(b) - len(both)), "n_patients": int(pd.Series(groups).nunique())}
+    if task == "binary":
+        return jsonable({**counts, **_paired_auc(y[:, 0].astype(np.int64), sa[:, 0], sb[:, 0], groups, n_boot,
+                                                  seed)})
+    per = {c: _paired_auc(y[:, k].astype(np.int64), sa[:, k], sb[:, k], groups, n_boot, seed)
+           for k, c in enumerate(classes)}
+    k = len(classes)
+
+    def macro_diff(yy: np.ndarray, ss: np.ndarray) -> float:
+        return float(np.mean([roc_auc(yy[:, j], ss[:, j]) - roc_auc(yy[:, j], ss[:, k + j]) for j in range(k)]))
+
+    boot = bootstrap_ci(y, np.hstack([sa, sb]), macro_diff, groups, n_boot=n_boot, seed=seed)
+    auc_a = float(np.mean([per[c]["auc_a"] for c in classes]))
+    auc_b = float(np.mean([per[c]["auc_b"] for c in classes]))
+    return jsonable({**counts, "auc_a": auc_a, "auc_b": auc_b, "diff": auc_a - auc_b,
+                     "n_pos": None, "delong": None,
+                     "bootstrap": {"low": boot.low, "high": boot.high, "n_boot": boot.n_boot,
+                                   "n_skipped": boot.n_skipped, "unit": "patient", "seed": seed},
+                     "per_class": per})
 
 
 def format_compare(result: dict[str, Any]) -> str:
@@ -326,16 +357,28 @@ def format_compare(result: dict[str, Any]) -> str:
         return "-" if v is None else (f"{v:.{d}f}" if isinstance(v, float) else str(v))
 
     dl, bs = result["delong"], result["bootstrap"]
+    per = result.get("per_class")
+    pos = f"{result['n_pos']} positive, " if result.get("n_pos") is not None else ""
     lines = [
         f"A: {result['run_a']} ({result['score_a']})",
         f"B: {result['run_b']} ({result['score_b']})",
-        f"{result['n_common']} common images ({result['n_pos']} positive, {result['n_patients']} patients)"
+        f"{result['n_common']} common images ({pos}{result['n_patients']} patients)"
         + (f"; {result['n_only_a']} only in A, {result['n_only_b']} only in B (left out)"
            if result["n_only_a"] or result["n_only_b"] else ""),
-        f"ROC AUC  A {f(result['auc_a'])}   B {f(result['auc_b'])}   A - B {f(result['diff'])}",
-        f"DeLong:               95% CI [{f(dl['ci_low'])}, {f(dl['ci_high'])}], z {f(dl['z'], 2)}, "
-        f"p = {f(dl['p_value'])} (images treated as independent)",
-        f"patient bootstrap:    95% CI [{f(bs['low'])}, {f(bs['high'])}] ({bs['n_boot']} replicates; "
-        "trust this one when patients have several films)",
+        f"{'macro ROC AUC' if per else 'ROC AUC'}  A {f(result['auc_a'])}   B {f(result['auc_b'])}   "
+        f"A - B {f(result['diff'])}",
     ]
+    if dl is not None:
+        lines.append(f"DeLong:               95% CI [{f(dl['ci_low'])}, {f(dl['ci_high'])}], z {f(dl['z'], 2)}, "
+                     f"p = {f(dl['p_value'])} (images treated as independent)")
+    lines.append(f"patient bootstrap:    95% CI [{f(bs['low'])}, {f(bs['high'])}] ({bs['n_boot']} replicates; "
+                 "trust this one when patients have several films)")
+    if per:
+        width = max(len(c) for c in per)
+        lines.append(f"per class (one against the rest):\n  {'class':<{width}}  AUC A   AUC B   A - B    "
+                     "DeLong p  patient bootstrap 95% CI")
+        for c, r in per.items():
+            lines.append(f"  {c:<{width}}  {f(r['auc_a'], 3)}   {f(r['auc_b'], 3)}   {r['diff']:+.3f}   "
+                         f"{f(r['delong']['p_value'])}    [{f(r['bootstrap']['low'], 3)}, "
+                         f"{f(r['bootstrap']['high'], 3)}]")
     return "\n".join(lines)

@@ -184,6 +184,36 @@ def test_compare_two_cv_runs(data, tmp_path, monkeypatch):
     assert "DeLong" in text and "patient bootstrap" in text
 
 
+@pytest.mark.parametrize("task", ["multilabel", "multiclass"])
+def test_compare_non_binary_runs_per_class_and_macro(task, tmp_path, monkeypatch):
+    data = make_png_set(tmp_path / "ds", n_patients=30, task=task)
+    cfg = make_cfg(data, tmp_path / "w", task=task)
+    a = _cv_run(cfg, monkeypatch, tmp_path / "a", quality=1.0, salt="a")
+    b = _cv_run(cfg, monkeypatch, tmp_path / "b", quality=0.2, salt="b")
+    r = compare_runs(a, b, n_boot=200)
+    classes = read_json(a / "cv.json")["classes"]
+    assert r["task"] == task and list(r["per_class"]) == classes and r["delong"] is None
+    oa = pd.read_csv(a / "oof_predictions.csv")
+    ob = pd.read_csv(b / "oof_predictions.csv").set_index("file").loc[oa["file"]]
+    suffix = "_calibrated" if f"score_calibrated_{classes[0]}" in oa.columns else ""
+    for k, c in enumerate(classes):
+        y = oa[f"label_{c}"].to_numpy() if task == "multilabel" else (oa["label"].to_numpy() == k).astype(int)
+        d = delong_test(y, oa[f"score{suffix}_{c}"].to_numpy(), ob[f"score{suffix}_{c}"].to_numpy())
+        got = r["per_class"][c]
+        assert got["auc_a"] == pytest.approx(d["auc_a"]) and got["diff"] == pytest.approx(d["diff"])
+        assert got["delong"]["p_value"] == pytest.approx(d["p_value"])
+        assert got["bootstrap"]["low"] <= got["diff"] <= got["bootstrap"]["high"]
+    assert r["diff"] == pytest.approx(np.mean([r["per_class"][c]["diff"] for c in classes]))
+    assert r["bootstrap"]["low"] <= r["diff"] <= r["bootstrap"]["high"]
+    assert r["diff"] > 0  # the better fake model wins on the macro AUC
+    text = format_compare(r)
+    assert "macro ROC AUC" in text and "DeLong:" not in text
+    assert all(f"  {c} " in text for c in classes)
+    with pytest.raises(ValueError, match="same task and classes"):
+        bin_cfg = make_cfg(make_png_set(tmp_path / "ds2", n_patients=30), tmp_path / "w2")
+        compare_runs(a, _cv_run(bin_cfg, monkeypatch, tmp_path / "c"))
+
+
 def test_compare_run_with_itself_and_stale_merge(data, tmp_path, monkeypatch):
     cfg = make_cfg(data, tmp_path / "w")
     a = _cv_run(cfg, monkeypatch, tmp_path / "a")
