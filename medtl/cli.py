@@ -55,7 +55,10 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 def cmd_init(args: argparse.Namespace) -> int:
     from medtl.init import write_starter_config
 
-    path = write_starter_config(args.data, args.out, force=args.force)
+    labels = [c.strip() for c in args.label_column.split(",")] if args.label_column else None
+    columns = {"path_column": args.path_column, "patient_column": args.patient_column,
+               "label_column": labels if labels and len(labels) > 1 else (labels or [None])[0]}
+    path = write_starter_config(args.data, args.out, force=args.force, columns=columns)
     header = []
     for line in path.read_text().splitlines():
         if not line.startswith("#"):
@@ -235,6 +238,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("data", help="labels CSV, folder with labels.csv, or folder with one sub-folder per class")
     p.add_argument("--out", default="config.yaml", help="config file to write (default: config.yaml)")
     p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+    p.add_argument("--path-column", metavar="NAME", help="CSV column with the image paths (default: guessed)")
+    p.add_argument("--label-column", metavar="NAME[,NAME...]",
+                   help="CSV column with the class, or several 0/1 finding columns separated by commas "
+                        "(multilabel; default: guessed)")
+    p.add_argument("--patient-column", metavar="NAME",
+                   help="CSV column with patient ids, or none (default: guessed)")
 
     p = add(
         "train",

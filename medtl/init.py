@@ -88,12 +88,15 @@ class DatasetSurvey:
 # Looking at the data
 
 
-def survey_dataset(data: str | os.PathLike) -> DatasetSurvey:
+def survey_dataset(data: str | os.PathLike, columns: dict[str, Any] | None = None) -> DatasetSurvey:
     """Find the columns, classes, task and patients of a labels CSV or class-folder tree.
 
     Args:
         data: a labels CSV, a folder holding ``labels.csv``, or a folder with one sub-folder
             of images per class.
+        columns: CSV columns to use instead of guessing them: ``path_column``,
+            ``label_column`` (a list: one 0/1 column per finding, multilabel),
+            ``patient_column`` (``none`` for no patient ids).
 
     Returns:
         A :class:`DatasetSurvey`.
@@ -117,13 +120,17 @@ def survey_dataset(data: str | os.PathLike) -> DatasetSurvey:
         raise ValueError(f"{target}: this is already a config; give the labels CSV or image folder it is for")
     csv = target / "labels.csv" if target.is_dir() and (target / "labels.csv").is_file() else target
     guessed = None
+    named = {k: v for k, v in (columns or {}).items() if v}
     if csv.is_file():
-        guessed, _ = insp._guess_config(csv)
+        guessed, _ = insp._guess_config(csv, named)
         if not guessed.data.label_column:
             listing = _multilabel_listing(csv, guessed)
         else:
-            listing = insp._listing_for(csv, None)
+            listing = insp._listing_for(csv, guessed if named else None)
     else:
+        if named:
+            raise ValueError(f"{target}: column options ({', '.join(named)}) are for a labels CSV; this is a "
+                             "folder with one sub-folder per class")
         listing = insp._listing_for(target, None)
     if listing.classes is None or listing.labels is None:
         why = "; ".join(listing.notes) or "no labels"
@@ -486,7 +493,7 @@ def _patient_key(out: _Lines, s: DatasetSurvey) -> None:
 
 
 def write_starter_config(data: str | os.PathLike, out: str | os.PathLike = "config.yaml",
-                         force: bool = False) -> Path:
+                         force: bool = False, columns: dict[str, Any] | None = None) -> Path:
     """Look at a dataset and write a commented starter config for it.
 
     The text is validated with the config loader and the manifest it names is loaded (without
@@ -496,6 +503,7 @@ def write_starter_config(data: str | os.PathLike, out: str | os.PathLike = "conf
         data: a labels CSV, a folder with ``labels.csv``, or a class-per-folder tree.
         out: the YAML file to write.
         force: overwrite ``out`` if it exists.
+        columns: CSV columns to use instead of guessing them (see :func:`survey_dataset`).
 
     Returns:
         The path written.
@@ -514,7 +522,7 @@ def write_starter_config(data: str | os.PathLike, out: str | os.PathLike = "conf
     path = Path(out)
     if path.exists() and not force:
         raise FileExistsError(f"{path}: already exists; pass --force (force=True) to overwrite it, or choose another --out")
-    text = starter_config(data, path.parent)
+    text = starter_config(data, path.parent, survey_dataset(data, columns))
     cfg = config_from_dict(yaml.safe_load(text), base_dir=path.parent)
     load_manifest(cfg, check_files=False)
     path.parent.mkdir(parents=True, exist_ok=True)

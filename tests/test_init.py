@@ -206,3 +206,45 @@ def test_cli_init_help_has_an_example(capsys):
     assert ex.value.code == 0
     out = capsys.readouterr().out
     assert "example:" in out and "medtl init" in out and "--force" in out
+
+
+def _odd_columns_csv(root: Path) -> Path:
+    """A CSV whose columns medtl cannot guess (NIH-like names)."""
+    rng = np.random.default_rng(2)
+    rows = []
+    for p in range(12):
+        for f in range(2):
+            name = f"img/P{p}_{f}.png"
+            write_png(root / name, rng.random((32, 32)).astype(np.float32))
+            rows.append({"Image Index": name, "Patient ID": f"P{p}", "Finding": ["none", "mass", "nodule"][p % 3],
+                         "Effusion": int(p % 2 == 0), "Mass": int(p % 3 == 1)})
+    pd.DataFrame(rows).to_csv(root / "entries.csv", index=False)
+    return root / "entries.csv"
+
+
+def test_column_options_name_what_cannot_be_guessed(tmp_path):
+    csv_path = _odd_columns_csv(tmp_path)
+    with pytest.raises(ValueError, match="no file column"):
+        survey_dataset(csv_path)
+    cols = {"path_column": "Image Index", "label_column": "Finding", "patient_column": "Patient ID"}
+    cfg = load_config(write_starter_config(csv_path, tmp_path / "mc.yaml", columns=cols))
+    assert cfg.task == "multiclass" and cfg.data.classes == ["mass", "nodule", "none"]
+    assert (cfg.data.path_column, cfg.data.patient_column) == ("Image Index", "Patient ID")
+    assert cfg.train.loss.name == "cce"
+    assert len(load_manifest(cfg).df) == 24
+
+    cols["label_column"] = ["Effusion", "Mass"]
+    cfg = load_config(write_starter_config(csv_path, tmp_path / "ml.yaml", columns=cols))
+    assert cfg.task == "multilabel" and cfg.data.label_column == ["Effusion", "Mass"]
+    with pytest.raises(ValueError, match="no column 'Nodule' for data.label_column; columns: Image Index"):
+        survey_dataset(csv_path, {**cols, "label_column": ["Effusion", "Nodule"]})
+
+
+def test_cli_init_column_options(tmp_path, capsys):
+    csv_path = _odd_columns_csv(tmp_path)
+    out = tmp_path / "c.yaml"
+    assert main(["init", str(csv_path), "--out", str(out), "--path-column", "Image Index",
+                 "--label-column", "Effusion, Mass", "--patient-column", "none"]) == 0
+    cfg = load_config(out)
+    assert cfg.data.label_column == ["Effusion", "Mass"] and cfg.data.patient_column in (None, "none")
+    assert "WARNING: no patient ids found" in out.read_text()

@@ -134,28 +134,40 @@ def _from_manifest(cfg: Any) -> _Listing:
     )
 
 
-def _guess_config(csv_path: Path) -> tuple[Any, list[str]]:
-    """A config for a bare CSV: the usual column names, and the task from the label values."""
+def _guess_config(csv_path: Path, columns: dict[str, Any] | None = None) -> tuple[Any, list[str]]:
+    """A config for a bare CSV: the usual column names, and the task from the label values.
+
+    ``columns`` names columns the caller knows (``path_column``, ``label_column`` (a list for
+    several 0/1 finding columns), ``patient_column``); they replace the guesses.
+    """
     import pandas as pd
 
     from medtl.config import Config
 
     cols = list(pd.read_csv(csv_path, nrows=0).columns)
-    cfg = Config()
+    given = {k: v for k, v in (columns or {}).items() if v}
+    for key, value in given.items():
+        for name in (value if isinstance(value, list) else [value]):
+            if name not in cols and not (key == "patient_column" and name == "none"):
+                raise ValueError(f"{csv_path}: no column {name!r} for data.{key}; columns: {', '.join(map(str, cols))}")
+    if isinstance(given.get("label_column"), list):
+        cfg = Config(task="multilabel")
+    else:
+        cfg = Config()
     cfg.data.manifest = str(csv_path)
     notes = []
-    path_col = next((c for c in _PATH_COLUMNS if c in cols), None)
+    path_col = given.get("path_column") or next((c for c in _PATH_COLUMNS if c in cols), None)
     if path_col is None:
         raise ValueError(
             f"{csv_path}: no file column (looked for {', '.join(_PATH_COLUMNS)}; columns: {', '.join(cols)}); "
             "inspect a YAML config that sets data.path_column instead"
         )
     cfg.data.path_column = path_col
-    label_col = next((c for c in _LABEL_COLUMNS if c in cols), None)
+    label_col = given.get("label_column") or next((c for c in _LABEL_COLUMNS if c in cols), None)
     cfg.data.label_column = label_col or ""
-    pc = next((c for c in _PATIENT_COLUMNS if c in cols), None)
-    cfg.data.patient_column = pc
-    if label_col:
+    pc = given.get("patient_column") or next((c for c in _PATIENT_COLUMNS if c in cols), None)
+    cfg.data.patient_column = None if pc == "none" else pc
+    if label_col and not isinstance(label_col, list):
         values = pd.read_csv(csv_path, usecols=[label_col])[label_col].dropna().unique()
         if len(values) > 2:
             cfg.task = "multiclass"
