@@ -324,8 +324,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", choices=["gradcam", "gradcam++", "occlusion"], help="default: the run's report.cam")
     p.add_argument("--target-layer", help="layer for the gradient methods (default: last feature map)")
     p.add_argument("--class", dest="class_name", metavar="NAME",
-                   help="class to map the evidence for (default: binary, the positive class; multiclass, "
-                        "the predicted class; multilabel, the highest-scoring label)")
+                   help="class to map the evidence for, or 'predicted' (binary: the class decided at the "
+                        "threshold); default: binary, the positive class; multiclass, the predicted class; "
+                        "multilabel, the highest-scoring label")
     return parser
 
 

@@ -40,10 +40,15 @@ class FileMaps:
 
 
 def _map_classes(task: str, classes: Sequence[str], scores: np.ndarray,
-                 class_name: str | None) -> list[int]:
+                 class_name: str | None, predicted: Sequence[str] = ()) -> list[int]:
     """Class index per image for the CAM: the named class, else binary: the positive class;
-    multiclass: the ensemble's predicted class; multilabel: its highest-scoring label."""
+    multiclass: the ensemble's predicted class; multilabel: its highest-scoring label.
+    ``predicted`` (the ensemble's decision per image) serves ``class_name="predicted"``."""
     names = list(classes)
+    if class_name == "predicted" and task == "binary":
+        return [names.index(p) for p in predicted]
+    if class_name == "predicted":
+        class_name = None  # multiclass: the arg-max; multilabel: the top label
     if class_name is not None:
         if class_name not in names:
             raise ValueError(f"class {class_name!r}: not a class of this model; choose one of "
@@ -71,8 +76,9 @@ def maps_for_files(
             feature map (TF Hub) falls back to occlusion, and ``reason`` says so.
         target_layer: layer for the gradient methods (default: the last feature map).
         batch_size: images per CAM batch.
-        class_name: the class whose evidence to map; default binary: the positive class,
-            multiclass: the predicted class, multilabel: the highest-scoring label (each
+        class_name: the class whose evidence to map, or ``"predicted"`` (binary: the class
+            the ensemble decided for each film at its threshold); default binary: the positive
+            class, multiclass: the predicted class, multilabel: the highest-scoring label (each
             decided by the whole ensemble, so all its members map the same class).
 
     Returns:
@@ -102,7 +108,7 @@ def maps_for_files(
         scores = predictor.predict_paths(ok, batch_size=batch_size)
         cols = score_columns(predictor.task, predictor.classes)
         targets = _map_classes(predictor.task, predictor.classes, scores[cols].to_numpy(dtype=np.float64),
-                               class_name)
+                               class_name, scores["prediction"].astype(str).tolist())
     total: np.ndarray | None = None
     choice = None
     for model in predictor.models():

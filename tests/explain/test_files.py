@@ -184,3 +184,23 @@ def test_ensemble_members_map_the_class_the_ensemble_predicts(trained_run, tmp_p
     assert m.shape == fm_b.maps[p].shape and fm_b.maps[p][dark > 0.5].max() < 0.1
     with pytest.raises(ValueError, match="class 'lesion': not a class of this model; choose one of bright, dark"):
         maps_for_files(members[0], [p], class_name="lesion")
+
+
+def test_binary_maps_for_the_predicted_class_on_request(trained_run):
+    from medtl.explain.files import maps_for_files
+
+    run, labels, root = trained_run
+    paths = [str(root / f) for f in labels["file"][:6]]
+    fm = maps_for_files(run, paths, method="gradcam", class_name="predicted")
+    assert [fm.classes[p] for p in paths] == fm.scores["prediction"].tolist()
+    assert len(set(fm.classes.values())) == 2, fm.scores  # both kinds of decision are covered
+    default = maps_for_files(run, paths, method="gradcam")
+    from medtl.evaluate.runs import RunPredictor
+
+    positive = RunPredictor(run).classes[1]
+    assert set(default.classes.values()) == {positive}  # binary default: the positive class
+    for name in set(fm.classes.values()):
+        named = maps_for_files(run, paths, method="gradcam", class_name=name)
+        for p in paths:
+            if fm.classes[p] == name:
+                np.testing.assert_allclose(fm.maps[p], named.maps[p], atol=1e-5)
