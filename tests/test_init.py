@@ -119,20 +119,27 @@ def test_dicom_tree_takes_patients_from_the_headers(dicom_csv, tmp_path):
     assert "DICOM VOI LUT" in out.read_text()
 
 
-def test_several_01_columns_make_a_multilabel_config(tmp_path):
-    rng = np.random.default_rng(1)
+def _films_csv(root: Path, name: str, n_patients: int, seed: int, row) -> Path:
+    """Two 32 px PNG films per patient and a CSV of ``row(patient, file)`` dicts."""
+    rng = np.random.default_rng(seed)
     rows = []
-    for p in range(10):
+    for p in range(n_patients):
         for f in range(2):
-            name = f"img/P{p}_{f}.png"
-            write_png(tmp_path / name, rng.random((32, 32)).astype(np.float32))
-            rows.append({"file": name, "patient_id": f"P{p}", "atelectasis": int(p % 2 == 0),
-                         "effusion": int(p % 4 == 0), "site": "A"})
-    with (tmp_path / "findings.csv").open("w", newline="") as fh:
+            file = f"img/P{p}_{f}.png"
+            write_png(root / file, rng.random((32, 32)).astype(np.float32))
+            rows.append(row(p, file))
+    with (root / name).open("w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
-    out = write_starter_config(tmp_path / "findings.csv", tmp_path / "config.yaml")
+    return root / name
+
+
+def test_several_01_columns_make_a_multilabel_config(tmp_path):
+    csv_path = _films_csv(tmp_path, "findings.csv", 10, 1, lambda p, file: {
+        "file": file, "patient_id": f"P{p}", "atelectasis": int(p % 2 == 0), "effusion": int(p % 4 == 0),
+        "site": "A"})
+    out = write_starter_config(csv_path, tmp_path / "config.yaml")
     cfg = load_config(out)
 
     assert cfg.task == "multilabel"
@@ -210,16 +217,9 @@ def test_cli_init_help_has_an_example(capsys):
 
 def _odd_columns_csv(root: Path) -> Path:
     """A CSV whose columns medtl cannot guess (NIH-like names)."""
-    rng = np.random.default_rng(2)
-    rows = []
-    for p in range(12):
-        for f in range(2):
-            name = f"img/P{p}_{f}.png"
-            write_png(root / name, rng.random((32, 32)).astype(np.float32))
-            rows.append({"Image Index": name, "Patient ID": f"P{p}", "Finding": ["none", "mass", "nodule"][p % 3],
-                         "Effusion": int(p % 2 == 0), "Mass": int(p % 3 == 1)})
-    pd.DataFrame(rows).to_csv(root / "entries.csv", index=False)
-    return root / "entries.csv"
+    return _films_csv(root, "entries.csv", 12, 2, lambda p, file: {
+        "Image Index": file, "Patient ID": f"P{p}", "Finding": ["none", "mass", "nodule"][p % 3],
+        "Effusion": int(p % 2 == 0), "Mass": int(p % 3 == 1)})
 
 
 def test_column_options_name_what_cannot_be_guessed(tmp_path):

@@ -131,29 +131,28 @@ def test_external_lists_skipped_files(data, tmp_path, monkeypatch):
     assert pd.read_csv(tmp_path / "ext" / "skipped.csv")["path"].tolist() == [first]
 
 
-def test_external_multiclass_writes_macro_and_per_class(tmp_path, monkeypatch):
-    data = make_png_set(tmp_path / "ds", task="multiclass")
-    cfg = make_cfg(data, tmp_path / "w", task="multiclass")
-    run = _cv_run(cfg, monkeypatch, tmp_path / "run")
+def _external_of(task, tmp_path, monkeypatch):
+    """External evaluation of a fake CV run of ``task``: (metrics, per_class.json)."""
+    data = make_png_set(tmp_path / "ds", task=task)
+    run = _cv_run(make_cfg(data, tmp_path / "w", task=task), monkeypatch, tmp_path / "run")
     _fake_score(monkeypatch)
     m = evaluate_external(run, data, tmp_path / "ext", progress=False)
-    assert list(m) == list(EXTERNAL_KEYS) and m["threshold"] is None
     per = read_json(tmp_path / "ext" / "per_class.json")
+    assert list(m) == list(EXTERNAL_KEYS) and m["task"] == task
     assert m["roc_auc"] == pytest.approx(per["metrics"]["macro"]["roc_auc"])
-    assert set(per["metrics"]["per_class"]) == {"a", "b", "c"}
-    assert m["task"] == "multiclass" and m["classes"] == ["a", "b", "c"]
+    return m, per
+
+
+def test_external_multiclass_writes_macro_and_per_class(tmp_path, monkeypatch):
+    m, per = _external_of("multiclass", tmp_path, monkeypatch)
+    assert m["threshold"] is None
+    assert set(per["metrics"]["per_class"]) == {"a", "b", "c"} and m["classes"] == ["a", "b", "c"]
     text = format_external(m)
     assert "decision arg-max" in text and "macro averages over the 3 classes" in text
 
 
 def test_external_multilabel_names_thresholds_and_bounds_the_macro_auc(tmp_path, monkeypatch):
-    data = make_png_set(tmp_path / "ds", task="multilabel")
-    cfg = make_cfg(data, tmp_path / "w", task="multilabel")
-    run = _cv_run(cfg, monkeypatch, tmp_path / "run")
-    _fake_score(monkeypatch)
-    m = evaluate_external(run, data, tmp_path / "ext", progress=False)
-    per = read_json(tmp_path / "ext" / "per_class.json")
-    assert m["roc_auc"] == pytest.approx(per["metrics"]["macro"]["roc_auc"])
+    m, per = _external_of("multilabel", tmp_path, monkeypatch)
     low, high = m["roc_auc_ci"]
     assert low <= m["roc_auc"] <= high
     assert per["intervals"]["macro_roc_auc"]["low"] == pytest.approx(low)
