@@ -7,6 +7,7 @@ Every subcommand has ``--help`` with an example. Errors print one line and exit 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import shlex
 import sys
@@ -15,6 +16,18 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+class _NoRetracingNotice(logging.Filter):
+    """Drops TensorFlow's "triggered tf.function retracing" notice: CV, the ensemble and the
+    CAMs run several models (each traces its own predict function), which is expected and
+    costs nothing per image, but the notice tells users to restructure their code."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "triggered tf.function retracing" not in record.getMessage()
+
+
+logging.getLogger("tensorflow").addFilter(_NoRetracingNotice())
 
 
 class CommandError(Exception):
@@ -57,7 +70,8 @@ def cmd_init(args: argparse.Namespace) -> int:
 
     labels = [c.strip() for c in args.label_column.split(",")] if args.label_column else None
     columns = {"path_column": args.path_column, "patient_column": args.patient_column,
-               "label_column": labels if labels and len(labels) > 1 else (labels or [None])[0]}
+               "label_column": labels if labels and len(labels) > 1 else (labels or [None])[0],
+               "label_separator": args.label_separator}
     path = write_starter_config(args.data, args.out, force=args.force, columns=columns)
     header = []
     for line in path.read_text().splitlines():
@@ -244,6 +258,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(multilabel; default: guessed)")
     p.add_argument("--patient-column", metavar="NAME",
                    help="CSV column with patient ids, or none (default: guessed)")
+    p.add_argument("--label-separator", metavar="SEP",
+                   help="the label column holds finding names joined by SEP, e.g. '|' (NIH ChestX-ray14): "
+                        "a multilabel config")
 
     p = add(
         "train",

@@ -42,6 +42,8 @@ class DataConfig:
     root: str | None = None
     path_column: str = "file"
     label_column: Union[str, list[str]] = "label"
+    # multilabel from one column of names joined by this (NIH ChestX-ray14: "Effusion|Mass")
+    label_separator: str | None = None
     patient_column: str | None = None
     classes: list[str] | None = None
     image_size: list[int] = field(default_factory=lambda: [224, 224])
@@ -279,10 +281,23 @@ def _validate(cfg: Config) -> None:
         raise ConfigError(f"data.val_fraction: invalid value {d.val_fraction!r}; expected 0 < x < 0.9")
     if d.workers < 0:
         raise ConfigError(f"data.workers: invalid value {d.workers!r}; expected 0 (all cores) or more")
-    if cfg.task == "multilabel" and not isinstance(d.label_column, list):
+    if d.label_separator is not None:
+        if cfg.task != "multilabel":
+            raise ConfigError(f"data.label_separator: only for task multilabel (task is {cfg.task}); remove it")
+        if isinstance(d.label_column, list) or not d.label_separator:
+            raise ConfigError(
+                f"data.label_separator: {d.label_separator!r} needs one data.label_column holding the finding "
+                "names joined by it (e.g. label_column: Finding Labels, label_separator: '|')"
+            )
+        if not d.classes:
+            raise ConfigError(
+                f"data.classes: missing; with data.label_separator list the findings to learn from column "
+                f"{d.label_column!r}, e.g. [Effusion, Mass] (other names in it count as no finding)"
+            )
+    elif cfg.task == "multilabel" and not isinstance(d.label_column, list):
         raise ConfigError(
             f"data.label_column: invalid value {d.label_column!r} for task multilabel; "
-            "expected a list of label columns, one per finding"
+            "expected a list of label columns, one per finding, or one column of names with data.label_separator"
         )
     if cfg.task != "multilabel" and isinstance(d.label_column, list):
         raise ConfigError(

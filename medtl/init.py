@@ -68,6 +68,7 @@ class DatasetSurvey:
     n_patients: int
     path_column: str | None = None
     label_column: str | list[str] | None = None
+    label_separator: str | None = None
     patient_column: str | None = None
     films_per_patient: int = 1
     n_dicom: int = 0
@@ -96,7 +97,8 @@ def survey_dataset(data: str | os.PathLike, columns: dict[str, Any] | None = Non
             of images per class.
         columns: CSV columns to use instead of guessing them: ``path_column``,
             ``label_column`` (a list: one 0/1 column per finding, multilabel),
-            ``patient_column`` (``none`` for no patient ids).
+            ``label_separator`` (multilabel from one column of joined finding names, e.g.
+            ``|``), ``patient_column`` (``none`` for no patient ids).
 
     Returns:
         A :class:`DatasetSurvey`.
@@ -147,6 +149,9 @@ def survey_dataset(data: str | os.PathLike, columns: dict[str, Any] | None = Non
     if guessed is not None:
         survey.path_column = guessed.data.path_column
         survey.label_column = guessed.data.label_column
+        survey.label_separator = guessed.data.label_separator
+        if survey.task == "multiclass":
+            survey.notes += _joined_names_hint(csv, str(survey.label_column))
         if listing.patients is not None and listing.patient_source.startswith("column"):
             survey.patient_column = guessed.data.patient_column
     survey.n_dicom = _count_dicom(listing.paths)
@@ -176,6 +181,16 @@ def _multilabel_listing(csv: Path, cfg: Any):
     cfg.task = "multilabel"
     cfg.data.label_column = binary
     return insp._from_manifest(cfg)
+
+
+def _joined_names_hint(csv: Path, col: str) -> list[str]:
+    """A note when a class column looks like several findings joined (NIH: "Effusion|Mass")."""
+    values = pd.read_csv(csv, usecols=[col])[col].dropna().astype(str)
+    for sep in ("|", ";"):
+        if values.str.contains(sep, regex=False).mean() > 0.05:
+            return [f"values of {col!r} look like findings joined by {sep!r}; for several findings per film "
+                    f"run medtl init again with --label-separator '{sep}' (a multilabel config)"]
+    return []
 
 
 def _is_01(col: pd.Series) -> bool:
@@ -393,7 +408,8 @@ def starter_config(data: str | os.PathLike, config_dir: str | os.PathLike = ".",
     task_why = {
         "binary": "two classes",
         "multiclass": f"{len(s.classes)} classes, one per image (softmax)",
-        "multilabel": f"{len(s.classes)} 0/1 columns: several findings per film (a sigmoid each)",
+        "multilabel": (f"{len(s.classes)} findings" if s.label_separator else f"{len(s.classes)} 0/1 columns")
+        + ": several findings per film (a sigmoid each)",
     }[s.task]
     out.key("task", s.task, task_why)
     out.key("output_dir", "runs", "relative to where medtl is run")
@@ -405,9 +421,15 @@ def starter_config(data: str | os.PathLike, config_dir: str | os.PathLike = ".",
     if s.path_column:
         out.key("path_column", s.path_column, "image paths, relative to the CSV's folder", indent=1)
         label_why = ("one 0/1 column per finding" if s.task == "multilabel" else "class names or indices")
+        if s.label_separator:
+            label_why = "finding names per film, joined"
         out.key("label_column", s.label_column, label_why, indent=1)
+        if s.label_separator:
+            out.key("label_separator", s.label_separator, "names outside classes count as no finding", indent=1)
     _patient_key(out, s)
-    if s.task != "multilabel":
+    if s.label_separator:
+        out.key("classes", s.classes, "the findings to learn; drop any you do not want", indent=1)
+    elif s.task != "multilabel":
         if s.task == "binary":
             classes_why = f"positive class: {s.classes[1]!r} (the second); swap the two to change"
         else:

@@ -248,3 +248,19 @@ def test_cli_init_column_options(tmp_path, capsys):
     cfg = load_config(out)
     assert cfg.data.label_column == ["Effusion", "Mass"] and cfg.data.patient_column in (None, "none")
     assert "WARNING: no patient ids found" in out.read_text()
+
+
+def test_joined_finding_names_make_a_multilabel_config_with_a_separator(tmp_path):
+    findings = ["Effusion|Mass", "No Finding", "Mass", "Effusion", "No Finding", "Effusion|Nodule"]
+    csv_path = _films_csv(tmp_path, "Data_Entry.csv", 12, 3, lambda p, file: {
+        "Image Index": file, "Finding Labels": findings[p % 6], "Patient ID": f"P{p}"})
+    cols = {"path_column": "Image Index", "patient_column": "Patient ID", "label_column": "Finding Labels"}
+    guessed = survey_dataset(csv_path, cols)  # without the separator: a hint, not silence
+    assert guessed.task == "multiclass" and any("--label-separator '|'" in n for n in guessed.notes)
+    out = write_starter_config(csv_path, tmp_path / "nih.yaml", columns={**cols, "label_separator": "|"})
+    cfg = load_config(out)
+    assert cfg.task == "multilabel" and cfg.data.label_separator == "|"
+    assert cfg.data.classes == ["Effusion", "Mass", "Nodule"]  # 'No Finding' is the absence of all
+    m = load_manifest(cfg)
+    assert m.class_counts().tolist() == [12, 8, 4]
+    assert "No Finding 8" in out.read_text()

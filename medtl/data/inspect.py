@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +32,7 @@ _CHEST_MODALITIES = {"CR", "DX"}
 _PATH_COLUMNS = ("file", "path", "filename", "image", "image_path")
 _LABEL_COLUMNS = ("label", "class", "class_name", "target")
 _PATIENT_COLUMNS = ("patient_id", "PatientID", "person_id", "patient", "subject_id")
+_NO_FINDING = re.compile(r"^(no[ _-]?findings?|none|normal|negative)$", re.IGNORECASE)
 
 
 @dataclass
@@ -130,7 +132,7 @@ def _from_manifest(cfg: Any) -> _Listing:
         labels = m.df["label"].astype(int).tolist()
     return _Listing(
         m.source, m.paths, m.df["patient_id"].astype(str).tolist(), labels, m.classes, m.task, psrc,
-        window=cfg.data.window,
+        notes=list(m.notes), window=cfg.data.window,
     )
 
 
@@ -146,11 +148,12 @@ def _guess_config(csv_path: Path, columns: dict[str, Any] | None = None) -> tupl
 
     cols = list(pd.read_csv(csv_path, nrows=0).columns)
     given = {k: v for k, v in (columns or {}).items() if v}
+    sep = given.pop("label_separator", None)
     for key, value in given.items():
         for name in (value if isinstance(value, list) else [value]):
             if name not in cols and not (key == "patient_column" and name == "none"):
                 raise ValueError(f"{csv_path}: no column {name!r} for data.{key}; columns: {', '.join(map(str, cols))}")
-    if isinstance(given.get("label_column"), list):
+    if isinstance(given.get("label_column"), list) or sep:
         cfg = Config(task="multilabel")
     else:
         cfg = Config()
@@ -167,7 +170,14 @@ def _guess_config(csv_path: Path, columns: dict[str, Any] | None = None) -> tupl
     cfg.data.label_column = label_col or ""
     pc = given.get("patient_column") or next((c for c in _PATIENT_COLUMNS if c in cols), None)
     cfg.data.patient_column = None if pc == "none" else pc
-    if label_col and not isinstance(label_col, list):
+    if label_col and sep:
+        if isinstance(label_col, list):
+            raise ValueError("a label separator needs one label column holding the joined finding names")
+        values = pd.read_csv(csv_path, usecols=[label_col])[label_col].dropna().astype(str)
+        names = sorted({t.strip() for v in values for t in v.split(sep) if t.strip()})
+        cfg.data.label_separator = sep
+        cfg.data.classes = [n for n in names if not _NO_FINDING.match(n)]  # the rest: no finding
+    elif label_col and not isinstance(label_col, list):
         values = pd.read_csv(csv_path, usecols=[label_col])[label_col].dropna().unique()
         if len(values) > 2:
             cfg.task = "multiclass"

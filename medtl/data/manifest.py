@@ -52,6 +52,8 @@ class Manifest:
     task: str
     source: str = ""
     label_columns: list[str] = field(default_factory=list)
+    #: What reading the labels decided that a user should hear (e.g. names outside data.classes).
+    notes: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.df)
@@ -97,7 +99,7 @@ class Manifest:
         idx = np.asarray(idx, dtype=np.int64)
         return Manifest(
             self.df.iloc[idx].reset_index(drop=True), list(self.classes), self.task, self.source,
-            list(self.label_columns),
+            list(self.label_columns), list(self.notes),
         )
 
 
@@ -128,6 +130,7 @@ def load_manifest(cfg: Config, check_files: bool = True) -> Manifest:
         label_columns: list[str] = []
     else:
         df, classes, label_columns = _read_csv(src, cfg)
+    notes: list[str] = df.attrs.pop("medtl_notes", [])
     if df.empty:
         raise DataError(f"{src}: the manifest has no images; add rows (or class folders with images)")
     if check_files:
@@ -140,7 +143,7 @@ def load_manifest(cfg: Config, check_files: bool = True) -> Manifest:
         )
     front = ["path", "patient_id"] + (label_columns if cfg.task == "multilabel" else ["label"])
     df = df[front + [c for c in df.columns if c not in front]].reset_index(drop=True)
-    return Manifest(df, classes, cfg.task, str(src), label_columns)
+    return Manifest(df, classes, cfg.task, str(src), label_columns, notes)
 
 
 # --------------------------------------------------------------------------------------------
@@ -176,6 +179,8 @@ def _read_csv(src: Path, cfg: Config) -> tuple[pd.DataFrame, list[str], list[str
     if blank:
         raise DataError(f"{src}: empty {d.path_column!r} on line(s) {_short(blank)}; give a file path in every row")
     df["path"] = [str(_absolute(root, p)) for p in rel]
+    if cfg.task == "multilabel" and d.label_separator:
+        return _separated_labels(df, d.label_column, d.label_separator, list(d.classes or []), src)
     if cfg.task == "multilabel":
         classes = _multilabel(df, label_cols, src, cfg)
         return df, classes, label_cols
@@ -267,6 +272,39 @@ def _multilabel(df: pd.DataFrame, cols: list[str], src: Path, cfg: Config) -> li
             f"data.classes: {classes} must name the {len(cols)} label columns {cols} one to one (or be left out)"
         )
     return classes
+
+
+def _separated_labels(df: pd.DataFrame, col: str, sep: str, classes: list[str], src: Path
+                      ) -> tuple[pd.DataFrame, list[str], list[str]]:
+    """0/1 columns for ``classes`` from one column of names joined by ``sep``.
+
+    Names outside ``classes`` (e.g. "No Finding", or findings left out on purpose) count as no
+    finding; how often each occurred is kept as a note, so a misspelt class shows up there.
+    """
+    values = df[col].tolist()
+    empty = [i + 2 for i, v in enumerate(values) if pd.isna(v) or not str(v).strip()]
+    if empty:
+        raise DataError(f"{src}: empty {col!r} on line(s) {_short(empty)}; give the findings (or a name such "
+                        "as 'No Finding') in every row")
+    tokens = [{t.strip() for t in str(v).split(sep) if t.strip()} for v in values]
+    label_cols = [f"{col}={c}" for c in classes]
+    clash = [c for c in label_cols if c in df.columns]
+    if clash:
+        raise ConfigError(f"{src}: column(s) {', '.join(clash)} already exist; rename them")
+    for c, name in zip(classes, label_cols):
+        df[name] = np.array([c in t for t in tokens], dtype=np.int64)
+    other: dict[str, int] = {}
+    for t in tokens:
+        for name in t - set(classes):
+            other[name] = other.get(name, 0) + 1
+    unused = [c for c, name in zip(classes, label_cols) if not df[name].any()]
+    if unused:
+        raise ConfigError(f"data.classes: no row of {col!r} in {src} names {', '.join(map(repr, unused))}; check "
+                          f"the spelling against the names found: {', '.join(sorted(set().union(*tokens))[:20])}")
+    if other:
+        listed = ", ".join(f"{n} {k}" for n, k in sorted(other.items(), key=lambda kv: (-kv[1], kv[0])))
+        df.attrs["medtl_notes"] = [f"names in {col!r} outside data.classes, read as no finding: {listed}"]
+    return df, classes, label_cols
 
 
 # --------------------------------------------------------------------------------------------

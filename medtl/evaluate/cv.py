@@ -155,6 +155,8 @@ def run_cv(cfg: Config, run_dir: str | Path | None = None, fold: int | None = No
     splits = {f: _fold_split(run, cfg, manifest, assign, f) for f in range(k)}
     _log(progress, f"Cross-validation run {run}: {len(manifest)} images, "
                    f"{manifest.df['patient_id'].nunique()} patients, {k} folds")
+    for note in manifest.notes:  # e.g. label names read as no finding: said even when quiet
+        print(f"Note: {note}", file=sys.stdout if progress else sys.stderr, flush=True)
     todo = range(k) if fold is None else [int(fold)]
     busy = []
     for f in todo:

@@ -269,6 +269,8 @@ class _Run:
         self.pipeline = ImagePipeline(cfg)
         if manifest is None:
             manifest = load_manifest(cfg)
+            for note in manifest.notes:  # e.g. label names read as no finding: said even when quiet
+                print(f"Note: {note}", file=sys.stdout if self.progress else sys.stderr, flush=True)
         if self.fixed is None:
             self._split_data(manifest, train_idx, val_idx)
         else:

@@ -81,6 +81,53 @@ def test_multilabel_bad_value(tmp_path):
         load_manifest(cfg)
 
 
+def _nih_csv(tmp_path: Path, labels: list[str]) -> Path:
+    rows = []
+    for i, lab in enumerate(labels):
+        write_png(tmp_path / f"{i}.png", np.zeros((8, 8)))
+        rows.append({"Image Index": f"{i}.png", "Finding Labels": lab, "patient_id": i})
+    return _csv(tmp_path / "Data_Entry.csv", rows)
+
+
+def _nih_cfg(csv_path: Path, classes=("Effusion", "Mass")):
+    return make_cfg(csv_path, task="multilabel", data={
+        "path_column": "Image Index", "label_column": "Finding Labels", "label_separator": "|",
+        "classes": list(classes)})
+
+
+def test_multilabel_from_one_separated_column(tmp_path):
+    """NIH ChestX-ray14 style: names joined by '|'; names outside data.classes are no finding,
+    and how often each occurred is said, so a misspelt class would show there."""
+    csv_path = _nih_csv(tmp_path, ["Effusion|Mass", "No Finding", "Mass", "Hernia|Effusion", " Effusion "])
+    m = load_manifest(_nih_cfg(csv_path))
+    assert m.task == "multilabel" and m.classes == ["Effusion", "Mass"]
+    assert m.targets().tolist() == [[1, 1], [0, 0], [0, 1], [1, 0], [1, 0]]
+    assert m.class_counts().tolist() == [3, 2]
+    assert m.notes == ["names in 'Finding Labels' outside data.classes, read as no finding: Hernia 1, No Finding 1"]
+    assert m.subset([0, 1]).notes == m.notes
+
+
+def test_separated_labels_errors(tmp_path):
+    csv_path = _nih_csv(tmp_path, ["Effusion", "", "Mass"])
+    with pytest.raises(DataError, match=r"empty 'Finding Labels' on line\(s\) 3"):
+        load_manifest(_nih_cfg(csv_path))
+    csv_path = _nih_csv(tmp_path, ["Effusion", "Mass"])
+    with pytest.raises(ConfigError, match=r"data.classes: no row of 'Finding Labels' .* names 'Efusion'; check the "
+                                          r"spelling against the names found: Effusion, Mass"):
+        load_manifest(_nih_cfg(csv_path, ("Efusion", "Mass")))
+    bad = [
+        ({"task": "binary", "data": {"label_separator": "|"}}, "data.label_separator: only for task multilabel"),
+        ({"task": "multilabel", "data": {"label_column": ["a", "b"], "label_separator": "|"}},
+         "needs one data.label_column"),
+        ({"task": "multilabel", "data": {"label_column": "Finding Labels", "label_separator": "|"}},
+         "data.classes: missing; with data.label_separator list the findings"),
+        ({"task": "multilabel", "data": {"label_column": "Finding Labels"}}, "or one column of names with"),
+    ]
+    for sections, msg in bad:
+        with pytest.raises(ConfigError, match=msg):
+            make_cfg(csv_path, **sections)
+
+
 def test_folder_tree(tmp_path):
     for cls, n in [("NORMAL", 3), ("PNEUMONIA", 2)]:
         for i in range(n):
