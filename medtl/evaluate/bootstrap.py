@@ -18,7 +18,7 @@ sets each, 20-50 patients a class, AUC 0.76-0.92: percentile 0.92-0.96, BCa 0.94
 AUC 0.92 with 30 a class 0.92 against 0.96); ``method="percentile"`` gives it.
 
 Below about 8 patients in a class no bootstrap interval keeps its promise (simulated, AUC 0.85,
-300 data sets each: BCa 0.82 at 5 a class, 0.95 at 8, 10 and 20); :func:`few_patients_warning`
+300 data sets each: BCa 0.82 at 5 a class, 0.94-0.98 at 8-20); :func:`few_patients_warning`
 says so where a table is built.
 """
 
