@@ -256,16 +256,18 @@ def _check_classes(classes: list[str], cfg: Config) -> None:
 
 
 def _multilabel(df: pd.DataFrame, cols: list[str], src: Path, cfg: Config) -> list[str]:
+    problems = []
     for col in cols:
         vals = pd.to_numeric(df[col], errors="coerce")
         bad = [(i + 2, v) for i, (v, n) in enumerate(zip(df[col], vals)) if n not in (0, 1)]
         if bad:
             line, v = bad[0]
-            raise DataError(
-                f"{src} line {line}: label column {col!r} has {v!r} ({len(bad)} bad row(s)); "
-                "multilabel columns must hold 0 or 1"
-            )
-        df[col] = vals.astype(np.int64)
+            problems.append(f"{col!r} has {v!r} on line {line} ({len(bad)} bad row(s))")
+        else:
+            df[col] = vals.astype(np.int64)
+    if problems:  # every bad column at once, so one fix round is enough
+        raise DataError(f"{src}: label column {'; '.join(problems)}; multilabel columns must hold 0 or 1 "
+                        "(uncertain or missing labels need deciding first, e.g. as 0)")
     classes = list(cfg.data.classes) if cfg.data.classes else list(cols)
     if len(classes) != len(cols):
         raise ConfigError(

@@ -73,12 +73,16 @@ def test_multilabel_columns(tmp_path):
     assert m.class_counts().tolist() == [1, 2]
 
 
-def test_multilabel_bad_value(tmp_path):
-    write_png(tmp_path / "0.png", np.zeros((8, 8)))
-    cfg = make_cfg(_csv(tmp_path / "l.csv", [{"file": "0.png", "a": 2, "patient_id": 1}]), task="multilabel",
-                   data={"label_column": ["a"]})
-    with pytest.raises(DataError, match=r"line 2: label column 'a' has 2"):
+def test_multilabel_bad_values_of_every_column_in_one_error(tmp_path):
+    for i in range(3):
+        write_png(tmp_path / f"{i}.png", np.zeros((8, 8)))
+    rows = [{"file": "0.png", "a": 2, "b": 1, "patient_id": 1}, {"file": "1.png", "a": 0, "b": -1, "patient_id": 2},
+            {"file": "2.png", "a": 1, "b": "", "patient_id": 3}]
+    cfg = make_cfg(_csv(tmp_path / "l.csv", rows), task="multilabel", data={"label_column": ["a", "b"]})
+    with pytest.raises(DataError, match=r"label column 'a' has 2 on line 2 \(1 bad row\(s\)\); 'b' has -1(\.0)? on line 3 "
+                                        r"\(2 bad row\(s\)\); multilabel columns must hold 0 or 1") as err:
         load_manifest(cfg)
+    assert "\n" not in str(err.value)
 
 
 def _nih_csv(tmp_path: Path, labels: list[str]) -> Path:
