@@ -284,7 +284,10 @@ def _validate(cfg: Config) -> None:
     if d.label_separator is not None:
         if cfg.task != "multilabel":
             raise ConfigError(f"data.label_separator: only for task multilabel (task is {cfg.task}); remove it")
-        if isinstance(d.label_column, list) or not d.label_separator:
+        if not d.label_separator:  # YAML reads a bare | as an empty block scalar
+            raise ConfigError("data.label_separator: empty; quote it, e.g. label_separator: '|' "
+                              "(--set \"data.label_separator='|'\")")
+        if isinstance(d.label_column, list):
             raise ConfigError(
                 f"data.label_separator: {d.label_separator!r} needs one data.label_column holding the finding "
                 "names joined by it (e.g. label_column: Finding Labels, label_separator: '|')"

@@ -75,6 +75,9 @@ __all__ = ["run_cv", "merge_cv", "format_cv", "run_folder", "FoldBusyError"]
 
 # Keys that change where things are or how they are shown, not what a fold computes.
 _FREE_KEYS = ("output_dir", "name", "data.cache_dir", "data.workers")
+# Keys added after runs existed: left out of the digest at their default, so a config written
+# before them still finds its run folder (and an interrupted run resumes).
+_ADDED_KEYS = {"data.label_separator": None}
 _FREE_PREFIXES = ("report.",)
 _LOCK_FILE = ".lock"
 _TEST_SKIPPED = "test_skipped.csv"
@@ -318,7 +321,8 @@ def merge_cv(run_dir: str | Path) -> dict[str, Any]:
 
 def config_digest(cfg: Config) -> str:
     """10 hex digits identifying what a CV run computes (machine-specific keys left out)."""
-    flat = {k: v for k, v in _flatten(cfg.to_dict()).items() if not _is_free(k)}
+    flat = {k: v for k, v in _flatten(cfg.to_dict()).items()
+            if not _is_free(k) and not (k in _ADDED_KEYS and v == _ADDED_KEYS[k])}
     return hashlib.sha1(json.dumps(flat, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 

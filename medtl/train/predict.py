@@ -35,8 +35,8 @@ INFO_FORMAT = 1
 IMAGE_SUFFIXES = frozenset({".dcm", ".dicom", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"})
 # data.* keys that say where data is or how it is split, not what the pixels look like.
 _NOT_PIXELS = frozenset({
-    "manifest", "root", "path_column", "label_column", "patient_column", "classes", "cache_dir",
-    "on_error", "val_fraction", "workers",
+    "manifest", "root", "path_column", "label_column", "label_separator", "patient_column", "classes",
+    "cache_dir", "on_error", "val_fraction", "workers",
 })
 
 

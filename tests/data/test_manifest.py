@@ -126,6 +126,8 @@ def test_separated_labels_errors(tmp_path):
         ({"task": "multilabel", "data": {"label_column": "Finding Labels", "label_separator": "|"}},
          "data.classes: missing; with data.label_separator list the findings"),
         ({"task": "multilabel", "data": {"label_column": "Finding Labels"}}, "or one column of names with"),
+        ({"task": "multilabel", "data": {"label_column": "Finding Labels", "label_separator": "", "classes": ["a"]}},
+         "data.label_separator: empty; quote it"),
     ]
     for sections, msg in bad:
         with pytest.raises(ConfigError, match=msg):

@@ -283,6 +283,20 @@ def test_run_folder_is_derived_from_the_config(cfg, data, tmp_path):
     assert run_folder(other) != run_folder(cfg)
 
 
+def test_run_folder_names_survive_new_config_keys():
+    """A run folder is named by a digest of the config; adding a config key must not rename the
+    folders of existing configs, or `medtl cv CONFIG` would start an interrupted run anew.
+    Digests as of 2026-11-29; a new key with a default goes into cv._ADDED_KEYS."""
+    from medtl.config import load_config
+    from medtl.evaluate.cv import config_digest
+
+    assert config_digest(load_config("configs/demo.yaml")) == "cfe77295ba"
+    assert config_digest(load_config("configs/pneumonia_resnet50.yaml")) == "2054eb207a"
+    joined = load_config("configs/demo.yaml", overrides=[
+        "task=multilabel", "data.label_column=findings", "data.label_separator='|'", "data.classes=[a, b]"])
+    assert config_digest(joined) != config_digest(load_config("configs/demo.yaml"))
+
+
 def test_different_config_in_existing_run_is_refused(cfg, data, tmp_path, monkeypatch):
     install_fakes(monkeypatch)
     run = run_cv(cfg, run_dir=tmp_path / "run", fold=0, progress=False)
