@@ -68,9 +68,10 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 def cmd_init(args: argparse.Namespace) -> int:
     from medtl.init import write_starter_config
 
-    labels = [c.strip() for c in args.label_column.split(",")] if args.label_column else None
-    columns = {"path_column": args.path_column, "patient_column": args.patient_column,
-               "label_column": labels if labels and len(labels) > 1 else (labels or [None])[0],
+    label = args.label_column
+    if label and "," in label:  # several 0/1 finding columns: a multilabel config
+        label = [c.strip() for c in label.split(",")]
+    columns = {"path_column": args.path_column, "patient_column": args.patient_column, "label_column": label,
                "label_separator": args.label_separator}
     path = write_starter_config(args.data, args.out, force=args.force, columns=columns)
     header = []

@@ -935,7 +935,8 @@ def format_cv(metrics: dict[str, Any]) -> str:
                             across.get("per_label", {}).get(name, {}), _SHOWN)
             lines.append(_table(header, rows))
         lines.append("\n[macro]")
-        macro_ci = {"roc_auc": metrics["pooled_ci"]["macro_roc_auc"]} if "macro_roc_auc" in metrics["pooled_ci"] else {}
+        pooled_ci = metrics["pooled_ci"]
+        macro_ci = {"roc_auc": pooled_ci["macro_roc_auc"]} if "macro_roc_auc" in pooled_ci else {}
         lines.append(_table(header, rows_for(metrics["pooled"]["macro"], macro_ci,
                                              {str(f): per[str(f)]["macro"] for f in done}, across.get("macro", {}),
                                              _SHOWN)))

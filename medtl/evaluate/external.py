@@ -271,9 +271,13 @@ def _paired_auc(y: np.ndarray, sa: np.ndarray, sb: np.ndarray, groups: np.ndarra
     return {
         "auc_a": d["auc_a"], "auc_b": d["auc_b"], "diff": d["diff"], "n_pos": int(y.sum()),
         "delong": {k: d[k] for k in ("se", "ci_low", "ci_high", "z", "p_value")},
-        "bootstrap": {"low": boot.low, "high": boot.high, "n_boot": boot.n_boot, "n_skipped": boot.n_skipped,
-                      "unit": "patient", "seed": seed},
+        "bootstrap": _boot_dict(boot, seed),
     }
+
+
+def _boot_dict(boot: Any, seed: int) -> dict[str, Any]:
+    return {"low": boot.low, "high": boot.high, "n_boot": boot.n_boot, "n_skipped": boot.n_skipped,
+            "unit": "patient", "seed": seed}
 
 
 def compare_runs(run_a: str | Path, run_b: str | Path, n_boot: int | None = None,
@@ -342,8 +346,7 @@ def compare_runs(run_a: str | Path, run_b: str | Path, n_boot: int | None = None
     auc_b = float(np.mean([per[c]["auc_b"] for c in classes]))
     return jsonable({**counts, "auc_a": auc_a, "auc_b": auc_b, "diff": auc_a - auc_b,
                      "n_pos": None, "delong": None,
-                     "bootstrap": {"low": boot.low, "high": boot.high, "n_boot": boot.n_boot,
-                                   "n_skipped": boot.n_skipped, "unit": "patient", "seed": seed},
+                     "bootstrap": _boot_dict(boot, seed),
                      "per_class": per})
 
 

@@ -47,12 +47,7 @@ def _map_classes(task: str, classes: Sequence[str], scores: np.ndarray,
     names = list(classes)
     if class_name == "predicted" and task == "binary":
         return [names.index(p) for p in predicted]
-    if class_name == "predicted":
-        class_name = None  # multiclass: the arg-max; multilabel: the top label
-    if class_name is not None:
-        if class_name not in names:
-            raise ValueError(f"class {class_name!r}: not a class of this model; choose one of "
-                             f"{', '.join(names)}")
+    if class_name not in (None, "predicted"):  # "predicted" otherwise: the default below
         return [names.index(class_name)] * len(scores)
     if task == "binary":
         return [1] * len(scores)
@@ -90,6 +85,9 @@ def maps_for_files(
     from medtl.io import read_image
 
     predictor = RunPredictor(run_or_model)
+    if class_name not in (None, "predicted", *predictor.classes):
+        raise ValueError(f"class {class_name!r}: not a class of this model; choose one of "
+                         f"{', '.join(predictor.classes)}")
     pipe = ImagePipeline(predictor.pipeline_config())
     window = predictor.info.get("preprocessing", {}).get("window", "auto")
     loaded, errors = {}, {}
@@ -99,10 +97,7 @@ def maps_for_files(
         except Exception as exc:  # noqa: BLE001 - reported per file
             errors[p] = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     ok = list(loaded)
-    x = np.stack([loaded[p][0] for p in ok]) if ok else None
-    if x is not None and x.ndim == 3:
-        x = x[..., None]
-    targets = _map_classes(predictor.task, predictor.classes, np.zeros((0, 1)), class_name)
+    targets: list[int] = []
     scores = None
     if ok:  # the ensemble's scores, exactly as medtl predict gives them
         scores = predictor.predict_paths(ok, batch_size=batch_size)
@@ -115,7 +110,7 @@ def maps_for_files(
         choice = method_for_model(model, method)
         if ok:
             maps = compute_cam(
-                model, x,
+                model, np.stack([loaded[p][0] for p in ok]),
                 method=str(choice),
                 target_layer=None if choice == "occlusion" else target_layer,
                 class_index=targets,
