@@ -300,7 +300,8 @@ def plot_training(history: pd.DataFrame, monitor: str = "val_roc_auc", title: st
     Args:
         history: one row per epoch with ``stage``, ``global_epoch`` (or ``epoch``) and the
             logged values (``loss``, ``val_loss``, ``monitor`` and its training counterpart).
-        monitor: the metric early stopping watched; its best epoch is starred.
+        monitor: the metric early stopping watched. The epoch of the saved model is starred:
+            the last one the history's ``best`` column marks, else the monitor's best value.
         title: the figure title (e.g. the fold).
         size: figure size in inches.
 
@@ -332,11 +333,25 @@ def plot_training(history: pd.DataFrame, monitor: str = "val_roc_auc", title: st
             ax.legend(fontsize=8)
     if monitor in h and h[monitor].notna().any():
         vals = h[monitor].to_numpy(dtype=np.float64)
-        best = int(np.nanargmin(vals) if monitor.endswith("loss") else np.nanargmax(vals))
+        saved = _saved_epochs(h)
+        if len(saved):
+            best = int(saved[-1])
+        else:
+            best = int(np.nanargmin(vals) if monitor.endswith("loss") else np.nanargmax(vals))
         ax_metric.plot([x[best]], [vals[best]], marker="*", markersize=12, color="black",
                        linestyle="none", label="best", gid="best")
         ax_metric.legend(fontsize=8)
     return fig
+
+
+def _saved_epochs(h: pd.DataFrame) -> np.ndarray:
+    """Rows the trainer marked as a new best (its ``best`` column), in order. The last one is the
+    saved model: the trainer breaks ties in the monitor by the lower validation loss, so the
+    first maximum of the monitor can be an earlier epoch than the one it kept."""
+    if "best" not in h:
+        return np.array([], dtype=int)
+    flags = h["best"].map(lambda v: str(v).strip().lower() in ("true", "1", "1.0"))
+    return np.flatnonzero(flags.to_numpy())
 
 
 def _train_name(monitor: str) -> str:

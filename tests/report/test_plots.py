@@ -116,6 +116,19 @@ def test_training_plot_marks_stages_and_best_epoch():
         plots.plot_training(h[["loss", "val_loss"]], monitor="val_roc_auc")
 
 
+def test_training_plot_stars_the_saved_epoch_when_the_monitor_ties():
+    # Epochs 1 and 3 reach the same val_roc_auc; the trainer kept epoch 3 (lower val_loss) and
+    # marked it in the history's best column, as read back from history.csv (strings).
+    h = pd.DataFrame({"stage": [1, 1, 1, 1], "global_epoch": [1, 2, 3, 4],
+                      "loss": [.9, .7, .6, .5], "val_loss": [.6, .5, .2, .3],
+                      "val_roc_auc": [1.0, .9, 1.0, 1.0], "best": ["True", "False", "True", "False"]})
+    best = _line(plots.plot_training(h, monitor="val_roc_auc"), "best")
+    assert (best.get_xdata()[0], best.get_ydata()[0]) == (3, 1.0)
+    # Without the column (an older history), the first best value is starred.
+    best = _line(plots.plot_training(h.drop(columns="best"), monitor="val_roc_auc"), "best")
+    assert best.get_xdata()[0] == 1
+
+
 def test_image_png_shrinks_to_max_side_and_keeps_values():
     img = np.zeros((1000, 500), np.float32)
     img[:, 250:] = 1.0
