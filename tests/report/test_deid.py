@@ -134,3 +134,20 @@ def test_find_phi_finds_planted_strings_everywhere(tmp_path):
     assert find_phi(root, []) == []
     with pytest.raises(FileNotFoundError, match="not found"):
         find_phi(tmp_path / "nope", [SECRET])
+
+
+def test_find_phi_ignores_ids_spelt_by_chance_in_base64_text(tmp_path):
+    import base64
+
+    # 'P0009' as base64 text decodes to bytes that do not hold it: not a leak.
+    chance = base64.b64decode(b"AAAP0009AAAA")
+    assert b"p0009" not in chance.lower()
+    page = tmp_path / "report.html"
+    page.write_text('<img src="data:image/png;base64,AAAP0009AAAA">')
+    assert find_phi(page, ["P0009"]) == []
+    # The same id in the page's text, or inside a payload once decoded, is found.
+    hidden = base64.b64encode(b"patient P0009").decode()
+    page.write_text('<p>P0009</p><img src="data:image/png;base64,AAAA">')
+    assert find_phi(page, ["P0009"]) == [(str(page), "P0009")]
+    page.write_text(f'<img src="data:text/plain;base64,{hidden}">')
+    assert find_phi(page, ["P0009"]) == [(f"{page}!<data-uri 0>", "P0009")]
