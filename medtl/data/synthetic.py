@@ -2,8 +2,9 @@
 
 The films are drawn, not simulated: a dark air background, a brighter body with two dark lung
 fields, a mediastinum, heart, spine, clavicles, rib-like bands and noise. Positive ("lesion")
-films carry a bright round opacity wholly inside a lung field at a place recorded in the labels
-CSV, so localisation (Grad-CAM) can be checked against ground truth.
+films carry a bright round opacity (the shadow of a spherical nodule) wholly inside a lung field
+at a place recorded in the labels CSV, so localisation (Grad-CAM) can be checked against ground
+truth.
 
 The headers vary the way real PACS exports do (MONOCHROME1/2, 12- and 16-bit, rescale, window
 tags or none, JPEG 2000 lossless, RLE lossless and uncompressed) and carry fake PHI, listed in
@@ -279,7 +280,11 @@ def _render_film(
         yy, xx = np.mgrid[0:h, 0:w]
         d = np.hypot(xx - cx, yy - cy)
         contrast = rng.uniform(0.35, 0.45)
-        img += contrast / (1.0 + np.exp(np.clip((d - r) / (0.12 * r), -50, 50)))
+        # The shadow of a uniform spherical nodule: an X-ray sums density along each ray, so
+        # brightness follows the chord length, highest at the centre. A flat disc (a cylinder
+        # seen end-on) has nothing at its centre to detect, and models trained on it learned
+        # one rim, so their heat maps peaked outside the lesion.
+        img += contrast * np.sqrt(np.clip(1.0 - (d / r) ** 2, 0.0, 1.0))
 
     img = gain * img + offset + rng.normal(0.0, 0.012, size=(h, w))
     return np.clip(img, 0.0, 1.0).astype(np.float32), lesion

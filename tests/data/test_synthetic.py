@@ -156,7 +156,7 @@ def test_anatomy_displays_correctly_and_monochrome1_is_stored_inverted(
     assert seen == {"MONOCHROME1", "MONOCHROME2"}
 
 
-def test_lesion_is_a_bright_disc_inside_a_lung(sample: Path, sample_rows: Rows) -> None:
+def test_lesion_is_a_bright_nodule_inside_a_lung(sample: Path, sample_rows: Rows) -> None:
     positives = [r for r in sample_rows if r["label"] == "1"]
     assert positives
     for row in positives:
@@ -167,6 +167,9 @@ def test_lesion_is_a_bright_disc_inside_a_lung(sample: Path, sample_rows: Rows) 
         d = np.hypot(xx - x, yy - y)
         inside, ring = img[d < 0.6 * r].mean(), img[(d > 1.3 * r) & (d < 1.8 * r)].mean()
         assert inside > ring + 0.15, f"{row['file']}: lesion {inside:.2f} vs ring {ring:.2f}"
+        # A sphere's shadow, not a flat disc: the centre is brighter than the rim.
+        centre, rim = img[d < 0.3 * r].mean(), img[(d > 0.7 * r) & (d < 0.9 * r)].mean()
+        assert centre > rim + 0.1, f"{row['file']}: centre {centre:.2f} vs rim {rim:.2f}"
         # The ring around the lesion is lung: darker than the mediastinum.
         assert ring < _patch(img, 0.40, 0.50) - 0.15, row["file"]
 

@@ -61,15 +61,15 @@ def test_lesion_lies_in_the_hot_region_for_true_positives(trained, method):
 
 @pytest.mark.xfail(
     strict=False,
-    reason="measured (smallcnn, 128 px, 16x16 last feature map; 2026-11-29, 38 true positives "
-    "among the held-out films): the peak falls inside the lesion for 29%, while the lesion centre "
-    "is in the hot region for all of them. The hot region is a blob that starts at the lesion and "
-    "runs down from it, and the peak sits at its lower end, 1.0-1.9 lesion radii below the centre "
-    "for 27 of 38 (median distance 1.34 radii), so the model's strongest evidence is the lesion "
-    "together with the lung below it. Tried on the training films and rejected: softer lesion "
-    "margins (11%), stronger augmentation (chest_xray, 0-15%), global max pooling (0%, the model "
-    "barely trains), a textured lesion (89% at 16 epochs but 20% at 24). The film -> canvas -> film mapping is tested in test_cam.py "
-    "and test_files.py, and on the canvas the peak is just as far below the lesion.",
+    reason="measured (smallcnn, 128 px, 16x16 last feature map, 2026-12-02, 40 held-out true "
+    "positives): the peak falls inside the lesion for 31 of 40 (78%; median distance 0.80 lesion "
+    "radii) with Grad-CAM and Grad-CAM++, while the lesion centre is in the hot region for all. "
+    "The misses are a learned offset: each trained model puts its strongest evidence a fixed way "
+    "off the lesion, and which way changes with the training seed (seeds 42, 1, 2, 3, 4: 78, 65, "
+    "90, 97, 47%; the average map of three of them 92%; a 3-fold CV ensemble of the demo config "
+    "77%). With the flat-disc lesions the sample data had before, the same five seeds gave 16, "
+    "55, 42, 58, 44% (seed 42: peak 1.6 radii from the centre). The film -> canvas -> film "
+    "mapping is tested in test_cam.py and test_files.py.",
 )
 @pytest.mark.parametrize("method", ["gradcam", "gradcam++"])
 def test_peak_falls_inside_the_lesion_for_true_positives(trained, method):
