@@ -5,7 +5,7 @@ Names are imported lazily: the overlay helpers need no TensorFlow, the CAM metho
 Example:
     >>> from medtl.explain import compute_cam, explain_for_original, overlay, write_png
     >>> x, geo = pipeline.load("film.dcm")
-    >>> cam = compute_cam(model, x[None], method="gradcam++")[0]
+    >>> cam = compute_cam(model, x[None], method="gradcam")[0]
     >>> write_png(overlay(read_image("film.dcm"), explain_for_original(cam, geo)), "cam.png")
 """
 

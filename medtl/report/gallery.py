@@ -140,7 +140,7 @@ def _reencode(png: bytes) -> bytes:
         return image_png(np.asarray(im.convert("RGB")), max_side=FILM_SIDE)
 
 
-def cam_overlays(model_dir: str | Path, files: Sequence[str], method: str = "gradcam++",
+def cam_overlays(model_dir: str | Path, files: Sequence[str], method: str = "gradcam",
                  target_layer: str | None = None, class_name: str | None = None,
                  ) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], Any]:
     """Film and CAM overlay at the original resolution for ``files``, with one saved model.
@@ -177,7 +177,7 @@ def render_gallery(
     cases: pd.DataFrame,
     salt: bytes,
     classes: Sequence[str] = ("negative", "positive"),
-    method: str = "gradcam++",
+    method: str = "gradcam",
     target_layer: str | None = None,
     overlays: Mapping[str, tuple[bytes, str]] | None = None,
     compute: bool = True,

@@ -297,8 +297,8 @@ def test_hub_like_backbone_uses_occlusion() -> None:
     x[:, 2:8, 3:9] = 1.0  # the only bright thing: the occlusion peak must be on it
     maps = compute_cam(model, x, method="auto")
     assert maps.shape == (2, 32, 32) and _peak_quadrant(maps) == ["top-left"] * 2
-    assert method_for_model(_quadrant_model()) == "gradcam++"
-    assert "'features'" in method_for_model(_quadrant_model(), preferred="gradcam").reason
+    assert method_for_model(_quadrant_model()) == "gradcam"  # the default, as report.cam's
+    assert "'features'" in method_for_model(_quadrant_model(), preferred="gradcam++").reason
 
 
 def test_real_hub_backbone_uses_occlusion(hub_efficientnet_dir) -> None:
