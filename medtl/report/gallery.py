@@ -77,6 +77,8 @@ def select_cases(preds: pd.DataFrame, n: int) -> pd.DataFrame:
     True and false positives are ranked by the highest score, false negatives by the lowest
     (the most confidently missed); a case is positive when ``score >= threshold`` (its own
     fold's threshold), or where a ``predicted`` column says so. Ties keep the table order.
+    With a ``patient`` column, each kind shows one film per patient (that patient's most
+    confident one) before a second film of anyone: films of one patient repeat the anatomy.
 
     Args:
         preds: one row per image with ``label`` (0/1), ``score`` and ``threshold`` (or
@@ -103,7 +105,11 @@ def select_cases(preds: pd.DataFrame, n: int) -> pd.DataFrame:
     for kind, mask, descending in (("true positive", (y == 1) & pos, True),
                                    ("false positive", (y == 0) & pos, True),
                                    ("false negative", (y == 1) & ~pos, False)):
-        part = preds[mask].sort_values("score", ascending=not descending, kind="mergesort").head(max(0, int(n)))
+        ranked = preds[mask].sort_values("score", ascending=not descending, kind="mergesort")
+        if "patient" in ranked.columns:  # each patient's most confident film first
+            first = ~ranked["patient"].duplicated()
+            ranked = pd.concat([ranked[first], ranked[~first]])
+        part = ranked.head(max(0, int(n))).sort_values("score", ascending=not descending, kind="mergesort")
         parts.append(part.assign(kind=kind))
     return pd.concat(parts, ignore_index=True)
 

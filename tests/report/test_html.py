@@ -108,6 +108,13 @@ def test_select_cases_ranks_by_confidence():
     assert select_cases(df, 0).empty
 
 
+def test_select_cases_shows_other_patients_before_a_second_film_of_one():
+    df = pd.DataFrame({"patient": ["p1", "p1", "p2", "p3", "p3"], "label": [1] * 5,
+                       "score": [.99, .98, .90, .95, .60], "threshold": [.5] * 5})
+    assert select_cases(df, 3)["patient"].tolist() == ["p1", "p3", "p2"]  # still by score
+    assert select_cases(df, 4)["score"].tolist() == [.99, .98, .95, .90]  # then repeats, by score
+
+
 def test_gallery_says_why_a_map_is_missing_and_never_shows_the_path(fake_cv_run):
     preds = pd.read_csv(fake_cv_run.run / "oof_predictions.csv", dtype={"patient": str})
     preds["group"] = "fold " + preds["fold"].astype(str)
