@@ -412,7 +412,7 @@ def _mean_spearman(a: np.ndarray, b: np.ndarray) -> float:
         "measured (4 training seeds x 6 re-initialisations): mean Spearman 0.57-0.79. "
         "Grad-CAM++ keeps only positive gradients, so behind a pooled Dense head its map is a "
         "positive sum of the last block's ReLU channels, and random channels also fire on the "
-        "bright lesion"))),
+        "bright lesion. On the model trained on the sample data it passes (test_localisation.py)"))),
 ])
 def test_model_randomisation_changes_maps(trained, method: str) -> None:
     """Adebayo et al. 2018: maps must depend on the learned top layers.
