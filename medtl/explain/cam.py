@@ -583,7 +583,7 @@ def method_for_model(model: keras.Model, preferred: str = "gradcam") -> MethodCh
 
     Gradient methods need a spatial feature map; a backbone that exposes none (a TF Hub model
     wrapped in one layer) gets "occlusion". The default is Grad-CAM, as for ``report.cam``:
-    Grad-CAM++ fails the model-randomisation check (tests/explain/test_cam.py).
+    Grad-CAM++ fails the model-randomisation check on one of the test models (test_cam.py).
 
     Example:
         >>> choice = method_for_model(model)
