@@ -333,10 +333,8 @@ def plot_training(history: pd.DataFrame, monitor: str = "val_roc_auc", title: st
             ax.legend(fontsize=8)
     if monitor in h and h[monitor].notna().any():
         vals = h[monitor].to_numpy(dtype=np.float64)
-        saved = _saved_epochs(h)
-        if len(saved):
-            best = int(saved[-1])
-        else:
+        best = _saved_epoch(h)
+        if best is None:
             best = int(np.nanargmin(vals) if monitor.endswith("loss") else np.nanargmax(vals))
         ax_metric.plot([x[best]], [vals[best]], marker="*", markersize=12, color="black",
                        linestyle="none", label="best", gid="best")
@@ -344,14 +342,14 @@ def plot_training(history: pd.DataFrame, monitor: str = "val_roc_auc", title: st
     return fig
 
 
-def _saved_epochs(h: pd.DataFrame) -> np.ndarray:
-    """Rows the trainer marked as a new best (its ``best`` column), in order. The last one is the
-    saved model: the trainer breaks ties in the monitor by the lower validation loss, so the
-    first maximum of the monitor can be an earlier epoch than the one it kept."""
+def _saved_epoch(h: pd.DataFrame) -> int | None:
+    """Row of the saved model: the last one the trainer marked as a new best (its ``best``
+    column). The trainer breaks ties in the monitor by the lower validation loss, so the first
+    maximum of the monitor can be an earlier epoch than the one it kept."""
     if "best" not in h:
-        return np.array([], dtype=int)
-    flags = h["best"].map(lambda v: str(v).strip().lower() in ("true", "1", "1.0"))
-    return np.flatnonzero(flags.to_numpy())
+        return None
+    rows = np.flatnonzero(h["best"].map(lambda v: str(v).strip().lower() in ("true", "1", "1.0")).to_numpy())
+    return int(rows[-1]) if len(rows) else None
 
 
 def _train_name(monitor: str) -> str:
