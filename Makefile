@@ -38,7 +38,7 @@ demo: setup sample-data
 	@echo "demo report: $(DEMO_RUN)/report.html"
 
 test: setup browser
-	$(BIN)/python -m pytest -q -ra
+	$(BIN)/python -m pytest -q -ra --durations=15
 
 clean:
 	rm -rf .medtl-cache runs sample_data test-artifacts

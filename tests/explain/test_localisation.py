@@ -71,7 +71,9 @@ def test_lesion_lies_in_the_hot_region_for_true_positives(trained, method):
     "off the lesion, and which way changes with the training seed (seeds 42, 1, 2, 3, 4: 78, 65, "
     "90, 97, 47%; the average map of three of them 92%; a 3-fold CV ensemble of the demo config "
     "77%). With the flat-disc lesions the sample data had before, the same five seeds gave 16, "
-    "55, 42, 58, 44% (seed 42: peak 1.6 radii from the centre). The film -> canvas -> film "
+    "55, 42, 58, 44% (seed 42: peak 1.6 radii from the centre). Flip augmentation does not remove the "
+    "offset (the same five seeds with horizontal and vertical flips: 23-80%; with all eight "
+    "square symmetries: 8-87%). The film -> canvas -> film "
     "mapping is tested in test_cam.py and test_files.py.",
 )
 @pytest.mark.parametrize("method", ["gradcam", "gradcam++"])
