@@ -8,7 +8,9 @@ A replicate is represented by a row of multiplicities (how often each image was 
 so the built-in metrics are computed for all replicates at once with array operations
 (:func:`medtl.evaluate.metrics.weighted_binary_metrics`). Replicates where a metric is
 undefined (e.g. no positive patient drawn, for ROC AUC) are skipped and counted in
-``Interval.n_skipped``.
+``Interval.n_skipped``. When the data hold both classes, a replicate that drew only one is
+skipped for every metric, not only for those it leaves undefined: without a lesion in it, PPV is
+0 whenever anything was called positive, which says nothing about the model.
 
 Intervals are BCa (bias-corrected and accelerated, Efron 1987) by default: the percentiles
 are shifted for the replicates' median bias and the metric's skewness, estimated by a
@@ -162,6 +164,17 @@ def _interval(point: float, reps: np.ndarray, n_boot: int, alpha: float,
     return Interval(float(point), float(low), float(high), int(n_boot), skipped, float(alpha), method)
 
 
+def _skip_one_class(y: np.ndarray, weights: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """``values`` (one per replicate row of ``weights``) with nan where the replicate drew one
+    class only, when ``y`` itself holds both."""
+    if y.all() or not y.any():
+        return values
+    # Such a replicate is not a test set of the same kind: its PPV (or NPV) is 0 whatever the
+    # model, and with few patients BCa's shifted percentiles reach those replicates first.
+    n_pos = weights @ y.astype(np.float64)
+    return np.where((n_pos == 0) | (n_pos == weights.sum(axis=1)), np.nan, values)
+
+
 def _check_method(method: str) -> None:
     if method not in METHODS:
         raise ValueError(f"method: invalid value {method!r}; expected one of {', '.join(METHODS)}")
@@ -224,7 +237,7 @@ def bootstrap_metrics(
         for w in weights:
             rep = weighted_binary_metrics(y, s, w, threshold, names, n_bins)
             for m in names:
-                parts[m].append(rep[m])
+                parts[m].append(_skip_one_class(y, w, rep[m]))
         return {m: np.concatenate(parts[m]) for m in names}
 
     reps = stacked(resample_weights(y.size, groups, n_boot, seed))
@@ -336,8 +349,8 @@ def bootstrap_paired_difference(
 
     def diffs(weights: Iterator[np.ndarray]) -> np.ndarray:
         return np.concatenate([
-            weighted_binary_metrics(y, sa, w, threshold, names)[metric]
-            - weighted_binary_metrics(y, sb, w, threshold, names)[metric]
+            _skip_one_class(y, w, weighted_binary_metrics(y, sa, w, threshold, names)[metric]
+                            - weighted_binary_metrics(y, sb, w, threshold, names)[metric])
             for w in weights
         ])
 

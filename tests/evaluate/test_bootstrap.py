@@ -265,3 +265,25 @@ def test_argument_errors():
     with pytest.raises(ValueError, match="unknown metric"):
         bootstrap_ci([0, 1], [0.1, 0.9], "auroc")
     assert isinstance(bootstrap_ci([0, 1], [0.1, 0.9], n_boot=5), Interval)
+
+
+def test_replicates_with_one_class_are_skipped_for_every_metric():
+    # Four lesion patients among twenty, one false positive: about 1% of patient resamples draw
+    # no lesion, and their PPV is 0. BCa's lower limit reached them and showed [0.000, 1.000].
+    groups = np.repeat(np.arange(20), 2)
+    y = (groups < 4).astype(int)
+    s = np.where(y == 1, 0.9, 0.1)
+    s[10] = 0.8  # patient 5's first film: the false positive
+    ci = bootstrap_metrics(y, s, groups=groups, threshold=0.5, metrics=("ppv", "specificity"),
+                           n_boot=2000, seed=0)
+    w = np.concatenate(list(resample_weights(y.size, groups, 2000, seed=0)))
+    n_pos = w @ y
+    one_class = int(np.sum((n_pos == 0) | (n_pos == w.sum(axis=1))))
+    assert one_class > 0
+    # Specificity is defined without a lesion, but those replicates are left out of it too.
+    assert ci["ppv"].n_skipped == ci["specificity"].n_skipped == one_class
+    assert ci["ppv"].point == pytest.approx(8 / 9)
+    assert ci["ppv"].low >= 0.3  # 0.40; 0.000 with the one-class replicates in
+    # With only one class in the data nothing more is skipped than the metric leaves undefined.
+    neg = bootstrap_metrics(np.zeros(10, int), np.linspace(0, 1, 10), metrics=("specificity",), n_boot=50)
+    assert neg["specificity"].n_skipped == 0
