@@ -187,7 +187,10 @@ def cmd_explain(args: argparse.Namespace) -> int:
     print(f"wrote {len(df) - n_err} overlays and explanations.csv to {args.out} "
           f"(maps of evidence for: {', '.join(shown) or '-'})")
     if n_err:
-        print(f"{n_err} unreadable file(s); see the error column of explanations.csv", file=sys.stderr)
+        first = df.loc[df["error"].fillna("") != "", "error"].iloc[0]
+        more = f" and {n_err - 1} more, listed" if n_err > 1 else ""
+        print(f"{n_err} unreadable file(s): {first}{more} in the error column of explanations.csv",
+              file=sys.stderr)
     return 1 if n_err else 0
 
 

@@ -211,7 +211,8 @@ def _names_for_ints(df: Any, label_col: str) -> list[str] | None:
 
 def _listing_for(target: Path, cfg: Any) -> _Listing:
     from medtl.config import Config, ConfigError
-    from medtl.data.manifest import DataError, _absolute, _is_image_file
+    from medtl.data.manifest import DataError, _absolute
+    from medtl.io.image import is_image_file
 
     if target.suffix.lower() in (".yaml", ".yml"):
         from medtl.config import load_config
@@ -247,7 +248,7 @@ def _listing_for(target: Path, cfg: Any) -> _Listing:
     if not target.is_dir():
         raise FileNotFoundError(f"{target}: not found; give a labels CSV, a folder of images, or a YAML config")
     subdirs = [p for p in sorted(target.iterdir()) if p.is_dir() and not p.name.startswith(".")]
-    loose = [p for p in target.iterdir() if p.is_file() and _is_image_file(p)]
+    loose = [p for p in target.iterdir() if p.is_file() and is_image_file(p)]
     if len(subdirs) >= 2 and not loose:
         cfg = Config()
         cfg.data.manifest = str(target)
@@ -258,7 +259,7 @@ def _listing_for(target: Path, cfg: Any) -> _Listing:
                 f"class folders: took {listing.classes[1]!r} as the positive class (alphabetical); set data.classes to choose"
             )
         return listing
-    paths = [str(p.absolute()) for p in sorted(target.rglob("*")) if p.is_file() and _is_image_file(p)]
+    paths = [str(p.absolute()) for p in sorted(target.rglob("*")) if p.is_file() and is_image_file(p)]
     return _Listing(str(target), paths, notes=["no labels: neither a labels.csv nor class sub-folders"])
 
 

@@ -23,9 +23,8 @@ import numpy as np
 import pandas as pd
 
 from medtl.config import Config, ConfigError
+from medtl.io.image import is_image_file
 
-# Files a class folder may hold besides images; PACS exports often have no suffix at all.
-IMAGE_SUFFIXES = frozenset({".dcm", ".dicom", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"})
 RESERVED = ("path", "patient_id", "label")
 
 
@@ -337,24 +336,9 @@ def _read_tree(src: Path, cfg: Config) -> tuple[pd.DataFrame, list[str]]:
     rows = []
     for i, c in enumerate(classes):
         for f in sorted((src / c).rglob("*")):
-            if f.is_file() and _is_image_file(f):
+            if f.is_file() and is_image_file(f):
                 rows.append({"path": str(f.absolute()), "label": i, "class_name": c})
     return pd.DataFrame(rows, columns=["path", "label", "class_name"]), classes
-
-
-def _is_image_file(f: Path) -> bool:
-    if f.name.startswith("."):
-        return False
-    if f.suffix.lower() in IMAGE_SUFFIXES:
-        return True
-    if f.suffix:  # README.txt, labels.csv, Thumbs.db ...
-        return False
-    try:
-        with f.open("rb") as fh:
-            fh.seek(128)
-            return fh.read(4) == b"DICM"
-    except OSError:
-        return False
 
 
 # --------------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ Example:
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -165,7 +166,7 @@ def explain_paths(
         row = {"path": p, "png": "", "method": fm.method, "map_class": fm.classes.get(p, ""),
                "error": fm.errors.get(p, "")}
         if p in fm.films:
-            name = _unique(Path(p).stem, used) + f"_{fm.method.replace('+', 'pp')}.png"
+            name = _unique(_file_stem(p), used) + f"_{fm.method.replace('+', 'p')}.png"
             write_png(overlay(fm.films[p], fm.maps[p]), out / name)
             row["png"] = name
             srow = fm.scores[fm.scores["path"] == p].iloc[0]
@@ -176,6 +177,15 @@ def explain_paths(
     df = pd.DataFrame(rows)
     df.to_csv(out / "explanations.csv", index=False)
     return df
+
+
+def _file_stem(path: str) -> str:
+    """The file name without an image suffix; a UID-named DICOM keeps its whole name."""
+    from medtl.io.image import IMAGE_SUFFIXES
+
+    name = Path(path).name
+    base, ext = os.path.splitext(name)
+    return base if ext.lower() in IMAGE_SUFFIXES else name
 
 
 def _unique(stem: str, used: set[str]) -> str:

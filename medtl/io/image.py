@@ -22,6 +22,32 @@ from medtl.io.dicom import (
 from medtl.io.errors import ImageReadError, one_line
 
 _EXIF_ORIENTATION = 0x0112
+IMAGE_SUFFIXES = frozenset({".dcm", ".dicom", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"})
+
+
+def is_image_file(path: str | os.PathLike[str]) -> bool:
+    """Whether a file found in a folder is one medtl reads: a known image suffix, or the DICOM
+    marker ('DICM' at byte 128) whatever the name. Hidden files (``.name``) are not.
+
+    PACS exports are often named by their SOP Instance UID (``1.2.840.113619.2.55.3.604``),
+    whose last component looks like a suffix, or have no suffix at all; labels.csv, README.txt
+    and Thumbs.db lack the marker.
+
+    Example:
+        >>> is_image_file("chest.png"), is_image_file("labels.csv")
+        (True, False)
+    """
+    name = os.path.basename(os.fspath(path))
+    if name.startswith("."):
+        return False
+    if os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES:
+        return True
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(128)
+            return fh.read(4) == b"DICM"
+    except OSError:
+        return False
 
 
 def read_image(

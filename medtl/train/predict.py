@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from medtl.config import Config, DataConfig
+from medtl.io.image import is_image_file
 
 __all__ = [
     "predict_paths", "collect_paths", "Predictor", "read_model_info", "write_model_info",
@@ -32,7 +33,6 @@ __all__ = [
 MODEL_FILE = "model.keras"
 MODEL_INFO_FILE = "model_info.json"
 INFO_FORMAT = 1
-IMAGE_SUFFIXES = frozenset({".dcm", ".dicom", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"})
 # data.* keys that say where data is or how it is split, not what the pixels look like.
 _NOT_PIXELS = frozenset({
     "manifest", "root", "path_column", "label_column", "label_separator", "patient_column", "classes",
@@ -145,7 +145,7 @@ def collect_paths(files_or_folders: Iterable[str | Path]) -> list[str]:
     """Expand files and folders into the image files to predict on.
 
     Folders are searched recursively for DICOM, PNG, JPEG, TIFF and BMP files (by suffix, or
-    by the DICOM magic bytes for files without a suffix, as PACS exports often are); hidden
+    by the DICOM magic bytes whatever the name, as for PACS exports named by UID); hidden
     files are ignored. Files given by name are kept whatever their suffix, so that an unreadable
     one shows up as an error row instead of vanishing.
 
@@ -160,7 +160,7 @@ def collect_paths(files_or_folders: Iterable[str | Path]) -> list[str]:
     for item in files_or_folders:
         p = Path(item)
         if p.is_dir():
-            found = [f for f in p.rglob("*") if f.is_file() and _is_image(f)
+            found = [f for f in p.rglob("*") if f.is_file() and is_image_file(f)
                      and not any(part.startswith(".") for part in f.relative_to(p).parts)]
             out += sorted(str(f) for f in found)
         elif p.exists():
@@ -168,19 +168,6 @@ def collect_paths(files_or_folders: Iterable[str | Path]) -> list[str]:
         else:
             raise FileNotFoundError(f"{p}: no such file or folder; check the path")
     return list(dict.fromkeys(out))
-
-
-def _is_image(f: Path) -> bool:
-    if f.suffix.lower() in IMAGE_SUFFIXES:
-        return True
-    if f.suffix:
-        return False
-    try:
-        with open(f, "rb") as fh:
-            head = fh.read(132)
-    except OSError:
-        return False
-    return head[128:132] == b"DICM"
 
 
 # --------------------------------------------------------------------------------------------

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -65,7 +67,18 @@ def test_cli_explain_writes_overlays_and_lists_bad_files(trained_run, tmp_path, 
         assert img.mode == "RGB"
         assert np.asarray(img).shape[:2] == read_image(row["path"]).shape  # the film's own size
         assert 0.0 <= float(row["score"]) <= 1.0 and row["method"] == "gradcam"
-    assert "1 unreadable file" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "1 unreadable file" in err and "broken.dcm" in err  # names the file on the console too
+
+    # A folder of PACS exports named by SOP Instance UID: none skipped, each PNG names its file.
+    pacs = tmp_path / "pacs"
+    pacs.mkdir()
+    uid = "1.2.840.10008.99.850819"
+    shutil.copy(good[0], pacs / uid)
+    rc = main(["explain", str(run), str(pacs), "--out", str(tmp_path / "pp"), "--method", "gradcam++"])
+    assert rc == 0
+    df = pd.read_csv(tmp_path / "pp" / "explanations.csv", keep_default_na=False)
+    assert df["png"].tolist() == [f"{uid}_gradcampp.png"]
 
 
 def _bright_spot_model(size: int):

@@ -149,3 +149,17 @@ def test_bytes_already_read_decode_like_the_file(make_dicom, tmp_path: Path) -> 
     np.testing.assert_array_equal(read_image(other, data=png.read_bytes()), read_image(png))
     with pytest.raises(ImageReadError, match="r.png"):
         read_image(png, data=b"not an image at all")
+
+
+def test_is_image_file_by_suffix_or_dicom_marker(tmp_path):
+    from medtl.io.image import is_image_file
+
+    marker = b"\x00" * 128 + b"DICM" + b"\x00" * 8
+    files = {"a.PNG": b"x", "b.dcm": b"x", "1.2.840.113619.2.55.3.604": marker, "IM0001": marker,
+             "labels.csv": b"file,label\n", "Thumbs.db": b"\x00" * 200, "1.2.3.4": b"\x00" * 200,
+             ".hidden.dcm": marker}
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    got = sorted(n for n in files if is_image_file(tmp_path / n))
+    assert got == ["1.2.840.113619.2.55.3.604", "IM0001", "a.PNG", "b.dcm"]
+    assert not is_image_file(tmp_path / "missing")

@@ -98,13 +98,16 @@ def test_collect_paths_recurses_and_keeps_named_files(tmp_path):
     (tmp_path / "a" / "b" / "3.jpeg").write_bytes(b"x")
     (tmp_path / "a" / "noext").write_bytes(b"\x00" * 128 + b"DICM" + b"\x00" * 16)
     (tmp_path / "a" / "plain").write_bytes(b"hello")
+    # PACS exports named by SOP Instance UID: the last component is not a suffix.
+    (tmp_path / "a" / "1.2.276.0.7230010.3.1.4.850819").write_bytes(b"\x00" * 128 + b"DICM" + b"\x00" * 16)
+    (tmp_path / "a" / "Thumbs.db").write_bytes(b"\x00" * 200)
     (tmp_path / "a" / "notes.txt").write_text("x")
     (tmp_path / "a" / ".hidden.dcm").write_bytes(b"x")
     (tmp_path / "single.txt").write_text("x")
 
     got = collect_paths([tmp_path / "a", tmp_path / "single.txt", tmp_path / "a" / "1.dcm"])
     root = str(tmp_path / "a")
-    assert got == [f"{root}/1.dcm", f"{root}/b/2.PNG", f"{root}/b/3.jpeg", f"{root}/noext",
+    assert got == [f"{root}/1.2.276.0.7230010.3.1.4.850819", f"{root}/1.dcm", f"{root}/b/2.PNG", f"{root}/b/3.jpeg", f"{root}/noext",
                    str(tmp_path / "single.txt")]
     with pytest.raises(FileNotFoundError, match="missing"):
         collect_paths([tmp_path / "missing"])
