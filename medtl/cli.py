@@ -12,6 +12,7 @@ import os
 import shlex
 import sys
 import textwrap
+import warnings
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -163,14 +164,22 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from medtl.report.html import write_report
+    from medtl.report.html import ReportWarning, write_report
 
     out = Path(args.out) if args.out else Path(args.run) / "report.html"
-    path = write_report(args.run, out, pdf=args.pdf, compute_cams=not args.no_cams)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ReportWarning)
+        path = write_report(args.run, out, pdf=args.pdf, compute_cams=not args.no_cams)
     print(f"report: {path}")
     if args.pdf:
         print(f"pdf: {path.with_suffix('.pdf')}")
-    return 0
+    incomplete = [w for w in caught if issubclass(w.category, ReportWarning)]
+    for w in caught:
+        if w in incomplete:
+            print(f"warning: {w.message}", file=sys.stderr)
+        else:
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+    return 1 if incomplete else 0
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
@@ -367,6 +376,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             raise
         lines = str(exc).strip().splitlines() or [type(exc).__name__]
+        if isinstance(exc, OSError) and exc.filename and exc.strerror:  # raised by the OS, not by medtl
+            lines = [f"{exc.filename}: {exc.strerror}; check the path and its permissions"]
         print(f"medtl {args.command}: error: {lines[0]}", file=sys.stderr)
         # A multi-line message is a list (e.g. every unreadable file): show it, never drop it.
         for line in lines[1:]:

@@ -39,6 +39,17 @@ def test_bad_config_gives_one_line_error_and_nonzero_exit(tmp_path, capsys):
     assert "unknown config key 'data.windw'" in err[0] and "Traceback" not in err[0]
 
 
+def test_os_errors_name_the_path_and_the_fix(tmp_path, capsys):
+    from tests.report.conftest import make_fake_cv_run
+
+    run = make_fake_cv_run(tmp_path, overlays=False).run
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    assert main(["report", str(run), "--no-cams", "--out", str(blocker / "sub" / "r.html")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(blocker) in err[0] and "check the path and its permissions" in err[0], err
+
+
 def test_debug_shows_traceback(tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text("data: {manifest: a.csv, windw: auto}\n")

@@ -19,6 +19,7 @@ _API = {
     "render_html": "medtl.report.html",
     "export_pdf": "medtl.report.html",
     "PHIError": "medtl.report.html",
+    "ReportWarning": "medtl.report.html",
     "ExternalResourceError": "medtl.report.html",
     "ReportData": "medtl.report.data",
     "collect_report_data": "medtl.report.data",

@@ -29,6 +29,8 @@ from medtl.report.data import OVERLAYS_FILE, Case
 from medtl.report.deid import hash_patient_id, scrub_text
 from medtl.report.plots import image_png
 
+NOT_COMPUTED = "CAM not computed (compute=False and no precomputed overlay)"
+
 __all__ = ["KINDS", "class_views", "select_cases", "render_gallery", "read_overlays", "cam_overlays"]
 
 KINDS = ("true positive", "false positive", "false negative")
@@ -257,7 +259,7 @@ def render_gallery(
             case.method = str(methods[key])
             case.method_reason = getattr(methods[key], "reason", "")
         else:
-            case.note = failures.get(key, "CAM not computed (compute=False and no precomputed overlay)")
+            case.note = failures.get(key, NOT_COMPUTED)
         if case.film_png is None:
             case.film_png, film_note = _film(f)
             if film_note:

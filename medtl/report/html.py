@@ -18,6 +18,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ import jinja2
 from markupsafe import Markup
 
 from medtl.report.data import Cell, ReportData, collect_report_data
+from medtl.report.gallery import NOT_COMPUTED
 from medtl.report.plots import data_uri
 
 __all__ = ["write_report", "render_html", "export_pdf", "ExternalResourceError", "PHIError"]
@@ -39,6 +41,11 @@ _DATA_URI = re.compile(r"data:[\w.+/-]*;base64,[A-Za-z0-9+/=]+")
 
 class ExternalResourceError(RuntimeError):
     """The rendered page would load something from outside the file."""
+
+
+class ReportWarning(UserWarning):
+    """The report was written, but some of it is missing (e.g. a gallery case without its map);
+    the page says what and why."""
 
 
 class PHIError(RuntimeError):
@@ -123,11 +130,17 @@ def write_report(run_dir: str | Path, out_path: str | Path, pdf: bool = False,
         PHIError: the page would contain a raw patient id or DICOM PHI (nothing is written).
         RuntimeError: ``pdf=True`` and no PDF renderer is installed.
 
+    Warns:
+        ReportWarning: written, but gallery cases lack their film or map (a moved image, a
+            missing fold model); the page notes each case.
+
     Example:
         >>> write_report("runs/demo/cv-1a2b3c4d5e", "runs/demo/report.html")
         PosixPath('runs/demo/report.html')
     """
     data = collect_report_data(run_dir, compute_cams=compute_cams)
+    # Left out on purpose with compute_cams=False, so not a problem to warn about.
+    problems = [p for p in (c.note.replace(NOT_COMPUTED, "").strip("; ") for c in data.gallery) if p]
     page = render_html(data)
     _check_phi(page, data.forbidden)
     out = Path(out_path)
@@ -137,6 +150,10 @@ def write_report(run_dir: str | Path, out_path: str | Path, pdf: bool = False,
     os.replace(tmp, out)
     if pdf:
         export_pdf(out, out.with_suffix(".pdf"))
+    if problems:
+        warnings.warn(ReportWarning(
+            f"{out}: {len(problems)} of {len(data.gallery)} gallery case(s) incomplete, e.g. {problems[0]}; "
+            "the report notes each one"), stacklevel=2)
     return out
 
 

@@ -6,6 +6,7 @@ import base64
 import io
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -334,3 +335,21 @@ def test_multilabel_gallery_maps_each_case_for_its_own_label(fake_cv_run, monkey
     page = render_html(data)
     assert "<h3>a</h3>" in page and "<h3>b</h3>" in page
     assert "gradcam for b" in page and "Judged as b against the rest" in page
+
+
+def test_cli_report_warns_and_exits_1_when_gallery_cases_are_incomplete(fake_cv_run, tmp_path, capsys):
+    from medtl.cli import main
+
+    assert main(["report", str(fake_cv_run.run), "--out", str(tmp_path / "ok.html")]) == 0
+    assert "warning" not in capsys.readouterr().err
+    # Maps left out on purpose are not a problem.
+    assert main(["report", str(fake_cv_run.run), "--out", str(tmp_path / "quick.html"), "--no-cams"]) == 0
+    assert "warning" not in capsys.readouterr().err
+
+    shown = select_cases(pd.read_csv(fake_cv_run.run / "oof_predictions.csv", dtype={"patient": str}), 2)
+    Path(shown["file"].iloc[0]).unlink()  # a film moved away after the run
+    assert main(["report", str(fake_cv_run.run), "--out", str(tmp_path / "moved.html")]) == 1
+    err = capsys.readouterr().err
+    assert "warning:" in err and "1 of 6 gallery case(s) incomplete" in err, err
+    assert shown["file"].iloc[0] not in err  # the console keeps the report's de-identification
+    assert (tmp_path / "moved.html").is_file()  # written all the same, with the case's note
