@@ -183,7 +183,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    from medtl.explain.files import explain_paths
+    from medtl.explain.files import OFF_FILM_NOTE, explain_paths
     from medtl.train.predict import collect_paths
 
     paths = collect_paths(args.inputs)
@@ -195,6 +195,11 @@ def cmd_explain(args: argparse.Namespace) -> int:
     shown = sorted(set(df["map_class"].fillna("").astype(str)) - {""})
     print(f"wrote {len(df) - n_err} overlays and explanations.csv to {args.out} "
           f"(maps of evidence for: {', '.join(shown) or '-'})")
+    off = df["heat_off_film"] >= OFF_FILM_NOTE
+    if off.any():
+        print(f"note: {int(off.sum())} of {len(df) - n_err} maps put {OFF_FILM_NOTE:.0%} or more of their heat "
+              "on the letterbox padding outside the film, which the overlays cannot show; the model may be "
+              "reading the padding or the film's edges (heat_off_film in explanations.csv)", file=sys.stderr)
     if n_err:
         first = df.loc[df["error"].fillna("") != "", "error"].iloc[0]
         more = f" and {n_err - 1} more, listed" if n_err > 1 else ""

@@ -18,6 +18,7 @@ _API = {
     "compute_cam": "medtl.explain.cam",
     "explain_for_original": "medtl.explain.cam",
     "method_for_model": "medtl.explain.cam",
+    "off_film_share": "medtl.explain.cam",
     "spatial_layers": "medtl.explain.cam",
     "CAMMethod": "medtl.explain.cam",
     "GradCAM": "medtl.explain.cam",

@@ -41,6 +41,7 @@ __all__ = [
     "MethodChoice",
     "compute_cam",
     "explain_for_original",
+    "off_film_share",
     "method_for_model",
     "spatial_layers",
 ]
@@ -665,3 +666,31 @@ def explain_for_original(map_at_input: np.ndarray, geometry: Geometry) -> np.nda
     if m.ndim != 2:
         raise ValueError(f"explain_for_original: expected one (H, W) map, got shape {m.shape}")
     return np.clip(geometry.unletterbox(m), 0.0, 1.0).astype(np.float32)
+
+
+def off_film_share(map_at_input: np.ndarray, geometry: Geometry) -> float:
+    """Share of a map's heat that lies on the letterbox padding, outside the film.
+
+    :func:`explain_for_original` crops the padding, so an overlay cannot show this heat; a
+    large share means the model's evidence sits on the padding or the film's edges.
+
+    Args:
+        map_at_input: (H, W) map at the model input (the canvas), as from :func:`compute_cam`.
+        geometry: the film's placement on the canvas.
+
+    Returns:
+        A share in [0, 1]: 0.0 without padding, nan for an all-zero map (no heat anywhere).
+    """
+    m = np.asarray(map_at_input, np.float64)
+    if m.ndim == 3 and m.shape[-1] == 1:
+        m = m[..., 0]
+    if m.shape != (geometry.target_h, geometry.target_w):
+        raise ValueError(f"off_film_share: expected a map at the canvas size "
+                         f"{geometry.target_h}x{geometry.target_w}, got shape {m.shape}")
+    m = np.clip(m, 0.0, None)
+    total = m.sum()
+    if total <= 0.0:
+        return float("nan")
+    g = geometry
+    on_film = m[g.pad_top:g.pad_top + g.new_h, g.pad_left:g.pad_left + g.new_w].sum()
+    return float(np.clip(1.0 - on_film / total, 0.0, 1.0))

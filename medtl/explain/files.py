@@ -22,7 +22,10 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-__all__ = ["FileMaps", "maps_for_files", "explain_paths"]
+__all__ = ["FileMaps", "maps_for_files", "explain_paths", "OFF_FILM_NOTE"]
+
+#: From this share of a map's heat on the padding on, ``medtl explain`` and the report say so.
+OFF_FILM_NOTE = 0.25
 
 
 @dataclass
@@ -38,6 +41,8 @@ class FileMaps:
     classes: dict[str, str] = field(default_factory=dict)
     #: ``medtl predict``'s table for the readable files (None when there were none).
     scores: pd.DataFrame | None = None
+    #: Share of each map's heat on the letterbox padding, which the film-sized map crops off.
+    off_film: dict[str, float] = field(default_factory=dict)
 
 
 def _map_classes(task: str, classes: Sequence[str], scores: np.ndarray,
@@ -82,7 +87,7 @@ def maps_for_files(
     """
     from medtl.data.pipeline import ImagePipeline
     from medtl.evaluate.runs import RunPredictor, score_columns
-    from medtl.explain.cam import compute_cam, explain_for_original, method_for_model
+    from medtl.explain.cam import compute_cam, explain_for_original, method_for_model, off_film_share
     from medtl.io import read_image
 
     predictor = RunPredictor(run_or_model)
@@ -118,13 +123,14 @@ def maps_for_files(
                 batch_size=batch_size,
             )
             total = maps if total is None else total + maps
-    films, out = {}, {}
+    films, out, off = {}, {}, {}
     for i, p in enumerate(ok):
         m = total[i] / len(predictor.members)
         films[p] = read_image(p, window=window)
         out[p] = explain_for_original(m, loaded[p][1])
+        off[p] = off_film_share(m, loaded[p][1])
     shown = {p: predictor.classes[t] for p, t in zip(ok, targets)}
-    return FileMaps(films, out, errors, str(choice), getattr(choice, "reason", ""), shown, scores)
+    return FileMaps(films, out, errors, str(choice), getattr(choice, "reason", ""), shown, scores, off)
 
 
 def explain_paths(
@@ -148,8 +154,9 @@ def explain_paths(
         class_name: the class to map (default: see :func:`maps_for_files`).
 
     Returns:
-        One row per file: path, png, method, map_class (the class the map is for), error,
-        score column(s), prediction.
+        One row per file: path, png, method, map_class (the class the map is for),
+        heat_off_film (share of the map's heat on the letterbox padding, which the overlay
+        cannot show), error, score column(s), prediction.
     """
     from medtl.explain.overlay import overlay, write_png
 
@@ -164,6 +171,7 @@ def explain_paths(
     used: set[str] = set()
     for i, p in enumerate(map(str, paths)):
         row = {"path": p, "png": "", "method": fm.method, "map_class": fm.classes.get(p, ""),
+               "heat_off_film": round(fm.off_film[p], 4) if p in fm.off_film else np.nan,
                "error": fm.errors.get(p, "")}
         if p in fm.films:
             name = _unique(_file_stem(p), used) + f"_{fm.method.replace('+', 'p')}.png"

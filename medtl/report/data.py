@@ -95,6 +95,7 @@ class Case:
     note: str = ""
     target: str = ""  # the class judged and mapped (multilabel/multiclass galleries); '' binary
     called: str = ""  # the model's decision as names (multilabel/multiclass)
+    off_film: float | None = None  # share of the map's heat on the letterbox padding (not drawn)
 
 
 @dataclass

@@ -163,8 +163,8 @@ def cam_overlays(model_dir: str | Path, files: Sequence[str], method: str = "gra
             :func:`medtl.explain.files.maps_for_files`).
 
     Returns:
-        ({file: (film float (H, W) in [0, 1], overlay uint8 (H, W, 3))}, the method used,
-        a str carrying ``.reason``).
+        ({file: (film float (H, W) in [0, 1], overlay uint8 (H, W, 3), share of the map's heat
+        on the letterbox padding)}, the method used, a str carrying ``.reason``).
     """
     model_path = Path(model_dir) / "model.keras"
     if not model_path.is_file():  # checked before TensorFlow is imported, for a quick clear note
@@ -177,7 +177,7 @@ def cam_overlays(model_dir: str | Path, files: Sequence[str], method: str = "gra
     if fm.errors:
         path, reason = next(iter(fm.errors.items()))
         raise ValueError(reason if path in reason else f"{path}: {reason}")
-    out = {f: (fm.films[f], overlay(fm.films[f], fm.maps[f])) for f in files}
+    out = {f: (fm.films[f], overlay(fm.films[f], fm.maps[f]), fm.off_film[f]) for f in files}
     return out, MethodChoice(fm.method, fm.reason)
 
 
@@ -228,7 +228,7 @@ def render_gallery(
     if not shown:
         return shown, "No case to show: no true positive, false positive or false negative."
 
-    computed: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
+    computed: dict[tuple[str, str], tuple[np.ndarray, np.ndarray, float]] = {}
     methods: dict[tuple[str, str], Any] = {}
     failures: dict[tuple[str, str], str] = {}
     usable = cases["target"].eq("") & cases["file"].isin(list(overlays))  # precomputed: binary only
@@ -253,7 +253,7 @@ def render_gallery(
             case.overlay_png = _reencode(png)
             case.method_reason = "precomputed"
         elif key in computed:
-            film, over = computed[key]
+            film, over, case.off_film = computed[key]
             case.film_png = image_png(film, FILM_SIDE)
             case.overlay_png = image_png(over, FILM_SIDE)
             case.method = str(methods[key])

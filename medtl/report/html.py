@@ -93,7 +93,9 @@ def render_html(data: ReportData) -> str:
     Raises:
         ExternalResourceError: the page would fetch an external resource.
     """
-    page = _environment().get_template(TEMPLATE).render(d=data)
+    from medtl.explain.files import OFF_FILM_NOTE  # no TensorFlow in that module's import
+
+    page = _environment().get_template(TEMPLATE).render(d=data, off_film_note=OFF_FILM_NOTE)
     bad = _EXTERNAL.search(_DATA_URI.sub("data:", page))
     if bad:
         raise ExternalResourceError(f"report template: references an external resource near "

@@ -23,6 +23,7 @@ from medtl.explain.cam import (  # noqa: E402
     compute_cam,
     explain_for_original,
     method_for_model,
+    off_film_share,
     spatial_layers,
 )
 from medtl.models import build_model, load_model  # noqa: E402
@@ -457,3 +458,21 @@ def test_explain_for_original_undoes_letterbox() -> None:
     assert abs(r - 80) <= 2 and abs(c - 10) <= 2
     with pytest.raises(ValueError, match="one \\(H, W\\) map"):
         explain_for_original(np.zeros((2, 64, 64)), geo)
+
+
+def test_off_film_share_counts_the_heat_on_the_letterbox_padding() -> None:
+    _, geo = letterbox(np.zeros((100, 50), np.float32), (64, 64))  # content 64x32, 16 px each side
+    assert (geo.pad_left, geo.new_w) == (16, 32)
+    uniform = np.ones((64, 64), np.float32)
+    assert off_film_share(uniform, geo) == pytest.approx(0.5)  # half the canvas is padding
+    on_film = np.zeros((64, 64), np.float32)
+    on_film[10:20, 20:40] = 1.0
+    assert off_film_share(on_film, geo) == 0.0
+    off = on_film.copy()
+    off[:, :16] = 0.5  # the left padding: 64*16*0.5 = 512 against 200 on the film
+    assert off_film_share(off, geo) == pytest.approx(512 / 712)
+    assert np.isnan(off_film_share(np.zeros((64, 64)), geo))  # no heat anywhere
+    _, square = letterbox(np.zeros((40, 40), np.float32), (64, 64))
+    assert off_film_share(uniform, square) == 0.0  # nothing padded
+    with pytest.raises(ValueError, match="canvas size 64x64"):
+        off_film_share(np.ones((7, 7)), geo)

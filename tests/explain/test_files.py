@@ -126,6 +126,45 @@ def test_map_peak_lands_on_the_planted_spot_of_a_letterboxed_film(trained_run, t
     assert m[film < 100].max() < 0.5  # nothing of the evidence far from the spot
 
 
+def _padding_model(size: int):
+    """Known answer: the evidence is near-black film, which the letterbox padding is."""
+    import keras
+
+    bi = keras.Input((size, size, 3))
+    conv = keras.layers.Conv2D(1, 1, activation="relu", name="dark")
+    backbone = keras.Model(bi, keras.layers.AveragePooling2D(2, name="pool2")(conv(bi)), name="backbone")
+    inp = keras.Input((size, size, 1), name="image")
+    x = keras.layers.Concatenate()([inp, inp, inp])
+    x = keras.layers.GlobalAveragePooling2D(name="pool")(backbone(x, training=False))
+    head = keras.layers.Dense(1, activation="sigmoid", name="classifier")
+    model = keras.Model(inp, head(x))
+    conv.set_weights([np.full((1, 1, 3, 1), -1.0 / 3, np.float32), np.array([0.25], np.float32)])
+    head.set_weights([np.array([[50.0]], np.float32), np.array([-1.0], np.float32)])
+    return model
+
+
+def test_heat_on_the_letterbox_padding_is_measured_and_said(trained_run, tmp_path, capsys):
+    """The film-sized map crops the padding off, so heat there would vanish from the overlay
+    unnoticed: explanations.csv gives its share and the console says when it is large."""
+    from medtl.cli import main
+
+    run, _, _ = trained_run
+    known = tmp_path / "run"
+    shutil.copytree(run, known)
+    _padding_model(48).save(known / "model.keras")
+    grey = tmp_path / "tall_grey.png"  # 120x60: a quarter of the canvas padded on each side
+    Image.fromarray(np.full((120, 60), 128, np.uint8)).save(grey)
+    square = tmp_path / "square.png"  # no padding, dark in its top half
+    Image.fromarray(np.vstack([np.full((30, 60), 10), np.full((30, 60), 128)]).astype(np.uint8)).save(square)
+    rc = main(["explain", str(known), str(grey), str(square), "--out", str(tmp_path / "cams")])
+    assert rc == 0
+    df = pd.read_csv(tmp_path / "cams" / "explanations.csv").set_index("path")
+    assert df.loc[str(grey), "heat_off_film"] > 0.9  # all of it, up to the map's blur at the edge
+    assert df.loc[str(square), "heat_off_film"] == 0.0
+    err = capsys.readouterr().err
+    assert "1 of 2 maps put 25% or more of their heat on the letterbox padding" in err
+
+
 def _bright_dark_model(size: int, w_bright: float, w_dark: float):
     """Two classes with known evidence: "bright" is near-white film, "dark" near-black film."""
     import keras

@@ -312,7 +312,8 @@ def test_multilabel_gallery_maps_each_case_for_its_own_label(fake_cv_run, monkey
     def fake_overlays(model_dir, files, method, target_layer=None, class_name=None):
         calls.append((model_dir, class_name, tuple(files)))
         film = np.zeros((8, 8), np.float32)
-        return {f: (film, np.zeros((8, 8, 3), np.uint8)) for f in files}, "gradcam"
+        off = 0.4 if class_name == "a" else 0.02  # share of the map's heat on the padding
+        return {f: (film, np.zeros((8, 8, 3), np.uint8), off) for f in files}, "gradcam"
 
     monkeypatch.setattr(gallery, "cam_overlays", fake_overlays)
     preds = _multi_preds("multilabel")
@@ -335,6 +336,8 @@ def test_multilabel_gallery_maps_each_case_for_its_own_label(fake_cv_run, monkey
     page = render_html(data)
     assert "<h3>a</h3>" in page and "<h3>b</h3>" in page
     assert "gradcam for b" in page and "Judged as b against the rest" in page
+    warned = '<dd class="warn">40% of the map\'s heat: on the padding outside the film, not drawn'
+    assert page.count(warned) == 3 and page.count("<dd>2% of the map's heat</dd>") == 3
 
 
 def test_cli_report_warns_and_exits_1_when_gallery_cases_are_incomplete(fake_cv_run, tmp_path, capsys):
