@@ -190,7 +190,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     if not paths:
         raise CommandError(f"no DICOM/PNG/JPEG files found in {' '.join(args.inputs)}")
     df = explain_paths(args.model, paths, args.out, method=args.method, target_layer=args.target_layer,
-                       class_name=args.class_name)
+                       class_name=args.class_name, save_maps=args.save_maps)
     n_err = int((df["error"].fillna("") != "").sum())
     shown = sorted(set(df["map_class"].fillna("").astype(str)) - {""})
     print(f"wrote {len(df) - n_err} overlays and explanations.csv to {args.out} "
@@ -362,6 +362,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="class to map the evidence for, or 'predicted' (binary: the class decided at the "
                         "threshold); default: binary, the positive class; multiclass, the predicted class; "
                         "multilabel, the highest-scoring label")
+    p.add_argument("--save-maps", action="store_true",
+                   help="also write each map at the film's resolution as a 16-bit greyscale PNG "
+                        "(<name>_map.png, 65535 = the map's peak), to measure localisation against your "
+                        "own annotations")
     return parser
 
 

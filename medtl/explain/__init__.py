@@ -30,9 +30,9 @@ _API = {
 
 # Imported eagerly (no TensorFlow there): the function `overlay` shares its name with its
 # module, and a lazy lookup would return the module once anything imported it.
-from medtl.explain.overlay import overlay, png_bytes, write_png  # noqa: E402
+from medtl.explain.overlay import overlay, png_bytes, read_map_png, write_map_png, write_png  # noqa: E402
 
-__all__ = sorted([*_API, "overlay", "png_bytes", "write_png"])
+__all__ = sorted([*_API, "overlay", "png_bytes", "read_map_png", "write_map_png", "write_png"])
 
 
 def __getattr__(name: str) -> Any:

@@ -141,6 +141,7 @@ def explain_paths(
     target_layer: str | None = None,
     batch_size: int = 16,
     class_name: str | None = None,
+    save_maps: bool = False,
 ) -> pd.DataFrame:
     """Write a heat-map overlay PNG per file and ``explanations.csv`` into ``out_dir``.
 
@@ -152,13 +153,16 @@ def explain_paths(
         target_layer: layer for the gradient methods; default the run's ``report.target_layer``.
         batch_size: images per CAM batch.
         class_name: the class to map (default: see :func:`maps_for_files`).
+        save_maps: also write each map at the film's resolution as a 16-bit greyscale PNG
+            (see :func:`medtl.explain.overlay.write_map_png`), named in the map_png column.
 
     Returns:
-        One row per file: path, png, method, map_class (the class the map is for),
+        One row per file: path, png, map_png ('' unless ``save_maps``), method, map_class (the
+        class the map is for),
         heat_off_film (share of the map's heat on the letterbox padding, which the overlay
         cannot show), error, score column(s), prediction.
     """
-    from medtl.explain.overlay import overlay, write_png
+    from medtl.explain.overlay import overlay, write_map_png, write_png
 
     run_cfg = _run_report_settings(run_or_model)
     method = method or run_cfg.get("cam", "gradcam")
@@ -170,13 +174,16 @@ def explain_paths(
     rows = []
     used: set[str] = set()
     for i, p in enumerate(map(str, paths)):
-        row = {"path": p, "png": "", "method": fm.method, "map_class": fm.classes.get(p, ""),
+        row = {"path": p, "png": "", "map_png": "", "method": fm.method, "map_class": fm.classes.get(p, ""),
                "heat_off_film": round(fm.off_film[p], 4) if p in fm.off_film else np.nan,
                "error": fm.errors.get(p, "")}
         if p in fm.films:
-            name = _unique(_file_stem(p), used) + f"_{fm.method.replace('+', 'p')}.png"
-            write_png(overlay(fm.films[p], fm.maps[p]), out / name)
-            row["png"] = name
+            name = _unique(_file_stem(p), used) + f"_{fm.method.replace('+', 'p')}"
+            write_png(overlay(fm.films[p], fm.maps[p]), out / f"{name}.png")
+            row["png"] = f"{name}.png"
+            if save_maps:
+                write_map_png(fm.maps[p], out / f"{name}_map.png")
+                row["map_png"] = f"{name}_map.png"
             srow = fm.scores[fm.scores["path"] == p].iloc[0]
             for col in srow.index:
                 if col.startswith("score") or col == "prediction":

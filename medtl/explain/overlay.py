@@ -18,7 +18,7 @@ import numpy as np
 from matplotlib import colormaps
 from PIL import Image
 
-__all__ = ["overlay", "write_png", "png_bytes"]
+__all__ = ["overlay", "write_png", "png_bytes", "write_map_png", "read_map_png", "MAP_PNG_SCALE"]
 
 
 def _as_grey(image: np.ndarray) -> np.ndarray:
@@ -107,3 +107,38 @@ def png_bytes(rgb: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(_check_rgb(rgb)).save(buf, format="PNG")
     return buf.getvalue()
+
+
+#: Grey level of a map value of 1.0 in a map PNG (16-bit).
+MAP_PNG_SCALE = 65535
+
+
+def write_map_png(heat: np.ndarray, path: str | Path) -> Path:
+    """Write a heat map in [0, 1] as a 16-bit greyscale PNG (value * 65535, rounded).
+
+    For measuring localisation against one's own annotations in any tool that reads PNG;
+    :func:`read_map_png` gives the map back to within 1/65535.
+
+    Example:
+        >>> write_map_png(heat, "out/P0001_1_gradcam_map.png")
+        PosixPath('out/P0001_1_gradcam_map.png')
+    """
+    m = np.asarray(heat, dtype=np.float64)
+    if m.ndim != 2 or not np.isfinite(m).all() or m.min() < 0.0 or m.max() > 1.0:
+        raise ValueError(f"{path}: expected one (H, W) map with values in [0, 1], got shape {m.shape}")
+    path = Path(path)
+    if path.suffix.lower() != ".png":
+        raise ValueError(f"{path}: write_map_png writes PNG files; give a name ending in .png")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.rint(m * MAP_PNG_SCALE).astype(np.uint16)).save(path, format="PNG")
+    return path
+
+
+def read_map_png(path: str | Path) -> np.ndarray:
+    """A map written by :func:`write_map_png`, as float32 (H, W) in [0, 1]."""
+    with Image.open(path) as im:
+        arr = np.asarray(im)
+    if arr.ndim != 2 or arr.dtype != np.uint16:
+        raise ValueError(f"{path}: not a 16-bit greyscale map PNG (got {arr.dtype} {arr.shape}); "
+                         "map PNGs are written by medtl explain --save-maps")
+    return (arr.astype(np.float32) / MAP_PNG_SCALE).astype(np.float32)

@@ -78,7 +78,25 @@ def test_cli_explain_writes_overlays_and_lists_bad_files(trained_run, tmp_path, 
     rc = main(["explain", str(run), str(pacs), "--out", str(tmp_path / "pp"), "--method", "gradcam++"])
     assert rc == 0
     df = pd.read_csv(tmp_path / "pp" / "explanations.csv", keep_default_na=False)
-    assert df["png"].tolist() == [f"{uid}_gradcampp.png"]
+    assert df["png"].tolist() == [f"{uid}_gradcampp.png"] and df["map_png"].tolist() == [""]
+
+
+def test_saved_maps_give_back_the_maps_at_the_films_resolution(trained_run, tmp_path):
+    from medtl.cli import main
+    from medtl.explain.files import maps_for_files
+    from medtl.explain.overlay import read_map_png
+
+    run, labels, root = trained_run
+    paths = [str(root / f) for f in labels["file"][:2]]
+    assert main(["explain", str(run), *paths, "--out", str(tmp_path / "cams"), "--save-maps"]) == 0
+    df = pd.read_csv(tmp_path / "cams" / "explanations.csv", keep_default_na=False)
+    fm = maps_for_files(run, paths, method="gradcam")
+    for row in df.itertuples():
+        assert row.map_png == row.png.replace(".png", "_map.png")
+        back = read_map_png(tmp_path / "cams" / row.map_png)
+        assert back.shape == fm.maps[row.path].shape
+        np.testing.assert_allclose(back, fm.maps[row.path], atol=1 / 65535)
+        assert back.max() > 0.5  # a real map, not an empty image
 
 
 def _bright_spot_model(size: int):

@@ -91,3 +91,20 @@ def test_overlay_needs_no_tensorflow() -> None:
             "from medtl.explain import overlay; "
             "assert 'tensorflow' not in sys.modules, 'tensorflow was imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_map_png_round_trip_and_bad_maps(tmp_path) -> None:
+    from medtl.explain.overlay import read_map_png, write_map_png
+
+    heat = np.linspace(0.0, 1.0, 37 * 23, dtype=np.float32).reshape(37, 23)
+    p = write_map_png(heat, tmp_path / "sub" / "m_map.png")
+    back = read_map_png(p)
+    assert back.dtype == np.float32 and back.shape == (37, 23)
+    assert np.abs(back - heat).max() <= 0.5 / 65535 + 1e-7 and back.max() == 1.0
+    with pytest.raises(ValueError, match=r"values in \[0, 1\]"):
+        write_map_png(heat * 2, tmp_path / "x.png")
+    with pytest.raises(ValueError, match="ending in .png"):
+        write_map_png(heat, tmp_path / "x.npy")
+    write_png(np.zeros((4, 4, 3), np.uint8), tmp_path / "rgb.png")
+    with pytest.raises(ValueError, match="not a 16-bit greyscale map PNG"):
+        read_map_png(tmp_path / "rgb.png")
