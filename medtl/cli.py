@@ -186,11 +186,15 @@ def cmd_explain(args: argparse.Namespace) -> int:
     from medtl.explain.files import OFF_FILM_NOTE, explain_paths
     from medtl.train.predict import collect_paths
 
+    for flag, value in (("--patch", args.patch), ("--stride", args.stride)):
+        if value is not None and not 0.0 < value <= 1.0:
+            raise CommandError(f"{flag} {value}: expected a fraction of the image side, 0 < F <= 1 (e.g. 0.125)")
     paths = collect_paths(args.inputs)
     if not paths:
         raise CommandError(f"no DICOM/PNG/JPEG files found in {' '.join(args.inputs)}")
     df = explain_paths(args.model, paths, args.out, method=args.method, target_layer=args.target_layer,
-                       class_name=args.class_name, save_maps=args.save_maps)
+                       class_name=args.class_name, save_maps=args.save_maps, patch=args.patch,
+                       stride=args.stride)
     n_err = int((df["error"].fillna("") != "").sum())
     shown = sorted(set(df["map_class"].fillna("").astype(str)) - {""})
     print(f"wrote {len(df) - n_err} overlays and explanations.csv to {args.out} "
@@ -366,6 +370,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also write each map at the film's resolution as a 16-bit greyscale PNG "
                         "(<name>_map.png, 65535 = the map's peak), to measure localisation against your "
                         "own annotations")
+    p.add_argument("--patch", type=float, metavar="F",
+                   help="occlusion only: patch side as a fraction of the image side, about the finding's "
+                        "size (default: the run's report.occlusion_patch, 0.125)")
+    p.add_argument("--stride", type=float, metavar="F",
+                   help="occlusion only: step as a fraction of the image side; smaller is finer and slower "
+                        "(default: the run's report.occlusion_stride, half the patch)")
     return parser
 
 

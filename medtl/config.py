@@ -138,6 +138,9 @@ class ReportConfig:
     # Grad-CAM by default: Grad-CAM++ fails the model-randomisation sanity check (tests/explain).
     cam: Literal["gradcam", "gradcam++", "occlusion"] = "gradcam"
     target_layer: str | None = None
+    # Occlusion: patch side and step as fractions of the image side (step None: half the patch).
+    occlusion_patch: float = 0.125
+    occlusion_stride: float | None = None
     cases: int = 4
     pdf: bool = False
 
@@ -327,6 +330,13 @@ def _validate(cfg: Config) -> None:
         raise ConfigError(
             f"train.loss.label_smoothing: invalid value {cfg.train.loss.label_smoothing}; expected 0 <= x < 0.5"
         )
+    r = cfg.report
+    if not 0.0 < r.occlusion_patch <= 1.0:
+        raise ConfigError(f"report.occlusion_patch: invalid value {r.occlusion_patch!r}; expected 0 < x <= 1 "
+                          "(a fraction of the image side, e.g. 0.125)")
+    if r.occlusion_stride is not None and not 0.0 < r.occlusion_stride <= 1.0:
+        raise ConfigError(f"report.occlusion_stride: invalid value {r.occlusion_stride!r}; expected 0 < x <= 1 "
+                          "(a fraction of the image side) or null for half the patch")
     if cfg.evaluate.folds < 2:
         raise ConfigError(f"evaluate.folds: invalid value {cfg.evaluate.folds}; expected >= 2")
     parse_threshold_rule(cfg.evaluate.threshold)

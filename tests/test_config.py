@@ -105,6 +105,8 @@ def test_yaml_lax_float_is_coerced():
         ({"data": {"manifest": "a"}, "train": {"loss": {"name": "cce"}}}, "cce needs task multiclass"),
         ({}, "data.manifest: missing"),
         ({"bogus": 1, "data": {"manifest": "a"}}, "unknown config key 'bogus'"),
+        ({"data": {"manifest": "a"}, "report": {"occlusion_patch": 16}}, "report.occlusion_patch: invalid value 16"),
+        ({"data": {"manifest": "a"}, "report": {"occlusion_stride": 0}}, "report.occlusion_stride: invalid value 0"),
     ],
 )
 def test_bad_values_give_one_line_error_naming_key(raw, expected):

@@ -67,6 +67,8 @@ def maps_for_files(
     target_layer: str | None = None,
     batch_size: int = 16,
     class_name: str | None = None,
+    patch: float | None = None,
+    stride: float | None = None,
 ) -> FileMaps:
     """Class activation maps of ``paths`` at each film's own resolution.
 
@@ -81,6 +83,9 @@ def maps_for_files(
             the ensemble decided for each film at its threshold); default binary: the positive
             class, multiclass: the predicted class, multilabel: the highest-scoring label (each
             decided by the whole ensemble, so all its members map the same class).
+        patch: occlusion patch side as a fraction of the image side (default 0.125); not used
+            by the gradient methods.
+        stride: occlusion step as a fraction of the image side (default half the patch).
 
     Returns:
         A :class:`FileMaps`; unreadable files are listed in ``errors``, never dropped.
@@ -112,6 +117,7 @@ def maps_for_files(
                                class_name, scores["prediction"].astype(str).tolist())
     total: np.ndarray | None = None
     choice = None
+    occlusion = {k: v for k, v in (("patch", patch), ("stride", stride)) if v is not None}
     for model in predictor.models():
         choice = method_for_model(model, method)
         if ok:
@@ -121,6 +127,7 @@ def maps_for_files(
                 target_layer=None if choice == "occlusion" else target_layer,
                 class_index=targets,
                 batch_size=batch_size,
+                **(occlusion if choice == "occlusion" else {}),
             )
             total = maps if total is None else total + maps
     films, out, off = {}, {}, {}
@@ -142,6 +149,8 @@ def explain_paths(
     batch_size: int = 16,
     class_name: str | None = None,
     save_maps: bool = False,
+    patch: float | None = None,
+    stride: float | None = None,
 ) -> pd.DataFrame:
     """Write a heat-map overlay PNG per file and ``explanations.csv`` into ``out_dir``.
 
@@ -155,6 +164,8 @@ def explain_paths(
         class_name: the class to map (default: see :func:`maps_for_files`).
         save_maps: also write each map at the film's resolution as a 16-bit greyscale PNG
             (see :func:`medtl.explain.overlay.write_map_png`), named in the map_png column.
+        patch, stride: occlusion patch and step (fractions of the image side); default the
+            run's ``report.occlusion_patch`` and ``report.occlusion_stride``.
 
     Returns:
         One row per file: path, png, map_png ('' unless ``save_maps``), method, map_class (the
@@ -167,10 +178,15 @@ def explain_paths(
     run_cfg = _run_report_settings(run_or_model)
     method = method or run_cfg.get("cam", "gradcam")
     target_layer = target_layer or run_cfg.get("target_layer")
+    if (patch is not None or stride is not None) and method != "occlusion":
+        raise ValueError(f"patch/stride are for occlusion maps and the method is {method}; "
+                         "choose method occlusion (--method occlusion) or leave them out")
+    patch = patch if patch is not None else run_cfg.get("occlusion_patch")
+    stride = stride if stride is not None else run_cfg.get("occlusion_stride")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     fm = maps_for_files(run_or_model, paths, method=method, target_layer=target_layer, batch_size=batch_size,
-                        class_name=class_name)
+                        class_name=class_name, patch=patch, stride=stride)
     rows = []
     used: set[str] = set()
     for i, p in enumerate(map(str, paths)):

@@ -532,7 +532,8 @@ def collect_report_data(run_dir: str | Path, compute_cams: bool = True, n_cases:
                       ignore_index=True)
     gallery, gallery_note = render_gallery(
         cases, salt, classes=src.classes, method=cfg.report.cam, target_layer=cfg.report.target_layer,
-        overlays=read_overlays(run), compute=compute_cams)
+        overlays=read_overlays(run), compute=compute_cams,
+        occlusion={"patch": cfg.report.occlusion_patch, "stride": cfg.report.occlusion_stride})
     for f in dict.fromkeys(cases["file"]):
         forbidden += [f, *(v for v in read_phi(f, parts=False) if len(v) >= 4)]
 

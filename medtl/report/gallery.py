@@ -150,7 +150,8 @@ def _reencode(png: bytes) -> bytes:
 
 def cam_overlays(model_dir: str | Path, files: Sequence[str], method: str = "gradcam",
                  target_layer: str | None = None, class_name: str | None = None,
-                 ) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], Any]:
+                 patch: float | None = None, stride: float | None = None,
+                 ) -> tuple[dict[str, tuple[np.ndarray, np.ndarray, float]], Any]:
     """Film and CAM overlay at the original resolution for ``files``, with one saved model.
 
     Args:
@@ -161,6 +162,7 @@ def cam_overlays(model_dir: str | Path, files: Sequence[str], method: str = "gra
         target_layer: layer for the gradient methods (``report.target_layer``).
         class_name: the class whose evidence to map (default: see
             :func:`medtl.explain.files.maps_for_files`).
+        patch, stride: occlusion patch and step (``report.occlusion_patch``/``_stride``).
 
     Returns:
         ({file: (film float (H, W) in [0, 1], overlay uint8 (H, W, 3), share of the map's heat
@@ -173,7 +175,8 @@ def cam_overlays(model_dir: str | Path, files: Sequence[str], method: str = "gra
     from medtl.explain.files import maps_for_files
     from medtl.explain.overlay import overlay
 
-    fm = maps_for_files(model_dir, files, method=method, target_layer=target_layer, class_name=class_name)
+    fm = maps_for_files(model_dir, files, method=method, target_layer=target_layer, class_name=class_name,
+                        patch=patch, stride=stride)
     if fm.errors:
         path, reason = next(iter(fm.errors.items()))
         raise ValueError(reason if path in reason else f"{path}: {reason}")
@@ -189,6 +192,7 @@ def render_gallery(
     target_layer: str | None = None,
     overlays: Mapping[str, tuple[bytes, str]] | None = None,
     compute: bool = True,
+    occlusion: Mapping[str, float | None] | None = None,
 ) -> tuple[list[Case], str]:
     """Turn chosen cases into gallery entries with film, overlay, score and label.
 
@@ -207,6 +211,7 @@ def render_gallery(
         target_layer: layer for the gradient methods.
         overlays: precomputed file -> (PNG bytes, method).
         compute: compute missing overlays with :mod:`medtl.explain` (needs TensorFlow).
+        occlusion: ``patch`` and ``stride`` for occlusion maps (``report.occlusion_*``).
 
     Returns:
         (cases, a note for the whole gallery, '' when all is well).
@@ -236,7 +241,8 @@ def render_gallery(
         for (model_dir, target), part in cases[~usable].groupby(["model_dir", "target"], sort=False):
             files = list(dict.fromkeys(part["file"]))
             try:
-                got, choice = cam_overlays(model_dir, files, method, target_layer, class_name=target or None)
+                got, choice = cam_overlays(model_dir, files, method, target_layer, class_name=target or None,
+                                           **dict(occlusion or {}))
             except Exception as exc:  # noqa: BLE001 - the reason is shown on each case
                 reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
                 # Paths may carry names: the report names images by hash only.

@@ -81,6 +81,34 @@ def test_cli_explain_writes_overlays_and_lists_bad_files(trained_run, tmp_path, 
     assert df["png"].tolist() == [f"{uid}_gradcampp.png"] and df["map_png"].tolist() == [""]
 
 
+def test_occlusion_patch_and_stride_reach_the_maps(trained_run, tmp_path, capsys):
+    from medtl.cli import main
+    from medtl.data.pipeline import ImagePipeline
+    from medtl.evaluate.runs import RunPredictor
+    from medtl.explain.cam import compute_cam, explain_for_original
+    from medtl.explain.files import maps_for_files
+    from medtl.explain.overlay import read_map_png
+    from medtl.models.classifier import load_model
+
+    run, labels, root = trained_run
+    path = str(root / labels["file"][0])
+    out = tmp_path / "occ"
+    args = ["explain", str(run), path, "--out", str(out), "--method", "occlusion", "--save-maps"]
+    assert main([*args, "--patch", "0.25", "--stride", "0.0625"]) == 0
+    got = read_map_png(out / pd.read_csv(out / "explanations.csv")["map_png"][0])
+    x, geo = ImagePipeline(RunPredictor(run).pipeline_config()).load(path)
+    model = load_model(run / "model.keras")
+    want = explain_for_original(compute_cam(model, x[None], method="occlusion", patch=0.25, stride=0.0625)[0], geo)
+    np.testing.assert_allclose(got, want, atol=2e-5)
+    default = maps_for_files(run, [path], method="occlusion").maps[path]
+    assert np.abs(default - want).max() > 0.05  # the options changed the map
+
+    assert main([*args, "--stride", "0"]) == 1
+    assert "--stride 0.0: expected a fraction of the image side" in capsys.readouterr().err
+    assert main(["explain", str(run), path, "--out", str(out), "--patch", "0.2"]) == 1
+    assert "patch/stride are for occlusion maps and the method is gradcam" in capsys.readouterr().err
+
+
 def test_saved_maps_give_back_the_maps_at_the_films_resolution(trained_run, tmp_path):
     from medtl.cli import main
     from medtl.explain.files import maps_for_files

@@ -309,7 +309,7 @@ def test_multilabel_gallery_maps_each_case_for_its_own_label(fake_cv_run, monkey
 
     calls = []
 
-    def fake_overlays(model_dir, files, method, target_layer=None, class_name=None):
+    def fake_overlays(model_dir, files, method, target_layer=None, class_name=None, patch=None, stride=None):
         calls.append((model_dir, class_name, tuple(files)))
         film = np.zeros((8, 8), np.float32)
         off = 0.4 if class_name == "a" else 0.02  # share of the map's heat on the padding
