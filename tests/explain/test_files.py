@@ -127,23 +127,29 @@ def test_saved_maps_give_back_the_maps_at_the_films_resolution(trained_run, tmp_
         assert back.max() > 0.5  # a real map, not an empty image
 
 
-def _bright_spot_model(size: int):
-    """Known answer: the evidence for the positive class is wherever the film is near white
-    (a 1x1 conv fires above 0.75), seen through a 2x-pooled map as in a real backbone."""
+def _known_answer_model(size: int, kernel, bias, head_w, head_b, activation: str = "sigmoid"):
+    """A classifier whose evidence is known: 1x1 convolutions of the grey film (repeated over
+    RGB) with ReLU, seen through a 2x-pooled map as in a real backbone, then a dense head."""
     import keras
 
     bi = keras.Input((size, size, 3))
-    conv = keras.layers.Conv2D(1, 1, activation="relu", name="spot")
-    h = keras.layers.AveragePooling2D(2, name="pool2")(conv(bi))
-    backbone = keras.Model(bi, h, name="backbone")
+    k = np.asarray(kernel, np.float32)
+    conv = keras.layers.Conv2D(len(k), 1, activation="relu", name="evidence")
+    backbone = keras.Model(bi, keras.layers.AveragePooling2D(2, name="pool2")(conv(bi)), name="backbone")
     inp = keras.Input((size, size, 1), name="image")
     x = keras.layers.Concatenate()([inp, inp, inp])
     x = keras.layers.GlobalAveragePooling2D(name="pool")(backbone(x, training=False))
-    head = keras.layers.Dense(1, activation="sigmoid", name="classifier")
+    head = keras.layers.Dense(len(head_b), activation=activation, name="classifier")
     model = keras.Model(inp, head(x))
-    conv.set_weights([np.full((1, 1, 3, 1), 1.0 / 3, np.float32), np.array([-0.75], np.float32)])
-    head.set_weights([np.array([[50.0]], np.float32), np.array([-1.0], np.float32)])
+    conv.set_weights([np.tile(k / 3, (3, 1))[None, None], np.asarray(bias, np.float32)])
+    head.set_weights([np.asarray(head_w, np.float32), np.asarray(head_b, np.float32)])
     return model
+
+
+def _bright_spot_model(size: int):
+    """Known answer: the evidence for the positive class is wherever the film is near white
+    (above 0.75)."""
+    return _known_answer_model(size, [1.0], [-0.75], [[50.0]], [-1.0])
 
 
 @pytest.mark.parametrize("shape, spot", [((120, 80), (30, 22)), ((80, 120), (58, 95)), ((100, 100), (50, 20))])
@@ -173,20 +179,8 @@ def test_map_peak_lands_on_the_planted_spot_of_a_letterboxed_film(trained_run, t
 
 
 def _padding_model(size: int):
-    """Known answer: the evidence is near-black film, which the letterbox padding is."""
-    import keras
-
-    bi = keras.Input((size, size, 3))
-    conv = keras.layers.Conv2D(1, 1, activation="relu", name="dark")
-    backbone = keras.Model(bi, keras.layers.AveragePooling2D(2, name="pool2")(conv(bi)), name="backbone")
-    inp = keras.Input((size, size, 1), name="image")
-    x = keras.layers.Concatenate()([inp, inp, inp])
-    x = keras.layers.GlobalAveragePooling2D(name="pool")(backbone(x, training=False))
-    head = keras.layers.Dense(1, activation="sigmoid", name="classifier")
-    model = keras.Model(inp, head(x))
-    conv.set_weights([np.full((1, 1, 3, 1), -1.0 / 3, np.float32), np.array([0.25], np.float32)])
-    head.set_weights([np.array([[50.0]], np.float32), np.array([-1.0], np.float32)])
-    return model
+    """Known answer: the evidence is near-black film (below 0.25), which the letterbox padding is."""
+    return _known_answer_model(size, [-1.0], [0.25], [[50.0]], [-1.0])
 
 
 def test_heat_on_the_letterbox_padding_is_measured_and_said(trained_run, tmp_path, capsys):
@@ -213,22 +207,9 @@ def test_heat_on_the_letterbox_padding_is_measured_and_said(trained_run, tmp_pat
 
 def _bright_dark_model(size: int, w_bright: float, w_dark: float):
     """Two classes with known evidence: "bright" is near-white film, "dark" near-black film."""
-    import keras
-
-    bi = keras.Input((size, size, 3))
-    conv = keras.layers.Conv2D(2, 1, activation="relu", name="spots")
-    backbone = keras.Model(bi, keras.layers.AveragePooling2D(2, name="pool2")(conv(bi)), name="backbone")
-    inp = keras.Input((size, size, 1), name="image")
-    x = keras.layers.Concatenate()([inp, inp, inp])
-    x = keras.layers.GlobalAveragePooling2D(name="pool")(backbone(x, training=False))
-    head = keras.layers.Dense(2, activation="softmax", name="classifier")
-    model = keras.Model(inp, head(x))
-    # channel 0 = relu(x - 0.75), channel 1 = relu(0.25 - x), for grey x repeated over RGB
-    k = np.zeros((1, 1, 3, 2), np.float32)
-    k[..., 0], k[..., 1] = 1.0 / 3, -1.0 / 3
-    conv.set_weights([k, np.array([-0.75, 0.25], np.float32)])
-    head.set_weights([np.diag([w_bright, w_dark]).astype(np.float32), np.zeros(2, np.float32)])
-    return model
+    # channel 0 = relu(x - 0.75), channel 1 = relu(0.25 - x)
+    return _known_answer_model(size, [1.0, -1.0], [-0.75, 0.25], np.diag([w_bright, w_dark]), [0.0, 0.0],
+                               activation="softmax")
 
 
 def test_ensemble_members_map_the_class_the_ensemble_predicts(trained_run, tmp_path, monkeypatch):
