@@ -169,9 +169,8 @@ def explain_paths(
 
     Returns:
         One row per file: path, png, map_png ('' unless ``save_maps``), method, map_class (the
-        class the map is for),
-        heat_off_film (share of the map's heat on the letterbox padding, which the overlay
-        cannot show), error, score column(s), prediction.
+        class the map is for), heat_off_film (share of the map's heat on the letterbox padding,
+        which the overlay cannot show), error, score column(s), prediction.
     """
     from medtl.explain.overlay import overlay, write_map_png, write_png
 
