@@ -137,7 +137,11 @@ def maps_for_files(
         out[p] = explain_for_original(m, loaded[p][1])
         off[p] = off_film_share(m, loaded[p][1])
     shown = {p: predictor.classes[t] for p, t in zip(ok, targets)}
-    return FileMaps(films, out, errors, str(choice), getattr(choice, "reason", ""), shown, scores, off)
+    reason = getattr(choice, "reason", "")
+    if choice == "occlusion":  # the report shows what the map's resolution depends on
+        side = 0.125 if patch is None else patch
+        reason += f"; patch {side:g}, step {side / 2 if stride is None else stride:g} of the image side"
+    return FileMaps(films, out, errors, str(choice), reason, shown, scores, off)
 
 
 def explain_paths(

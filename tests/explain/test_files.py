@@ -100,8 +100,9 @@ def test_occlusion_patch_and_stride_reach_the_maps(trained_run, tmp_path, capsys
     model = load_model(run / "model.keras")
     want = explain_for_original(compute_cam(model, x[None], method="occlusion", patch=0.25, stride=0.0625)[0], geo)
     np.testing.assert_allclose(got, want, atol=2e-5)
-    default = maps_for_files(run, [path], method="occlusion").maps[path]
-    assert np.abs(default - want).max() > 0.05  # the options changed the map
+    default = maps_for_files(run, [path], method="occlusion")
+    assert np.abs(default.maps[path] - want).max() > 0.05  # the options changed the map
+    assert default.reason.endswith("; patch 0.125, step 0.0625 of the image side")
 
     assert main([*args, "--stride", "0"]) == 1
     assert "--stride 0.0: expected a fraction of the image side" in capsys.readouterr().err
