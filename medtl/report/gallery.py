@@ -259,7 +259,8 @@ def render_gallery(
             case.overlay_png = _reencode(png)
             case.method_reason = "precomputed"
         elif key in computed:
-            film, over, case.off_film = computed[key]
+            film, over, off = computed[key]
+            case.off_film = None if np.isnan(off) else off  # nan: a map with no heat at all
             case.film_png = image_png(film, FILM_SIDE)
             case.overlay_png = image_png(over, FILM_SIDE)
             case.method = str(methods[key])
