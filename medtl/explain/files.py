@@ -43,6 +43,8 @@ class FileMaps:
     scores: pd.DataFrame | None = None
     #: Share of each map's heat on the letterbox padding, which the film-sized map crops off.
     off_film: dict[str, float] = field(default_factory=dict)
+    #: Whether each film was letterboxed (padded) on the canvas; without padding off_film is 0.
+    padded: dict[str, bool] = field(default_factory=dict)
 
 
 def _map_classes(task: str, classes: Sequence[str], scores: np.ndarray,
@@ -130,18 +132,19 @@ def maps_for_files(
                 **(occlusion if choice == "occlusion" else {}),
             )
             total = maps if total is None else total + maps
-    films, out, off = {}, {}, {}
+    films, out, off, padded = {}, {}, {}, {}
     for i, p in enumerate(ok):
-        m = total[i] / len(predictor.members)
+        m, geo = total[i] / len(predictor.members), loaded[p][1]
         films[p] = read_image(p, window=window)
-        out[p] = explain_for_original(m, loaded[p][1])
-        off[p] = off_film_share(m, loaded[p][1])
+        out[p] = explain_for_original(m, geo)
+        off[p] = off_film_share(m, geo)
+        padded[p] = (geo.new_h, geo.new_w) != (geo.target_h, geo.target_w)
     shown = {p: predictor.classes[t] for p, t in zip(ok, targets)}
     reason = getattr(choice, "reason", "")
     if choice == "occlusion":  # the report shows what the map's resolution depends on
         side = 0.125 if patch is None else patch
         reason += f"; patch {side:g}, step {side / 2 if stride is None else stride:g} of the image side"
-    return FileMaps(films, out, errors, str(choice), reason, shown, scores, off)
+    return FileMaps(films, out, errors, str(choice), reason, shown, scores, off, padded)
 
 
 def explain_paths(

@@ -166,7 +166,8 @@ def cam_overlays(model_dir: str | Path, files: Sequence[str], method: str = "gra
 
     Returns:
         ({file: (film float (H, W) in [0, 1], overlay uint8 (H, W, 3), share of the map's heat
-        on the letterbox padding)}, the method used, a str carrying ``.reason``).
+        on the letterbox padding, None for a film that was not padded)}, the method used, a
+        str carrying ``.reason``).
     """
     model_path = Path(model_dir) / "model.keras"
     if not model_path.is_file():  # checked before TensorFlow is imported, for a quick clear note
@@ -180,7 +181,9 @@ def cam_overlays(model_dir: str | Path, files: Sequence[str], method: str = "gra
     if fm.errors:
         path, reason = next(iter(fm.errors.items()))
         raise ValueError(reason if path in reason else f"{path}: {reason}")
-    out = {f: (fm.films[f], overlay(fm.films[f], fm.maps[f]), fm.off_film[f]) for f in files}
+    # A film that filled the canvas has no padding to hold heat: no share to show (None).
+    out = {f: (fm.films[f], overlay(fm.films[f], fm.maps[f]), fm.off_film[f] if fm.padded[f] else None)
+           for f in files}
     return out, MethodChoice(fm.method, fm.reason)
 
 
@@ -260,7 +263,7 @@ def render_gallery(
             case.method_reason = "precomputed"
         elif key in computed:
             film, over, off = computed[key]
-            case.off_film = None if np.isnan(off) else off  # nan: a map with no heat at all
+            case.off_film = None if off is None or np.isnan(off) else off  # nan: no heat at all
             case.film_png = image_png(film, FILM_SIDE)
             case.overlay_png = image_png(over, FILM_SIDE)
             case.method = str(methods[key])

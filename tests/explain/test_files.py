@@ -202,6 +202,9 @@ def test_heat_on_the_letterbox_padding_is_measured_and_said(trained_run, tmp_pat
     df = pd.read_csv(tmp_path / "cams" / "explanations.csv").set_index("path")
     assert df.loc[str(grey), "heat_off_film"] > 0.9  # all of it, up to the map's blur at the edge
     assert df.loc[str(square), "heat_off_film"] == 0.0
+    from medtl.explain.files import maps_for_files
+
+    assert maps_for_files(known, [grey, square]).padded == {str(grey): True, str(square): False}
     err = capsys.readouterr().err
     assert "1 of 2 maps put 25% or more of their heat on the letterbox padding" in err
 

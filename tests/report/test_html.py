@@ -340,6 +340,31 @@ def test_multilabel_gallery_maps_each_case_for_its_own_label(fake_cv_run, monkey
     assert page.count(warned) == 3 and page.count("<dd>2% of the map's heat</dd>") == 3
 
 
+def test_off_film_row_only_for_padded_films_whose_map_has_heat(fake_cv_run, monkeypatch):
+    """A film that filled the canvas had no padding to put heat on: its case shows no off-film
+    share rather than a 0% that reads like a finding; nor does a map with no heat at all."""
+    import medtl.report.gallery as gallery
+
+    shares = {"/x/img0.png": None, "/x/img2.png": float("nan"), "/x/img4.png": 0.3}
+
+    def fake_overlays(model_dir, files, method, target_layer=None, class_name=None, patch=None, stride=None):
+        film = np.zeros((8, 8), np.float32)
+        return {f: (film, np.zeros((8, 8, 3), np.uint8), shares[f]) for f in files}, "gradcam"
+
+    monkeypatch.setattr(gallery, "cam_overlays", fake_overlays)
+    a = class_views(_multi_preds("multilabel"), "multilabel", ["a", "b"])[0]
+    cases = select_cases(a, 1)
+    assert sorted(cases["file"]) == sorted(shares)
+    shown, note = render_gallery(cases, b"salt", classes=["a", "b"])
+    assert not note
+    assert {f: c.off_film for f, c in zip(cases["file"], shown)} == {
+        "/x/img0.png": None, "/x/img2.png": None, "/x/img4.png": 0.3}
+    data = collect_report_data(fake_cv_run.run, compute_cams=False)
+    data.gallery = shown
+    page = render_html(data)
+    assert page.count("<dt>Off the film</dt>") == 1 and "<dd class=\"warn\">30% of the map's heat" in page
+
+
 def test_cli_report_warns_and_exits_1_when_gallery_cases_are_incomplete(fake_cv_run, tmp_path, capsys):
     from medtl.cli import main
 
