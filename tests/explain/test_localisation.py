@@ -62,21 +62,27 @@ def test_lesion_lies_in_the_hot_region_for_true_positives(trained, method):
     assert np.mean(hot) >= 0.9, f"{method}: lesion centre in the hot region for {sum(hot)} of {len(hot)}"
 
 
+# What was tried, 2026-12-02/03 (seeds are the fixture's training seed; % = held-out true
+# positives whose Grad-CAM peak lies inside the lesion; Grad-CAM++ gave the same counts):
+# - seven seeds (42, 1-6): 80, 100, 64, 61, 71, 15, 36%. The lesion centre is in the hot region
+#   for all. Occlusion (16 px patch, 4 px step) on the same films: 82, 80, 95, 82, 79, 98, 100%,
+#   so the models' evidence is the lesion.
+# - at seed 5 (15%) the peaks sit a steady 1.2 lesion radii below the lesion (mean offset
+#   (+0.26, +1.18) radii), on square films with no padding as on letterboxed ones: a learned
+#   displacement of the features, not the letterbox geometry (tested in test_cam.py and
+#   test_files.py). It is already there at cnn_block4_relu1 (10%) and cnn_block3_relu2 (8%).
+# - did not help: a last block at stride 4 (no third pooling, dilated convolutions; 32x32 map:
+#   16, 39, 46, 63% for seeds 42, 5, 6, 2), a top block of 1x1 convolutions (receptive field
+#   36 px instead of 68: 21, 66, 44% for seeds 42, 1, 2), larger lesions (radius 9-12% of the
+#   width: 52, 98, 80, 88% for seeds 42, 1, 5, 6), test-time flips (23-80%) and all eight square
+#   symmetries (8-87%), averaging over half-cell input shifts (80 -> 85% at seed 42), flat-disc
+#   lesions (16-58%).
 @pytest.mark.xfail(
     strict=False,
-    reason="measured 2026-12-03 (smallcnn, 128 px, 16x16 last feature map, this fixture's data, "
-    "38-40 held-out true positives): the Grad-CAM peak falls inside the lesion for 32 of 40 (80%) "
-    "at this seed and for 15-100% (median 64%) over seven seeds (42, 1-6: 80, 100, 64, 61, 71, 15, "
-    "36%); Grad-CAM++ gave the same counts. The lesion centre is in the hot region for all. The "
-    "models' evidence is the lesion: occlusion with a 16 px patch moved 4 px at a time puts its "
-    "peak inside it for 82, 80, 95, 82, 79, 98, 100% of the same films. Grad-CAM draws each "
-    "feature-map cell at the cell's centre, and the cells that raise the score most can sit a "
-    "cell or more from the lesion they see. Did not help: flips (23-80% over five seeds), all "
-    "eight square symmetries (8-87%), a top block of 1x1 convolutions (receptive field 36 px "
-    "instead of 68: 21, 66, 44% for seeds 42, 1, 2), larger lesions (radius 9-12% of the width "
-    "instead of 6-9%: 52, 98, 80, 88% for seeds 42, 1, 5, 6), averaging maps over half-cell "
-    "shifts of the input (80 -> 85% at seed 42), flat-disc lesions (16-58%). The film -> canvas "
-    "-> film mapping is tested in test_cam.py and test_files.py.",
+    reason="Grad-CAM's peak falls inside the lesion for 80% of held-out true positives at this "
+    "seed, 15-100% over seven seeds, while occlusion finds the lesion for 79-100% of the same "
+    "films: the last block's features can fire a lesion radius beside what they see (measured "
+    "2026-12-03; the comment above the test lists what was tried)",
 )
 @pytest.mark.parametrize("method", ["gradcam", "gradcam++"])
 def test_peak_falls_inside_the_lesion_for_true_positives(trained, method):
