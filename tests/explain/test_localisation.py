@@ -76,7 +76,11 @@ def test_lesion_lies_in_the_hot_region_for_true_positives(trained, method):
 #   36 px instead of 68: 21, 66, 44% for seeds 42, 1, 2), larger lesions (radius 9-12% of the
 #   width: 52, 98, 80, 88% for seeds 42, 1, 5, 6), test-time flips (23-80%) and all eight square
 #   symmetries (8-87%), averaging over half-cell input shifts (80 -> 85% at seed 42), flat-disc
-#   lesions (16-58%).
+#   lesions (16-58%), a blurred dome (Gaussian, sigma 0.3 radii: 46, 38, 74% for seeds 42, 5, 6).
+# - a lesion without a hard rim, (1 - (d/r)^2)^p instead of the sphere's sqrt profile, raised the
+#   median but not every seed (seeds 42, 5, 6, 1, 2, 3, 4): p = 1.5: 97, 74, 79, 90, 46, 97, 82%;
+#   p = 2: 100, 97, 28, 78, 14, 100, 53%. Which way the features sit is the training run's own
+#   choice, so the sample data keeps the sphere's profile rather than one that suits seed 42.
 @pytest.mark.xfail(
     strict=False,
     reason="Grad-CAM's peak falls inside the lesion for 80% of held-out true positives at this "
