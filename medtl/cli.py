@@ -169,7 +169,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path(args.run) / "report.html"
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ReportWarning)
-        path = write_report(args.run, out, pdf=args.pdf, compute_cams=not args.no_cams)
+        path = write_report(args.run, out, pdf=args.pdf, compute_cams=not args.no_cams, compare=args.compare)
     print(f"report: {path}")
     if args.pdf:
         print(f"pdf: {path.with_suffix('.pdf')}")
@@ -350,6 +350,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output HTML file (default: RUN/report.html)")
     p.add_argument("--pdf", action="store_true", help="also write a PDF (needs weasyprint or chromium)")
     p.add_argument("--no-cams", action="store_true", help="skip the heat-map gallery (faster)")
+    p.add_argument("--compare", choices=["gradcam", "gradcam++", "occlusion"],
+                   help="also map each gallery case with this method, beside the first map "
+                        "(default: the run's report.compare)")
 
     p = add(
         "explain",

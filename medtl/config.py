@@ -141,6 +141,8 @@ class ReportConfig:
     # Occlusion: patch side and step as fractions of the image side (step None: half the patch).
     occlusion_patch: float = 0.125
     occlusion_stride: float | None = None
+    # A second map per gallery case, by another method, to check the first against.
+    compare: Literal["gradcam", "gradcam++", "occlusion"] | None = None
     cases: int = 4
     pdf: bool = False
 
@@ -337,6 +339,9 @@ def _validate(cfg: Config) -> None:
     if r.occlusion_stride is not None and not 0.0 < r.occlusion_stride <= 1.0:
         raise ConfigError(f"report.occlusion_stride: invalid value {r.occlusion_stride!r}; expected 0 < x <= 1 "
                           "(a fraction of the image side) or null for half the patch")
+    if r.compare is not None and r.compare == r.cam:
+        raise ConfigError(f"report.compare: {r.compare!r} is report.cam already; choose another method "
+                          "(occlusion beside a gradient method is the useful check) or null")
     if cfg.evaluate.folds < 2:
         raise ConfigError(f"evaluate.folds: invalid value {cfg.evaluate.folds}; expected >= 2")
     parse_threshold_rule(cfg.evaluate.threshold)

@@ -96,6 +96,10 @@ class Case:
     target: str = ""  # the class judged and mapped (multilabel/multiclass galleries); '' binary
     called: str = ""  # the model's decision as names (multilabel/multiclass)
     off_film: float | None = None  # share of the map's heat on the letterbox padding (not drawn)
+    second_png: bytes | None = None  # the second method's overlay (``report.compare``)
+    second_method: str | None = None
+    second_reason: str = ""
+    peak_gap: float | None = None  # the two maps' peaks apart, share of the film's longer side
 
 
 @dataclass
@@ -496,7 +500,16 @@ def _stage_rows(cfg: Any, run: Path, model_dirs: list[str]) -> list[dict[str, An
     return rows
 
 
-def collect_report_data(run_dir: str | Path, compute_cams: bool = True, n_cases: int | None = None) -> ReportData:
+def _second_method(compare: str | None, cam: str) -> str | None:
+    if compare is not None and compare not in ("gradcam", "gradcam++", "occlusion"):
+        raise ValueError(f"compare: invalid value {compare!r}; expected gradcam, gradcam++ or occlusion")
+    if compare == cam:
+        raise ValueError(f"compare: {compare!r} is the run's report.cam already; choose another method")
+    return compare
+
+
+def collect_report_data(run_dir: str | Path, compute_cams: bool = True, n_cases: int | None = None,
+                        compare: str | None = None) -> ReportData:
     """Read a cross-validation (or training) run folder into a :class:`ReportData`.
 
     Args:
@@ -504,6 +517,7 @@ def collect_report_data(run_dir: str | Path, compute_cams: bool = True, n_cases:
         compute_cams: compute CAM overlays for the gallery with the fold models (needs
             TensorFlow); False shows only precomputed overlays (``overlays/overlays.csv``).
         n_cases: cases per gallery group (default ``report.cases`` of the run's config).
+        compare: a second CAM method for each gallery case (default ``report.compare``).
 
     Raises:
         FileNotFoundError: not a run folder, or a CV run that has not been merged yet.
@@ -533,7 +547,8 @@ def collect_report_data(run_dir: str | Path, compute_cams: bool = True, n_cases:
     gallery, gallery_note = render_gallery(
         cases, salt, classes=src.classes, method=cfg.report.cam, target_layer=cfg.report.target_layer,
         overlays=read_overlays(run), compute=compute_cams,
-        occlusion={"patch": cfg.report.occlusion_patch, "stride": cfg.report.occlusion_stride})
+        occlusion={"patch": cfg.report.occlusion_patch, "stride": cfg.report.occlusion_stride},
+        compare=_second_method(compare or cfg.report.compare, cfg.report.cam))
     for f in dict.fromkeys(cases["file"]):
         forbidden += [f, *(v for v in read_phi(f, parts=False) if len(v) >= 4)]
 

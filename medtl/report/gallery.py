@@ -31,7 +31,8 @@ from medtl.report.plots import image_png
 
 NOT_COMPUTED = "CAM not computed (compute=False and no precomputed overlay)"
 
-__all__ = ["KINDS", "class_views", "select_cases", "render_gallery", "read_overlays", "cam_overlays"]
+__all__ = ["KINDS", "class_views", "select_cases", "render_gallery", "read_overlays", "cam_overlays",
+           "peak_gap"]
 
 KINDS = ("true positive", "false positive", "false negative")
 FILM_SIDE = 384  # pixels on the longer side of each gallery image
@@ -151,7 +152,7 @@ def _reencode(png: bytes) -> bytes:
 def cam_overlays(model_dir: str | Path, files: Sequence[str], method: str = "gradcam",
                  target_layer: str | None = None, class_name: str | None = None,
                  patch: float | None = None, stride: float | None = None,
-                 ) -> tuple[dict[str, tuple[np.ndarray, np.ndarray, float]], Any]:
+                 ) -> tuple[dict[str, tuple[np.ndarray, np.ndarray, float | None, np.ndarray]], Any]:
     """Film and CAM overlay at the original resolution for ``files``, with one saved model.
 
     Args:
@@ -166,8 +167,8 @@ def cam_overlays(model_dir: str | Path, files: Sequence[str], method: str = "gra
 
     Returns:
         ({file: (film float (H, W) in [0, 1], overlay uint8 (H, W, 3), share of the map's heat
-        on the letterbox padding, None for a film that was not padded)}, the method used, a
-        str carrying ``.reason``).
+        on the letterbox padding (None for a film that was not padded), the map float (H, W)
+        in [0, 1])}, the method used, a str carrying ``.reason``).
     """
     model_path = Path(model_dir) / "model.keras"
     if not model_path.is_file():  # checked before TensorFlow is imported, for a quick clear note
@@ -182,9 +183,37 @@ def cam_overlays(model_dir: str | Path, files: Sequence[str], method: str = "gra
         path, reason = next(iter(fm.errors.items()))
         raise ValueError(reason if path in reason else f"{path}: {reason}")
     # A film that filled the canvas has no padding to hold heat: no share to show (None).
-    out = {f: (fm.films[f], overlay(fm.films[f], fm.maps[f]), fm.off_film[f] if fm.padded[f] else None)
-           for f in files}
+    out = {f: (fm.films[f], overlay(fm.films[f], fm.maps[f]), fm.off_film[f] if fm.padded[f] else None,
+               fm.maps[f]) for f in files}
     return out, MethodChoice(fm.method, fm.reason)
+
+
+def _peak(m: np.ndarray) -> tuple[int, int] | None:
+    if not np.isfinite(m).all() or m.max() <= 0:
+        return None
+    r, c = np.unravel_index(int(np.argmax(m)), m.shape)
+    return int(r), int(c)
+
+
+def peak_gap(a: np.ndarray | None, b: np.ndarray | None) -> float | None:
+    """Distance between the hottest pixels of two maps of one film, as a share of its longer side.
+
+    The report gives it beside the two maps and sets no threshold on it: a peak is only as
+    precise as its method (a Grad-CAM cell, an occlusion step), so a few per cent mean the same
+    place, and the warm regions are what to compare.
+
+    Args:
+        a, b: (H, W) maps of the same film; None for a map that is not at hand.
+
+    Returns:
+        The share (0 to 1.42), or None when a map is missing, differs in shape or has no heat.
+    """
+    if a is None or b is None or a.shape != b.shape:
+        return None
+    pa, pb = _peak(a), _peak(b)
+    if pa is None or pb is None:
+        return None
+    return float(np.hypot(pa[0] - pb[0], pa[1] - pb[1]) / max(a.shape))
 
 
 def render_gallery(
@@ -196,13 +225,17 @@ def render_gallery(
     overlays: Mapping[str, tuple[bytes, str]] | None = None,
     compute: bool = True,
     occlusion: Mapping[str, float | None] | None = None,
+    compare: str | None = None,
 ) -> tuple[list[Case], str]:
     """Turn chosen cases into gallery entries with film, overlay, score and label.
 
     A case takes its overlay from ``overlays`` when given there (binary runs only: a
     precomputed overlay does not say which class it maps), else (with ``compute``) from
     :func:`cam_overlays` with the model in its ``model_dir``, for the case's ``target`` class.
-    Whatever fails is said on the case (``note``), never dropped silently.
+    With ``compare``, each case also gets a second map by that method, and the distance
+    between the two maps' peaks (:func:`peak_gap`): where a gradient map and an occlusion map
+    point to different places, neither should be read alone. Whatever fails is said on the case (``note``),
+    never dropped silently.
 
     Args:
         cases: rows from :func:`select_cases` (``file``, ``patient``, ``group``, ``model_dir``,
@@ -215,6 +248,7 @@ def render_gallery(
         overlays: precomputed file -> (PNG bytes, method).
         compute: compute missing overlays with :mod:`medtl.explain` (needs TensorFlow).
         occlusion: ``patch`` and ``stride`` for occlusion maps (``report.occlusion_*``).
+        compare: a second method to map each computed case with (``report.compare``).
 
     Returns:
         (cases, a note for the whole gallery, '' when all is well).
@@ -236,33 +270,43 @@ def render_gallery(
     if not shown:
         return shown, "No case to show: no true positive, false positive or false negative."
 
-    computed: dict[tuple[str, str], tuple[np.ndarray, np.ndarray, float]] = {}
+    computed: dict[tuple[str, str], tuple] = {}
     methods: dict[tuple[str, str], Any] = {}
     failures: dict[tuple[str, str], str] = {}
+    second: dict[tuple[str, str], tuple] = {}
+    second_methods: dict[tuple[str, str], Any] = {}
     usable = cases["target"].eq("") & cases["file"].isin(list(overlays))  # precomputed: binary only
-    if compute:
-        for (model_dir, target), part in cases[~usable].groupby(["model_dir", "target"], sort=False):
-            files = list(dict.fromkeys(part["file"]))
+    passes = [(method, cases[~usable], computed, methods, "CAM")]
+    if compare is not None:  # precomputed first maps too: the model is there to map them again
+        passes.append((compare, cases, second, second_methods, "second map"))
+    for name, todo, got_into, methods_into, what in passes if compute else ():
+        for (model_dir, target), part in todo.groupby(["model_dir", "target"], sort=False):
+            files = [f for f in dict.fromkeys(part["file"]) if (f, target) not in failures]
+            if not files:  # the first map failed already; the case says why
+                continue
             try:
-                got, choice = cam_overlays(model_dir, files, method, target_layer, class_name=target or None,
-                                           **dict(occlusion or {}))
+                got, choice = cam_overlays(
+                    model_dir, files, name, None if name == "occlusion" else target_layer,
+                    class_name=target or None, **(dict(occlusion or {}) if name == "occlusion" else {}))
             except Exception as exc:  # noqa: BLE001 - the reason is shown on each case
                 reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
                 # Paths may carry names: the report names images by hash only.
                 reason = scrub_text(reason, {f: f"[image {hash_patient_id(f, salt)}]" for f in files})
-                failures.update({(f, target): f"CAM not computed: {type(exc).__name__}: {reason}" for f in files})
+                failures.update({(f, target): f"{what} not computed: {type(exc).__name__}: {reason}"
+                                 for f in files})
                 continue
-            computed.update({(f, target): v for f, v in got.items()})
-            methods.update({(f, target): choice for f in files})
+            got_into.update({(f, target): v for f, v in got.items()})
+            methods_into.update({(f, target): choice for f in files})
 
     for case, row, pre in zip(shown, cases.itertuples(index=False), usable):
         f, key = str(row.file), (str(row.file), str(row.target))
+        first_map = None
         if pre:
             png, case.method = overlays[f]
             case.overlay_png = _reencode(png)
             case.method_reason = "precomputed"
         elif key in computed:
-            film, over, off = computed[key]
+            film, over, off, first_map = computed[key]
             case.off_film = None if off is None or np.isnan(off) else off  # nan: no heat at all
             case.film_png = image_png(film, FILM_SIDE)
             case.overlay_png = image_png(over, FILM_SIDE)
@@ -270,6 +314,17 @@ def render_gallery(
             case.method_reason = getattr(methods[key], "reason", "")
         else:
             case.note = failures.get(key, NOT_COMPUTED)
+        if key in second and str(second_methods[key]) == case.method:
+            # A backbone without a feature map gets occlusion whichever method is asked.
+            case.note = f"second map not drawn: it would repeat the {case.method} map"
+        elif key in second:
+            _, over2, _, second_map = second[key]
+            case.second_png = image_png(over2, FILM_SIDE)
+            case.second_method = str(second_methods[key])
+            case.second_reason = getattr(second_methods[key], "reason", "")
+            case.peak_gap = peak_gap(first_map, second_map)
+        elif (pre or key in computed) and key in failures:
+            case.note = failures[key]
         if case.film_png is None:
             case.film_png, film_note = _film(f)
             if film_note:

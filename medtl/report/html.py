@@ -114,7 +114,7 @@ def _check_phi(page: str, forbidden: list[str]) -> None:
 
 
 def write_report(run_dir: str | Path, out_path: str | Path, pdf: bool = False,
-                 compute_cams: bool = True) -> Path:
+                 compute_cams: bool = True, compare: str | None = None) -> Path:
     """Write the self-contained HTML report of a run (and ``<out>.pdf`` with ``pdf=True``).
 
     Args:
@@ -123,6 +123,8 @@ def write_report(run_dir: str | Path, out_path: str | Path, pdf: bool = False,
         out_path: the HTML file to write (folders are created).
         pdf: also write a PDF beside it (see :func:`export_pdf`).
         compute_cams: compute the gallery's CAM maps with the saved models (needs TensorFlow).
+        compare: also map each gallery case with this method (default: the run's
+            ``report.compare``), beside the first map, with how far apart their peaks lie.
 
     Returns:
         The HTML file's path.
@@ -140,7 +142,7 @@ def write_report(run_dir: str | Path, out_path: str | Path, pdf: bool = False,
         >>> write_report("runs/demo/cv-1a2b3c4d5e", "runs/demo/report.html")
         PosixPath('runs/demo/report.html')
     """
-    data = collect_report_data(run_dir, compute_cams=compute_cams)
+    data = collect_report_data(run_dir, compute_cams=compute_cams, compare=compare)
     # Left out on purpose with compute_cams=False, so not a problem to warn about.
     problems = [p for p in (c.note.replace(NOT_COMPUTED, "").strip("; ") for c in data.gallery) if p]
     page = render_html(data)

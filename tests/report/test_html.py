@@ -247,7 +247,7 @@ def test_end_to_end_real_cv_run_with_cams_leaks_no_planted_phi(tmp_path):
                   "stages": [{"unfreeze": "head", "epochs": 1, "lr": 1e-2},
                              {"unfreeze": "all", "epochs": 1, "lr": 1e-3}]},
         "evaluate": {"folds": 2, "bootstrap": 50, "threshold": "fixed:0.5"},
-        "report": {"cam": "gradcam++", "cases": 2},
+        "report": {"cam": "gradcam++", "cases": 2, "compare": "occlusion"},
     })
     run = run_cv(cfg, progress=False)
     out = write_report(run, tmp_path / "report.html")
@@ -255,6 +255,10 @@ def test_end_to_end_real_cv_run_with_cams_leaks_no_planted_phi(tmp_path):
     maps = [c for c in data.gallery if c.overlay_png]
     assert maps and all(c.method == "gradcam++" and "feature map" in c.method_reason for c in maps)
     assert all(c.film_png and not c.note for c in data.gallery)
+    assert all(c.second_png and c.second_method == "occlusion" and "patch 0.125" in c.second_reason
+               for c in maps)
+    assert all(c.peak_gap is None or 0.0 <= c.peak_gap <= 1.42 for c in maps)
+    assert out.read_text(encoding="utf-8").count('alt="occlusion map"') == len(maps)
 
     phi = json.loads((tmp_path / "data" / "phi.json").read_text())["patients"]
     planted = sorted({v for d in phi.values() for k, vals in d.items() if k != "PatientSex"
@@ -313,7 +317,7 @@ def test_multilabel_gallery_maps_each_case_for_its_own_label(fake_cv_run, monkey
         calls.append((model_dir, class_name, tuple(files)))
         film = np.zeros((8, 8), np.float32)
         off = 0.4 if class_name == "a" else 0.02  # share of the map's heat on the padding
-        return {f: (film, np.zeros((8, 8, 3), np.uint8), off) for f in files}, "gradcam"
+        return {f: (film, np.zeros((8, 8, 3), np.uint8), off, film) for f in files}, "gradcam"
 
     monkeypatch.setattr(gallery, "cam_overlays", fake_overlays)
     preds = _multi_preds("multilabel")
@@ -349,7 +353,7 @@ def test_off_film_row_only_for_padded_films_whose_map_has_heat(fake_cv_run, monk
 
     def fake_overlays(model_dir, files, method, target_layer=None, class_name=None, patch=None, stride=None):
         film = np.zeros((8, 8), np.float32)
-        return {f: (film, np.zeros((8, 8, 3), np.uint8), shares[f]) for f in files}, "gradcam"
+        return {f: (film, np.zeros((8, 8, 3), np.uint8), shares[f], film) for f in files}, "gradcam"
 
     monkeypatch.setattr(gallery, "cam_overlays", fake_overlays)
     a = class_views(_multi_preds("multilabel"), "multilabel", ["a", "b"])[0]
@@ -365,6 +369,64 @@ def test_off_film_row_only_for_padded_films_whose_map_has_heat(fake_cv_run, monk
     assert page.count("<dt>Off the film</dt>") == 1 and "<dd class=\"warn\">30% of the map's heat" in page
 
 
+def _spot(shape, peak):
+    """A map of one film with its only heat at ``peak`` (None: no heat at all)."""
+    m = np.zeros(shape, np.float32)
+    if peak is not None:
+        m[peak] = 1.0
+    return m
+
+
+def test_second_map_sits_beside_the_first_with_the_distance_between_their_peaks(fake_cv_run, monkeypatch):
+    """report.compare maps each case a second way, each method with its own settings; a backbone
+    that gets occlusion either way gets no copy of its map, and a failed second map is said."""
+    import medtl.report.gallery as gallery
+
+    film = np.zeros((100, 200), np.float32)
+    peaks = {"gradcam": {"/x/img0.png": (10, 10), "/x/img2.png": (50, 100), "/x/img4.png": (0, 0)},
+             "occlusion": {"/x/img0.png": (13, 14), "/x/img2.png": (50, 160), "/x/img4.png": None}}
+    calls = []
+
+    def fake_overlays(model_dir, files, method, target_layer=None, class_name=None, patch=None, stride=None):
+        calls.append((method, target_layer, patch))
+        return {f: (film, np.full((100, 200, 3), 7 if method == "occlusion" else 3, np.uint8), None,
+                    _spot(film.shape, peaks[method][f])) for f in files}, method
+
+    monkeypatch.setattr(gallery, "cam_overlays", fake_overlays)
+    a = class_views(_multi_preds("multilabel"), "multilabel", ["a", "b"])[0]
+    cases = select_cases(a, 1).sort_values("file")
+    shown, note = render_gallery(cases, b"salt", classes=["a", "b"], target_layer="conv9",
+                                 occlusion={"patch": 0.2, "stride": None}, compare="occlusion")
+    assert not note and not [c.note for c in shown if c.note]
+    assert calls == [("gradcam", "conv9", None), ("occlusion", None, 0.2)]  # each its own settings
+    assert [c.second_method for c in shown] == ["occlusion"] * 3
+    assert [c.peak_gap for c in shown] == [pytest.approx(5 / 200), pytest.approx(60 / 200), None]
+    data = collect_report_data(fake_cv_run.run, compute_cams=False)
+    data.gallery = shown
+    page = render_html(data)
+    assert page.count('class="pair three"') == 3 and page.count('alt="occlusion map"') == 3
+    assert "Each case also shows a second map on the right (occlusion)" in page
+    assert page.count("<dt>Second map</dt>") == 3
+    assert "<dd>2% of the film's longer side</dd>" in page and "<dd>30% of the film's longer side</dd>" in page
+    assert "– (a map without heat)" in page
+
+    # A hub backbone gets occlusion for either method: no second copy, and the case says why.
+    monkeypatch.setattr(gallery, "cam_overlays", lambda *a, **k: ({f: (film, np.zeros((100, 200, 3), np.uint8),
+                                                                        None, film) for f in a[1]}, "occlusion"))
+    shown, _ = render_gallery(cases, b"salt", classes=["a", "b"], method="gradcam", compare="occlusion")
+    assert all(c.second_png is None and "would repeat the occlusion map" in c.note for c in shown)
+
+    def failing_second(model_dir, files, method, *args, **kwargs):
+        if method == "occlusion":
+            raise MemoryError("out of memory")
+        return fake_overlays(model_dir, files, method, *args, **kwargs)
+
+    monkeypatch.setattr(gallery, "cam_overlays", failing_second)
+    shown, _ = render_gallery(cases, b"salt", classes=["a", "b"], compare="occlusion")
+    assert all(c.overlay_png and c.second_png is None for c in shown)
+    assert all(c.note == "second map not computed: MemoryError: out of memory" for c in shown)
+
+
 def test_cli_report_warns_and_exits_1_when_gallery_cases_are_incomplete(fake_cv_run, tmp_path, capsys):
     from medtl.cli import main
 
@@ -373,6 +435,13 @@ def test_cli_report_warns_and_exits_1_when_gallery_cases_are_incomplete(fake_cv_
     # Maps left out on purpose are not a problem.
     assert main(["report", str(fake_cv_run.run), "--out", str(tmp_path / "quick.html"), "--no-cams"]) == 0
     assert "warning" not in capsys.readouterr().err
+    # A second map per case, asked for on the command line: this fake run has overlays but no
+    # saved models to make one with, which is said; the run's own method is refused.
+    assert main(["report", str(fake_cv_run.run), "--out", str(tmp_path / "two.html"), "--compare", "occlusion"]) == 1
+    err = capsys.readouterr().err
+    assert "6 of 6 gallery case(s) incomplete" in err and "second map not computed" in err, err
+    assert main(["report", str(fake_cv_run.run), "--out", str(tmp_path / "same.html"), "--compare", "gradcam"]) == 1
+    assert "compare: 'gradcam' is the run's report.cam already" in capsys.readouterr().err
 
     shown = select_cases(pd.read_csv(fake_cv_run.run / "oof_predictions.csv", dtype={"patient": str}), 2)
     Path(shown["file"].iloc[0]).unlink()  # a film moved away after the run
