@@ -493,6 +493,8 @@ def starter_config(data: str | os.PathLike, config_dir: str | os.PathLike = ".",
     out.lines.append("")
     out.key("report", section=True)
     out.key("cam", "gradcam", "heat maps over the original films in the HTML report", indent=1)
+    out.key("compare", "occlusion", "a second map beside each Grad-CAM map, to check where the model "
+            "looks (minutes on a CPU for a large backbone; null to skip)", indent=1)
     out.key("cases", 4, "heat-map films per kind: true/false positives, false negatives", indent=1)
     return out.text()
 

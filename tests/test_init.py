@@ -63,6 +63,7 @@ def test_labels_csv_gives_a_config_that_fits_it(dicom_csv, tmp_path):
     ratio = counts.max() / counts.min()
     assert cfg.train.loss.class_weight == ("balanced" if ratio > 1.5 else "none")
     assert cfg.train.loss.name == "bce"
+    assert (cfg.report.cam, cfg.report.compare) == ("gradcam", "occlusion")  # Grad-CAM checked against occlusion
     manifest = load_manifest(cfg)
     assert len(manifest) == len(df)
     _assert_cv_can_split(manifest, cfg)

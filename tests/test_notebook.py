@@ -41,7 +41,8 @@ def test_quickstart_notebook_runs(tmp_path, monkeypatch):
     run = tmp_path / "runs" / "quickstart-cv"
     report = run / "report.html"
     assert report.is_file() and report.stat().st_size > 10_000
-    assert "<img" in report.read_text(encoding="utf-8")
+    page = report.read_text(encoding="utf-8")
+    assert "<img" in page and 'alt="occlusion map"' in page  # the starter config's second map
     assert (tmp_path / "quickstart.yaml").is_file()
     assert (run / "oof_predictions.csv").is_file()
     metrics = json.loads((run / "metrics.json").read_text())

@@ -81,6 +81,9 @@ def test_lesion_lies_in_the_hot_region_for_true_positives(trained, method):
 #   median but not every seed (seeds 42, 5, 6, 1, 2, 3, 4): p = 1.5: 97, 74, 79, 90, 46, 97, 82%;
 #   p = 2: 100, 97, 28, 78, 14, 100, 53%. Which way the features sit is the training run's own
 #   choice, so the sample data keeps the sphere's profile rather than one that suits seed 42.
+# - occlusion painting its patch with a blurred copy of the image instead of the image's mean
+#   (all positive films, 16 px patch): seed 42 72% vs 62% at an 8 px step, 82% vs 82% at 4 px;
+#   seed 5 88% vs 88%, 95% vs 98%. Not adopted.
 @pytest.mark.xfail(
     strict=False,
     reason="Grad-CAM's peak falls inside the lesion for 80% of held-out true positives at this "
