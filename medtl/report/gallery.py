@@ -234,8 +234,8 @@ def render_gallery(
     :func:`cam_overlays` with the model in its ``model_dir``, for the case's ``target`` class.
     With ``compare``, each case also gets a second map by that method, and the distance
     between the two maps' peaks (:func:`peak_gap`): where a gradient map and an occlusion map
-    point to different places, neither should be read alone. Whatever fails is said on the case (``note``),
-    never dropped silently.
+    point to different places, neither should be read alone. Whatever fails is said on the
+    case (``note``), never dropped silently.
 
     Args:
         cases: rows from :func:`select_cases` (``file``, ``patient``, ``group``, ``model_dir``,
@@ -248,7 +248,7 @@ def render_gallery(
         overlays: precomputed file -> (PNG bytes, method).
         compute: compute missing overlays with :mod:`medtl.explain` (needs TensorFlow).
         occlusion: ``patch`` and ``stride`` for occlusion maps (``report.occlusion_*``).
-        compare: a second method to map each computed case with (``report.compare``).
+        compare: a second method to map each case with (``report.compare``).
 
     Returns:
         (cases, a note for the whole gallery, '' when all is well).
@@ -315,8 +315,9 @@ def render_gallery(
         else:
             case.note = failures.get(key, NOT_COMPUTED)
         if key in second and str(second_methods[key]) == case.method:
-            # A backbone without a feature map gets occlusion whichever method is asked.
-            case.note = f"second map not drawn: it would repeat the {case.method} map"
+            # A backbone without a feature map gets occlusion whichever method is asked. Not a
+            # problem with the case (no note, so no warning): the second map has nothing to add.
+            case.second_reason = f"not drawn: it would repeat the {case.method} map"
         elif key in second:
             _, over2, _, second_map = second[key]
             case.second_png = image_png(over2, FILM_SIDE)
