@@ -16,6 +16,8 @@ import warnings
 from pathlib import Path
 from typing import Callable, Sequence
 
+from medtl.config import CAM_METHODS
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
@@ -350,7 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output HTML file (default: RUN/report.html)")
     p.add_argument("--pdf", action="store_true", help="also write a PDF (needs weasyprint or chromium)")
     p.add_argument("--no-cams", action="store_true", help="skip the heat-map gallery (faster)")
-    p.add_argument("--compare", choices=["gradcam", "gradcam++", "occlusion"],
+    p.add_argument("--compare", choices=CAM_METHODS,
                    help="also map each gallery case with this method, beside the first map "
                         "(default: the run's report.compare)")
 
@@ -363,7 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="CV run, training run folder or model.keras")
     p.add_argument("inputs", nargs="+", help="files or folders (searched recursively)")
     p.add_argument("--out", required=True, help="output folder for the overlay PNGs")
-    p.add_argument("--method", choices=["gradcam", "gradcam++", "occlusion"], help="default: the run's report.cam")
+    p.add_argument("--method", choices=CAM_METHODS, help="default: the run's report.cam")
     p.add_argument("--target-layer", help="layer for the gradient methods (default: last feature map)")
     p.add_argument("--class", dest="class_name", metavar="NAME",
                    help="class to map the evidence for, or 'predicted' (binary: the class decided at the "

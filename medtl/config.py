@@ -32,6 +32,9 @@ class ConfigError(ValueError):
 
 
 Task = Literal["binary", "multiclass", "multilabel"]
+CamMethod = Literal["gradcam", "gradcam++", "occlusion"]
+#: The heat-map methods of ``report.cam`` / ``report.compare`` (and ``medtl explain --method``).
+CAM_METHODS: tuple[str, ...] = get_args(CamMethod)
 
 
 @dataclass
@@ -136,13 +139,13 @@ class ReportConfig:
     """The HTML report and its heat maps."""
 
     # Grad-CAM by default: Grad-CAM++ fails the model-randomisation sanity check (tests/explain).
-    cam: Literal["gradcam", "gradcam++", "occlusion"] = "gradcam"
+    cam: CamMethod = "gradcam"
     target_layer: str | None = None
     # Occlusion: patch side and step as fractions of the image side (step None: half the patch).
     occlusion_patch: float = 0.125
     occlusion_stride: float | None = None
     # A second map per gallery case, by another method, to check the first against.
-    compare: Literal["gradcam", "gradcam++", "occlusion"] | None = None
+    compare: CamMethod | None = None
     cases: int = 4
     pdf: bool = False
 

@@ -501,8 +501,10 @@ def _stage_rows(cfg: Any, run: Path, model_dirs: list[str]) -> list[dict[str, An
 
 
 def _second_method(compare: str | None, cam: str) -> str | None:
-    if compare is not None and compare not in ("gradcam", "gradcam++", "occlusion"):
-        raise ValueError(f"compare: invalid value {compare!r}; expected gradcam, gradcam++ or occlusion")
+    from medtl.config import CAM_METHODS
+
+    if compare is not None and compare not in CAM_METHODS:
+        raise ValueError(f"compare: invalid value {compare!r}; expected {', '.join(CAM_METHODS)}")
     if compare == cam:
         raise ValueError(f"compare: {compare!r} is the run's report.cam already; choose another method")
     return compare
