@@ -6,6 +6,9 @@ STAMP := $(VENV)/.medtl-installed
 DEMO_RUN ?= runs/demo/cv
 
 export TF_CPP_MIN_LOG_LEVEL ?= 2
+# pytest processes for `make test`. Each test file runs whole in one of them (module fixtures
+# train once). Two suit a 2-core machine: more would only compete for the cores.
+TEST_WORKERS ?= 2
 
 .PHONY: demo test setup browser sample-data clean
 
@@ -38,7 +41,7 @@ demo: setup sample-data
 	@echo "demo report: $(DEMO_RUN)/report.html"
 
 test: setup browser
-	$(BIN)/python -m pytest -q -ra --durations=15
+	$(BIN)/python -m pytest -q -ra -n $(TEST_WORKERS) --dist loadfile --durations=15
 
 clean:
 	rm -rf .medtl-cache runs sample_data test-artifacts
