@@ -50,11 +50,14 @@ def _load_cfg(args: argparse.Namespace):
     return load_config(args.config, overrides=args.set or ())
 
 
-def _start_decoders() -> None:
-    """Let the decoder processes' server import pydicom while this process imports TensorFlow."""
+def _start_up() -> None:
+    """Start the decoder processes' server (it imports pydicom while this process imports
+    TensorFlow), then import TensorFlow without its C++ start-up lines."""
     from medtl.data.cache import start_decoder_server
+    from medtl.tfimport import import_tensorflow
 
     start_decoder_server()
+    import_tensorflow()
 
 
 # --- subcommands -----------------------------------------------------------------------------
@@ -89,7 +92,7 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     cfg = _load_cfg(args)  # before the TensorFlow import: config errors come back at once
-    _start_decoders()
+    _start_up()
     from medtl.evaluate.cv import NO_PATIENTS_WARNING, has_patient_ids
 
     if not has_patient_ids(cfg):
@@ -107,7 +110,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     paths = collect_paths(args.inputs)
     if not paths:
         raise CommandError(f"no DICOM/PNG/JPEG files found in {' '.join(args.inputs)}")
-    _start_decoders()
+    _start_up()
     from medtl.evaluate.runs import RunPredictor
 
     predictor = RunPredictor(args.model)
@@ -131,7 +134,7 @@ def cmd_cv(args: argparse.Namespace) -> int:
     if not args.config:
         raise CommandError("give a config (medtl cv CONFIG) or a run to pool (medtl cv --merge RUN)")
     cfg = _load_cfg(args)
-    _start_decoders()
+    _start_up()
     from medtl.evaluate.cv import format_cv, merge_cv, run_cv
 
     run = run_cv(cfg, run_dir=args.run, fold=args.fold, progress=not args.quiet)
@@ -149,7 +152,7 @@ def cmd_cv(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    _start_decoders()
+    _start_up()
     from medtl.evaluate.external import evaluate_external, format_external
 
     metrics = evaluate_external(args.model, args.data, args.out, progress=not args.quiet)
@@ -169,6 +172,10 @@ def cmd_report(args: argparse.Namespace) -> int:
     from medtl.report.html import ReportWarning, write_report
 
     out = Path(args.out) if args.out else Path(args.run) / "report.html"
+    if not args.no_cams:  # the fold models are loaded for the heat maps
+        from medtl.tfimport import import_tensorflow
+
+        import_tensorflow()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ReportWarning)
         path = write_report(args.run, out, pdf=args.pdf, compute_cams=not args.no_cams, compare=args.compare)
@@ -194,6 +201,9 @@ def cmd_explain(args: argparse.Namespace) -> int:
     paths = collect_paths(args.inputs)
     if not paths:
         raise CommandError(f"no DICOM/PNG/JPEG files found in {' '.join(args.inputs)}")
+    from medtl.tfimport import import_tensorflow
+
+    import_tensorflow()
     df = explain_paths(args.model, paths, args.out, method=args.method, target_layer=args.target_layer,
                        class_name=args.class_name, save_maps=args.save_maps, patch=args.patch,
                        stride=args.stride)

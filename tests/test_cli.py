@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -100,10 +102,14 @@ def test_cv_one_fold_says_how_to_pool_and_how_to_finish_a_retrain_run(tmp_path, 
 
 
 def _medtl(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    """The console command in a fresh interpreter, as a user runs it (nothing imported before)."""
+    """The console command in a fresh interpreter, as a user runs it (nothing imported before,
+    TF_CPP_MIN_LOG_LEVEL unset). TensorFlow's INFO start-up lines must not reach the user."""
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
     proc = subprocess.run([sys.executable, "-m", "medtl.cli", *args], capture_output=True, text=True,
-                          cwd=cwd, timeout=600)
+                          cwd=cwd, timeout=600, env=env)
     assert proc.returncode == 0, f"medtl {args[0]} failed:\n{proc.stderr[-3000:]}"
+    assert "absl::InitializeLog" not in proc.stderr and not re.search(r"^I\d{4} ", proc.stderr, re.M), \
+        proc.stderr[-3000:]
     return proc
 
 
