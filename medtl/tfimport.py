@@ -82,6 +82,10 @@ def import_tensorflow() -> None:
 
     Does nothing when TensorFlow is already imported, and filters nothing under
     ``TF_CPP_MIN_LOG_LEVEL=0`` (or unset).
+
+    Example:
+        >>> os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        >>> import_tensorflow()  # later ``import tensorflow`` statements print nothing
     """
     if "tensorflow" in sys.modules:
         return
