@@ -92,6 +92,8 @@ def test_lesion_lies_in_the_hot_region_for_true_positives(trained, method):
 #   for seeds 42, 5, 6, 2. Training at the films' own size (256 px, so a cell is 8 film pixels
 #   against a lesion radius of 16-24): 0, 0, 74, 57% for seeds 42, 5, 6, 2; at 42 the heat sat
 #   on the lesion's lower rim and the shoulders, and the lesion centre was outside the hot region.
+# - three times the training patients (120): 58, 58, 80% for seeds 42, 5, 6, the lesion centre
+#   in the hot region for 40 of 40 films each time. More data narrows the spread, not onto 90%.
 @pytest.mark.xfail(
     strict=False,
     reason="Grad-CAM's peak falls inside the lesion for 80% of held-out true positives at this "
