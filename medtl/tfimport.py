@@ -73,8 +73,9 @@ def filtered_stderr() -> Iterator[None]:
             tmp.seek(0)
             lines = tmp.read().splitlines(keepends=True)
             kept = lines if failed else startup_lines_kept(lines)
-            if kept:
-                os.write(2, b"".join(kept))
+            data = memoryview(b"".join(kept))
+            while data:  # os.write may write only part of a large buffer
+                data = data[os.write(2, data):]
 
 
 def import_tensorflow() -> None:
