@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from medtl.config import CAM_METHODS
+from medtl.tfimport import import_tensorflow  # imports nothing heavy until called
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -54,7 +55,6 @@ def _start_up() -> None:
     """Start the decoder processes' server (it imports pydicom while this process imports
     TensorFlow), then import TensorFlow without its C++ start-up lines."""
     from medtl.data.cache import start_decoder_server
-    from medtl.tfimport import import_tensorflow
 
     start_decoder_server()
     import_tensorflow()
@@ -173,8 +173,6 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     out = Path(args.out) if args.out else Path(args.run) / "report.html"
     if not args.no_cams:  # the fold models are loaded for the heat maps
-        from medtl.tfimport import import_tensorflow
-
         import_tensorflow()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ReportWarning)
@@ -201,8 +199,6 @@ def cmd_explain(args: argparse.Namespace) -> int:
     paths = collect_paths(args.inputs)
     if not paths:
         raise CommandError(f"no DICOM/PNG/JPEG files found in {' '.join(args.inputs)}")
-    from medtl.tfimport import import_tensorflow
-
     import_tensorflow()
     df = explain_paths(args.model, paths, args.out, method=args.method, target_layer=args.target_layer,
                        class_name=args.class_name, save_maps=args.save_maps, patch=args.patch,
