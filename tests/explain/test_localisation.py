@@ -94,6 +94,11 @@ def test_lesion_lies_in_the_hot_region_for_true_positives(trained, method):
 #   on the lesion's lower rim and the shoulders, and the lesion centre was outside the hot region.
 # - three times the training patients (120): 58, 58, 80% for seeds 42, 5, 6, the lesion centre
 #   in the hot region for 40 of 40 films each time. More data narrows the spread, not onto 90%.
+# - a pretrained backbone instead (2026-12-04): MobileNetV2 with the shared ImageNet weights,
+#   224 px, head trained 12 epochs, seed 42, same films: 40 of 40 lesions detected, but the peak
+#   inside the lesion for 11 (Grad-CAM), 7 (Grad-CAM++) and 7 (occlusion) of 40, the lesion
+#   centre in Grad-CAM's hot region for 38. Its 7x7 map puts cells 32 px apart against a lesion
+#   radius of 13-20 px. At block_13_expand_relu (14x14): 8 and 0 of 40.
 @pytest.mark.xfail(
     strict=False,
     reason="Grad-CAM's peak falls inside the lesion for 80% of held-out true positives at this "
