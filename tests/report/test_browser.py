@@ -80,3 +80,36 @@ def test_page_renders_to_a_non_blank_screenshot(report, tmp_path):
     dark_rows = (grey < 100).mean(axis=1) > 0.5
     assert dark_rows[:40].all()  # the dark header bar is drawn at the top
     assert (grey[300:] < 128).mean() > 0.01  # and there is content below it
+
+
+# Clicks the first gallery case's images open and shut, measuring the first image each time.
+_ZOOM = """<script>window.addEventListener("load", () => {
+  const pair = document.querySelector(".case .pair");
+  const img = pair.querySelector("img");
+  const before = img.getBoundingClientRect().width;
+  pair.click();
+  const opened = img.getBoundingClientRect().width, cover = pair.getBoundingClientRect();
+  const checked = document.getElementById(pair.htmlFor).checked;
+  pair.click();
+  const out = document.createElement("pre");
+  out.id = "medtl-zoom-check";
+  out.textContent = [before, opened, cover.left, cover.top, cover.width, cover.height, innerWidth,
+                     innerHeight, checked, img.getBoundingClientRect().width].join(" ");
+  document.body.appendChild(out);
+});</script>"""
+
+
+def test_a_click_enlarges_a_case_across_the_window_and_a_second_click_restores_it(report, tmp_path):
+    page = report.read_text()
+    assert "<script" not in page  # the zoom is CSS alone: it works where scripts are blocked
+    probe = tmp_path / "zoom.html"
+    probe.write_text(page.replace("</body>", _ZOOM + "</body>"))
+    res = _chromium(tmp_path, "--dump-dom", "--window-size=1280,900", probe.as_uri())
+    found = re.search(r'<pre id="medtl-zoom-check">([^<]*)</pre>', res.stdout)
+    assert found, f"chromium printed no zoom check (exit {res.returncode}): {res.stderr[-500:]}"
+    before, opened, left, top, width, height, vw, vh, checked, after = found.group(1).split()
+    before, opened, after = float(before), float(opened), float(after)
+    assert checked == "true"
+    assert (float(left), float(top), float(width), float(height)) == (0, 0, float(vw), float(vh))
+    assert opened > 2.5 * before, (before, opened)
+    assert after == before
