@@ -159,6 +159,15 @@ class _Source:
     notes: list[str]
 
 
+def _to_minutes(stamp: str) -> str:
+    """An ISO time stamp as ``YYYY-MM-DD HH:MM``, the form the report's generation time takes;
+    anything else unchanged (a hand-edited cv.json must not stop the report)."""
+    try:
+        return _dt.datetime.fromisoformat(stamp).strftime("%Y-%m-%d %H:%M")
+    except (TypeError, ValueError):
+        return stamp
+
+
 def _fold_label(f: Any) -> str:
     return f"fold {f}"
 
@@ -564,7 +573,7 @@ def collect_report_data(run_dir: str | Path, compute_cams: bool = True, n_cases:
         title=f"medtl report: {cfg.name}",
         run_name=run.name,
         kind=src.kind,
-        created=src.created,
+        created=_to_minutes(src.created),
         generated=now,
         seed=int(cfg.seed),
         task=src.task,

@@ -73,7 +73,7 @@ def test_collected_data_match_the_run(fake_cv_run):
     data = collect_report_data(fake_cv_run.run, compute_cams=False)
     m = json.loads((fake_cv_run.run / "metrics.json").read_text())
     assert data.kind == "cross-validation" and data.task == "binary" and data.seed == 5
-    assert data.backbone == "smallcnn" and data.created == "2026-01-02T03:04:05"
+    assert data.backbone == "smallcnn" and data.created == "2026-01-02 03:04"
     assert data.metrics.columns == ["pooled [95% CI]", "mean ± sd across folds",
                                     "fold 0 [95% CI]", "fold 1 [95% CI]", "fold 2 [95% CI]"]
     rows = dict(data.metrics.rows)
