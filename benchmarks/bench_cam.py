@@ -22,6 +22,10 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from medtl.tfimport import import_tensorflow  # noqa: E402
+
+import_tensorflow()  # without TensorFlow's C++ start-up lines, as the medtl command
+
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
@@ -64,8 +68,10 @@ def main() -> None:
                    args.repeats)
     # What a caller gets from compute_cam per film: a new method object (and graph) each call.
     k = min(args.n, 4)
+    tf.get_logger().setLevel("ERROR")  # its retracing notice is what this row measures
     naive = _rate(lambda: [compute_cam(model, x[i:i + 1], method=args.method) for i in range(k)],
                   k, 1)
+    tf.get_logger().setLevel("WARNING")
     infer = tf.function(lambda t: model(t, training=False))
     infer(x[:1])  # trace once
     fwd_batched = _rate(lambda: [infer(x[i:i + args.batch_size]).numpy()
@@ -80,8 +86,10 @@ def main() -> None:
     print(f"  batched (batch {args.batch_size}): {batched:8.2f} maps/s")
     print(f"  one at a time:        {single:8.2f} maps/s")
     print(f"  compute_cam per film: {naive:8.2f} maps/s (retraces each call; {k} films)")
-    print(f"  batched / one at a time: {batched / single:6.2f}x; batched / compute_cam per film: "
-          f"{batched / naive:6.1f}x (target >= 5x); maps equal: {same}")
+    print(f"  batched / one at a time: {batched / single:6.2f}x (issue 5 target: >= 5x); maps equal: "
+          f"{same}")
+    print(f"  batched / compute_cam per film: {batched / naive:6.1f}x (counts graph building, so not "
+          f"the target's comparison)")
     print(f"  ceiling, inference alone: {fwd_batched:8.2f} images/s batched, {fwd_single:8.2f} "
           f"one at a time ({fwd_batched / fwd_single:.2f}x); batched maps at "
           f"{batched / fwd_batched:.0%} of batched inference")

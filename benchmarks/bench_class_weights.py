@@ -168,6 +168,9 @@ def main(argv: list[str] | None = None) -> None:
     except ValueError:
         raise SystemExit(f"--seeds: invalid value {args.seeds!r}; expected integers, e.g. 1,2,3") from None
     check_inputs(args.data, args.weights)
+    from medtl.tfimport import import_tensorflow
+
+    import_tensorflow()  # without TensorFlow's C++ start-up lines, as the medtl command
 
     work = args.work or Path(tempfile.mkdtemp(prefix="medtl-bench-cw-"))
     try:

@@ -76,6 +76,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--cache", type=Path, help="image cache folder (reused between runs)")
     args = ap.parse_args(argv)
     check_inputs(args.data, args.weights)
+    from medtl.tfimport import import_tensorflow
+
+    import_tensorflow()  # without TensorFlow's C++ start-up lines, as the medtl command
 
     from medtl.evaluate.cv import run_cv
 

@@ -71,6 +71,9 @@ def main(argv: list[str] | None = None) -> None:
     # Imports and TensorFlow's one-off runtime start happen before timing, as for the plain loop.
     import cv2  # noqa: F401
     import pydicom  # noqa: F401
+    from medtl.tfimport import import_tensorflow
+
+    import_tensorflow()  # without TensorFlow's C++ start-up lines, as the medtl command
     import tensorflow as tf
 
     import medtl.data.pipeline  # noqa: F401  (albumentations, tf)

@@ -100,6 +100,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--unfreeze", default="2", help="blocks unfrozen in the fine-tuning comparison")
     ap.add_argument("--repeats", type=int, default=2, help="runs of each variant (the fastest is kept)")
     args = ap.parse_args(argv)
+    from medtl.tfimport import import_tensorflow
+
+    import_tensorflow()  # without TensorFlow's C++ start-up lines, as the medtl command
 
     from medtl.data.manifest import load_manifest
     from medtl.data.pipeline import ImagePipeline

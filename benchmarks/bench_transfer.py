@@ -194,6 +194,9 @@ def main(argv: list[str] | None = None) -> None:
     if not arms or set(arms) - set(ARMS):
         raise SystemExit(f"--arms: invalid value {args.arms!r}; expected pretrained, scratch or pretrained,scratch")
     check_inputs(args.data, args.weights if "pretrained" in arms else None)
+    from medtl.tfimport import import_tensorflow
+
+    import_tensorflow()  # without TensorFlow's C++ start-up lines, as the medtl command
 
     from medtl.data.manifest import load_manifest
     from medtl.data.pipeline import ImagePipeline
