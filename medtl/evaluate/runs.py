@@ -542,7 +542,11 @@ class RunPredictor:
 
         def flush() -> None:
             idx = ok[len(ok) - len(batch):]
-            s, members = self.combine(self.raw_scores(np.stack(batch)))
+            x = np.stack(batch)
+            if len(x) < batch_size:
+                # Pad the last batch: one input shape means one traced predict function per model.
+                x = np.concatenate([x, np.zeros((batch_size - len(x), *x.shape[1:]), x.dtype)])
+            s, members = self.combine([r[:len(batch)] for r in self.raw_scores(x)])
             labels = self.labels(self.decide(s))
             for r, i in enumerate(idx):
                 rows[i].update(zip(cols, s[r].tolist()))

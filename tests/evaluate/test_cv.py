@@ -601,7 +601,7 @@ def test_retrain_final_model_after_all_folds_only(data, tmp_path, monkeypatch, c
     assert "median of the fold thresholds" in pred.threshold_source
     m_all = load_manifest(cfg)
     paths = m_all.paths[:6]
-    got = pred.predict_paths(paths)
+    got = pred.predict_paths(paths, batch_size=4)  # a full batch, then a padded one of 2
     model = keras.models.load_model(fin / "model.keras", compile=False)
     x = np.stack([ImagePipeline(cfg).load(p)[0] for p in paths])
     own = model.predict(x, verbose=0)[:, 0]
