@@ -126,9 +126,9 @@ def evaluate_holdout(result, cfg, test, n_boot: int, seed: int) -> tuple[dict, n
         patient-bootstrap interval roc_auc_ci, youden_threshold, and at_youden / at_0.5 with
         balanced_accuracy, sensitivity and specificity.
     """
-    from medtl.evaluate.bootstrap import bootstrap_ci
-    from medtl.evaluate.metrics import binary_metrics, roc_auc
-    from medtl.evaluate.thresholds import choose_threshold
+    from medtl.stats.bootstrap import bootstrap_ci
+    from medtl.stats.metrics import binary_metrics, roc_auc
+    from medtl.stats.thresholds import choose_threshold
 
     val = result.val_predictions
     threshold = choose_threshold(val["label"].to_numpy(), val["score"].to_numpy(), "youden")

@@ -85,7 +85,7 @@ def run_seed(args, seed: int, work: Path) -> dict:
 
     from medtl.data.manifest import load_manifest
     from medtl.data.splits import assert_no_leakage, patient_holdout
-    from medtl.evaluate.bootstrap import bootstrap_paired_difference
+    from medtl.stats.bootstrap import bootstrap_paired_difference
     from medtl.train.trainer import train
 
     table = imbalanced_table(args.data, args.positive, args.ratio, args.limit, seed)

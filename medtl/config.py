@@ -26,6 +26,8 @@ from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
 
+from medtl.stats.thresholds import parse_threshold_rule as _parse_threshold_rule
+
 
 class ConfigError(ValueError):
     """A config file or override is invalid; the message names the key and the fix."""
@@ -358,15 +360,13 @@ def _validate(cfg: Config) -> None:
 
 
 def parse_threshold_rule(rule: str) -> tuple[str, float | None]:
-    """Validate ``evaluate.threshold`` (see :func:`medtl.evaluate.thresholds.parse_threshold_rule`).
+    """Validate ``evaluate.threshold`` (see :func:`medtl.stats.thresholds.parse_threshold_rule`).
 
     Raises:
         ConfigError: the rule is not one of the allowed forms.
     """
-    from medtl.evaluate.thresholds import parse_threshold_rule as parse
-
     try:
-        return parse(rule)
+        return _parse_threshold_rule(rule)
     except ValueError as exc:
         raise ConfigError(f"evaluate.threshold: {exc}") from None
 

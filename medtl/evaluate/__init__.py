@@ -1,6 +1,9 @@
-"""medtl.evaluate: metrics, thresholds, calibration, bootstrap intervals and DeLong's test.
+"""medtl.evaluate: cross-validation, external tests and run comparison, on top of the run layer.
 
-Everything here works on plain arrays of labels and scores and never imports TensorFlow.
+The statistics themselves (metrics, bootstrap intervals, thresholds, calibration, DeLong's
+test, post-processing) live in :mod:`medtl.stats`, below the run layer, and are re-exported
+here so that ``from medtl.evaluate import roc_auc`` keeps working. Nothing here imports
+TensorFlow at import time.
 
 Example:
     >>> from medtl.evaluate import binary_metrics, bootstrap_metrics, choose_threshold
@@ -9,61 +12,5 @@ Example:
     1.0
 """
 
-from medtl.evaluate.bootstrap import (
-    Interval,
-    bootstrap_ci,
-    bootstrap_metrics,
-    bootstrap_paired_difference,
-    resample_weights,
-)
-from medtl.evaluate.calibration import (
-    PlattScaling,
-    TemperatureScaling,
-    calibrator_from_dict,
-    fit_platt,
-    fit_temperature,
-)
-from medtl.evaluate.compare import delong_auc_variance, delong_ci, delong_test
-from medtl.evaluate.metrics import (
-    BINARY_METRICS,
-    average_precision,
-    binarize,
-    binary_metrics,
-    brier_score,
-    expected_calibration_error,
-    multiclass_metrics,
-    multilabel_metrics,
-    reliability_curve,
-    roc_auc,
-    summarize_folds,
-)
-from medtl.evaluate.thresholds import choose_threshold, parse_threshold_rule
-
-__all__ = [
-    "BINARY_METRICS",
-    "Interval",
-    "PlattScaling",
-    "TemperatureScaling",
-    "average_precision",
-    "binarize",
-    "binary_metrics",
-    "bootstrap_ci",
-    "bootstrap_metrics",
-    "bootstrap_paired_difference",
-    "brier_score",
-    "calibrator_from_dict",
-    "choose_threshold",
-    "delong_auc_variance",
-    "delong_ci",
-    "delong_test",
-    "expected_calibration_error",
-    "fit_platt",
-    "fit_temperature",
-    "multiclass_metrics",
-    "multilabel_metrics",
-    "parse_threshold_rule",
-    "reliability_curve",
-    "resample_weights",
-    "roc_auc",
-    "summarize_folds",
-]
+from medtl.stats import *  # noqa: F403  (the statistics, re-exported: see the docstring)
+from medtl.stats import __all__  # noqa: F401

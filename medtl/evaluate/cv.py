@@ -57,8 +57,8 @@ import numpy as np
 import pandas as pd
 
 from medtl.config import Config, ConfigError, load_resolved
-from medtl.evaluate.metrics import summarize_folds
-from medtl.evaluate.postprocess import POSTPROCESS_FILE, PostProcess
+from medtl.stats.metrics import summarize_folds
+from medtl.stats.postprocess import POSTPROCESS_FILE, PostProcess
 from medtl.evaluate.runs import (
     CV_FILE, ENSEMBLE_FILE, FINAL_DIR, FINAL_DONE, FOLD_DONE, FOLDS_FILE, METRICS_FILE, OOF_FILE, SPLIT_FILE,
     TEST_PREDICTIONS, create_once, decision_suffix, ensemble_thresholds, final_dir, finished_folds, fold_dir,

@@ -24,9 +24,9 @@ import numpy as np
 import pandas as pd
 
 from medtl.config import Config, ConfigError, config_from_dict, load_config, load_resolved
-from medtl.evaluate.bootstrap import bootstrap_ci, bootstrap_paired_difference
-from medtl.evaluate.compare import delong_test
-from medtl.evaluate.metrics import roc_auc
+from medtl.stats.bootstrap import bootstrap_ci, bootstrap_paired_difference
+from medtl.stats.compare import delong_test
+from medtl.stats.metrics import roc_auc
 from medtl.evaluate.runs import (
     FOLD_DONE, OOF_FILE, RunPredictor, decision_suffix, fold_dir, interval_warning, is_cv_run, jsonable,
     label_columns, read_json, score_columns, scores_from_frame, table_metrics, targets_from_frame, write_csv,

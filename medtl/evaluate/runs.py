@@ -43,9 +43,9 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from medtl.evaluate.bootstrap import bootstrap_ci, bootstrap_metrics, few_patients_warning
-from medtl.evaluate.metrics import binary_metrics, multiclass_metrics, roc_auc
-from medtl.evaluate.postprocess import POSTPROCESS_FILE, PostProcess
+from medtl.stats.bootstrap import bootstrap_ci, bootstrap_metrics, few_patients_warning
+from medtl.stats.metrics import binary_metrics, multiclass_metrics, roc_auc
+from medtl.stats.postprocess import POSTPROCESS_FILE, PostProcess
 
 __all__ = [
     "CV_FILE", "FOLDS_FILE", "SPLIT_FILE", "FOLD_DONE", "TEST_PREDICTIONS", "OOF_FILE",
@@ -299,10 +299,10 @@ def table_metrics(task: str, classes: Sequence[str], y: np.ndarray, s: np.ndarra
         seed: bootstrap seed.
 
     Returns:
-        (metrics, intervals). Binary: the :data:`~medtl.evaluate.metrics.BINARY_METRICS` plus
+        (metrics, intervals). Binary: the :data:`~medtl.stats.metrics.BINARY_METRICS` plus
         counts, and an interval per metric. Multilabel: ``per_label`` {name: binary metrics},
         ``macro``, ``exact_match``, intervals per label and for macro ROC AUC. Multiclass: as
-        :func:`~medtl.evaluate.metrics.multiclass_metrics`, with intervals for macro ROC AUC,
+        :func:`~medtl.stats.metrics.multiclass_metrics`, with intervals for macro ROC AUC,
         accuracy and balanced accuracy.
     """
     n_patients = int(pd.Series(np.asarray(groups, dtype=object)).nunique())
@@ -347,7 +347,7 @@ def table_metrics(task: str, classes: Sequence[str], y: np.ndarray, s: np.ndarra
 
 
 def interval_warning(task: str, classes: Sequence[str], y: np.ndarray, groups: Any) -> str | None:
-    """:func:`~medtl.evaluate.bootstrap.few_patients_warning` for a prediction table's targets
+    """:func:`~medtl.stats.bootstrap.few_patients_warning` for a prediction table's targets
     (``y`` as from :func:`targets_from_frame`)."""
     if task == "binary":
         names = list(classes) if len(classes) == 2 else ["negative", "positive"]

@@ -243,7 +243,7 @@ def _cv_source(run: Path, cfg: Any) -> _Source:
 def _train_source(run: Path, cfg: Any) -> _Source:
     from medtl.evaluate import runs
     from medtl.evaluate.cv import format_thresholds
-    from medtl.evaluate.postprocess import POSTPROCESS_FILE, PostProcess
+    from medtl.stats.postprocess import POSTPROCESS_FILE, PostProcess
 
     val_path = run / "val_predictions.csv"
     if not val_path.is_file():

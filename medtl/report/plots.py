@@ -26,7 +26,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from medtl.evaluate.metrics import (
+from medtl.stats.metrics import (
     as_binary_labels,
     as_scores,
     average_precision,
@@ -269,7 +269,7 @@ def confusion_counts(y_true: Any, y_score: Any, threshold: Any) -> np.ndarray:
 def plot_reliability(y_true: Any, y_prob: Any, n_bins: int = 10, title: str = "Calibration",
                      size: tuple[float, float] = (5.6, 5.6)) -> Figure:
     """Reliability diagram (observed frequency against mean predicted probability per bin)
-    above a histogram of the predictions, from :func:`medtl.evaluate.metrics.reliability_curve`.
+    above a histogram of the predictions, from :func:`medtl.stats.metrics.reliability_curve`.
 
     Empty bins are left out of the line. The title carries the expected calibration error.
     """

@@ -19,7 +19,8 @@ import pandas as pd
 import pytest
 
 from medtl.config import ConfigError
-from medtl.evaluate import binary_metrics, choose_threshold, postprocess
+from medtl.evaluate import binary_metrics, choose_threshold
+from medtl.stats import postprocess
 from medtl.evaluate.cv import FoldBusyError, format_cv, format_thresholds, merge_cv, run_cv, run_folder
 from medtl.evaluate.runs import create_once, read_json
 from tests.evaluate._cv_helpers import FakeTrainer, install_fakes, make_cfg, make_png_set

@@ -18,7 +18,7 @@ from medtl.evaluate import binary_metrics, bootstrap_paired_difference, delong_t
 from medtl.evaluate import external
 from medtl.evaluate.cv import run_cv
 from medtl.evaluate.external import EXTERNAL_KEYS, compare_runs, evaluate_external, format_compare, format_external
-from medtl.evaluate.postprocess import PostProcess
+from medtl.stats.postprocess import PostProcess
 from medtl.evaluate.runs import RunPredictor, read_json
 from tests.evaluate._cv_helpers import FakePredict, FakeTrainer, fake_scores, install_fakes, make_cfg, make_png_set
 

@@ -73,7 +73,7 @@ def make_fake_cv_run(root: Path, n_patients: int = 24, k: int = 3, seed: int = 0
     """Write a merged fake CV run under ``root / 'run'`` and its films under ``root / 'images'``."""
     from medtl.config import config_from_dict
     from medtl.evaluate.cv import merge_cv
-    from medtl.evaluate.postprocess import PostProcess
+    from medtl.stats.postprocess import PostProcess
     from medtl.evaluate.runs import fold_dir, write_csv, write_json
 
     rng = np.random.default_rng(seed)

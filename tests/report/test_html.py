@@ -175,7 +175,7 @@ def test_report_of_a_training_run(tmp_path):
 
     # With the calibrator and threshold medtl train fitted, the report shows what predict applies.
     from medtl.evaluate import binary_metrics
-    from medtl.evaluate.postprocess import PostProcess
+    from medtl.stats.postprocess import PostProcess
 
     val = pd.read_csv(run / "val_predictions.csv")
     pp = PostProcess.fit("binary", ["no", "yes"], val[["label"]].to_numpy(float), val[["score"]].to_numpy(float),

@@ -29,7 +29,7 @@ def test_predictions_equal_the_trainers_validation_scores(reference_run):
     classes = res.metrics["classes"]
     # A run of its own chose its threshold on the validation split; predict applies it.
     from medtl.evaluate import choose_threshold
-    from medtl.evaluate.postprocess import PostProcess
+    from medtl.stats.postprocess import PostProcess
 
     pp = PostProcess.from_dict(json.loads((res.run_dir / "postprocess.json").read_text()))
     assert pp.calibration == "none" and pp.thresholds[0] == pytest.approx(

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.slow
 
 def test_unfreezing_all_after_the_head_does_not_lower_validation_auc(kermany_dir, mobilenet_weights, tmp_path):
     from medtl.config import config_from_dict
-    from medtl.evaluate.metrics import roc_auc
+    from medtl.stats.metrics import roc_auc
     from medtl.train.trainer import train
 
     df = pd.read_csv(kermany_dir / "labels.csv")

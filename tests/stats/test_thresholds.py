@@ -1,4 +1,4 @@
-"""medtl.evaluate.thresholds: threshold rules on hand-built and random validation data."""
+"""medtl.stats.thresholds: threshold rules on hand-built and random validation data."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import pytest
 from scipy.special import expit, logit
 from sklearn.metrics import roc_curve
 
-from medtl.evaluate.metrics import binary_metrics
-from medtl.evaluate.thresholds import choose_threshold, parse_threshold_rule
+from medtl.stats.metrics import binary_metrics
+from medtl.stats.thresholds import choose_threshold, parse_threshold_rule
 
 
 def _mid(lo, hi):

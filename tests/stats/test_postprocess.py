@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from medtl.evaluate import choose_threshold, fit_temperature
-from medtl.evaluate.postprocess import PostProcess
+from medtl.stats import choose_threshold, fit_temperature
+from medtl.stats.postprocess import PostProcess
 
 
 def test_binary_threshold_and_round_trip():

@@ -1,4 +1,4 @@
-"""medtl.evaluate.metrics against scikit-learn and hand-worked cases."""
+"""medtl.stats.metrics against scikit-learn and hand-worked cases."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from sklearn import metrics as skm
 from sklearn.calibration import calibration_curve
 
-from medtl.evaluate.metrics import (
+from medtl.stats.metrics import (
     average_precision,
     binary_metrics,
     brier_score,
@@ -245,5 +245,5 @@ def test_summarize_folds_nested_and_nan():
 
 
 def test_evaluate_does_not_import_tensorflow():
-    code = "import sys, medtl.evaluate; assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules"
+    code = "import sys, medtl.stats, medtl.evaluate; assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)

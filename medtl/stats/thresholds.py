@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from scipy.special import expit, logit
 
-from medtl.evaluate.metrics import as_binary_labels, as_scores
+from medtl.stats.metrics import as_binary_labels, as_scores
 
 RULE_FORMS = "'youden', 'sensitivity:0.9', 'specificity:0.9' or 'fixed:0.5'"
 

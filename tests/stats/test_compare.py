@@ -1,4 +1,4 @@
-"""medtl.evaluate.compare: DeLong's test against sklearn, a brute-force implementation and a
+"""medtl.stats.compare: DeLong's test against sklearn, a brute-force implementation and a
 published example."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from medtl.evaluate.compare import delong_auc_variance, delong_ci, delong_test
+from medtl.stats.compare import delong_auc_variance, delong_ci, delong_test
 
 
 def _brute_force_delong(y, scores):

@@ -6,7 +6,7 @@ draws patients with replacement and takes all their images along (a cluster boot
 
 A replicate is represented by a row of multiplicities (how often each image was drawn),
 so the built-in metrics are computed for all replicates at once with array operations
-(:func:`medtl.evaluate.metrics.weighted_binary_metrics`). Replicates where a metric is
+(:func:`medtl.stats.metrics.weighted_binary_metrics`). Replicates where a metric is
 undefined (e.g. no positive patient drawn, for ROC AUC) are skipped and counted in
 ``Interval.n_skipped``. When the data hold both classes, a replicate that drew only one is
 skipped for every metric, not only for those it leaves undefined: without a lesion in it, PPV is
@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 from scipy.stats import norm
 
-from medtl.evaluate.metrics import BINARY_METRICS, as_binary_labels, as_scores, weighted_binary_metrics
+from medtl.stats.metrics import BINARY_METRICS, as_binary_labels, as_scores, weighted_binary_metrics
 
 _MAX_CELLS = 1_000_000  # replicate-by-image cells per chunk (8 MB per float64 temporary)
 _MAX_JACKKNIFE_BLOCKS = 500  # the acceleration needs the skewness, not every patient left out alone
@@ -208,7 +208,7 @@ def bootstrap_metrics(
         groups: patient id per image; None resamples images (only right with one image
             per patient).
         threshold: decision threshold (``score >= threshold``) for threshold metrics.
-        metrics: names from :data:`medtl.evaluate.metrics.BINARY_METRICS`.
+        metrics: names from :data:`medtl.stats.metrics.BINARY_METRICS`.
         n_boot: replicates.
         alpha: 0.05 gives 95% intervals.
         seed: random seed.
@@ -262,7 +262,7 @@ def bootstrap_ci(
     Args:
         y_true: labels, indexed along the first axis (any shape for a callable metric).
         y_score: scores, same first dimension (e.g. (N, K) probabilities for a callable).
-        metric: a name from :data:`~medtl.evaluate.metrics.BINARY_METRICS` (fast,
+        metric: a name from :data:`~medtl.stats.metrics.BINARY_METRICS` (fast,
             vectorised) or ``fn(y_true, y_score) -> float`` called once per replicate.
             A callable should return nan when the metric is undefined; a ValueError
             raised inside a replicate (as scikit-learn does for one class) is also

@@ -1,4 +1,4 @@
-"""medtl.evaluate.calibration: recovery of known miscalibration, NLL, serialisation."""
+"""medtl.stats.calibration: recovery of known miscalibration, NLL, serialisation."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from scipy.special import expit, softmax
 from sklearn.metrics import log_loss, roc_auc_score
 
-from medtl.evaluate.calibration import (
+from medtl.stats.calibration import (
     PlattScaling,
     TemperatureScaling,
     calibrator_from_dict,

@@ -1,6 +1,6 @@
 """Classification metrics on plain arrays of labels and scores (no model needed).
 
-Conventions shared by all of ``medtl.evaluate``:
+Conventions shared by all of ``medtl.stats``:
 
 * A score ``s`` is called positive when ``s >= threshold``; a tie counts as positive.
 * A metric whose definition divides by zero is ``nan``, never an exception and never a
@@ -12,7 +12,7 @@ Conventions shared by all of ``medtl.evaluate``:
   scikit-learn's ``calibration_curve`` and Guo et al. (2017).
 
 Every binary metric is computed by one weighted routine, :func:`weighted_binary_metrics`,
-which :mod:`medtl.evaluate.bootstrap` calls with bootstrap multiplicities as weights; point
+which :mod:`medtl.stats.bootstrap` calls with bootstrap multiplicities as weights; point
 estimates and bootstrap replicates therefore share one implementation.
 """
 

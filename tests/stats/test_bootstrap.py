@@ -1,4 +1,4 @@
-"""medtl.evaluate.bootstrap: exact resampling arithmetic, coverage by simulation, grouping."""
+"""medtl.stats.bootstrap: exact resampling arithmetic, coverage by simulation, grouping."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from scipy.stats import norm
 from sklearn.metrics import accuracy_score, roc_auc_score
 
-from medtl.evaluate.bootstrap import (
+from medtl.stats.bootstrap import (
     Interval,
     bootstrap_ci,
     bootstrap_metrics,
@@ -18,7 +18,7 @@ from medtl.evaluate.bootstrap import (
     jackknife_weights,
     resample_weights,
 )
-from medtl.evaluate.metrics import BINARY_METRICS, binary_metrics, weighted_binary_metrics
+from medtl.stats.metrics import BINARY_METRICS, binary_metrics, weighted_binary_metrics
 
 
 def _binormal(rng, n_pos, n_neg, d):
@@ -127,7 +127,7 @@ def test_few_patients_warning_counts_patients_not_images():
 
 
 def test_bca_arithmetic_on_known_replicates():
-    from medtl.evaluate.bootstrap import _interval
+    from medtl.stats.bootstrap import _interval
 
     reps = np.arange(1000) / 1000.0
     symmetric = np.array([-1.0, 0.0, 1.0, -2.0, 2.0])

@@ -7,7 +7,7 @@ obtain all of them from three midrank computations, O(N log N) instead of O(N+ x
 
 DeLong treats images as independent. When patients contribute several films, aggregate
 scores per patient first, or use
-:func:`medtl.evaluate.bootstrap.bootstrap_paired_difference` with ``groups``.
+:func:`medtl.stats.bootstrap.bootstrap_paired_difference` with ``groups``.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from medtl.evaluate.metrics import as_binary_labels, as_scores
+from medtl.stats.metrics import as_binary_labels, as_scores
 
 
 def _components(y: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

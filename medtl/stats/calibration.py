@@ -24,7 +24,7 @@ from typing import Any, Literal
 import numpy as np
 from scipy import optimize, special
 
-from medtl.evaluate.metrics import as_binary_labels
+from medtl.stats.metrics import as_binary_labels
 
 EPS = 1e-7
 InputKind = Literal["probability", "logit"]

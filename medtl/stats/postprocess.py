@@ -30,8 +30,8 @@ from typing import Any
 
 import numpy as np
 
-from medtl.evaluate.calibration import calibrator_from_dict, fit_platt, fit_temperature
-from medtl.evaluate.thresholds import choose_threshold
+from medtl.stats.calibration import calibrator_from_dict, fit_platt, fit_temperature
+from medtl.stats.thresholds import choose_threshold
 
 __all__ = ["PostProcess", "POSTPROCESS_FILE"]
 

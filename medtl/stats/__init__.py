@@ -1,0 +1,71 @@
+"""medtl.stats: metrics, thresholds, calibration, bootstrap intervals and DeLong's test.
+
+Everything here works on plain arrays of labels and scores, imports nothing else of medtl
+and never imports TensorFlow, so every layer (config, the run folder, training, evaluation,
+the report) can use it. ``medtl.evaluate`` re-exports these names.
+
+Example:
+    >>> from medtl.stats import binary_metrics, bootstrap_metrics, choose_threshold
+    >>> t = choose_threshold([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8], "youden")  # on validation data
+    >>> binary_metrics([0, 1, 1, 0], [0.2, 0.9, 0.5, 0.3], threshold=t)["sensitivity"]
+    1.0
+"""
+
+from medtl.stats.bootstrap import (
+    Interval,
+    bootstrap_ci,
+    bootstrap_metrics,
+    bootstrap_paired_difference,
+    resample_weights,
+)
+from medtl.stats.calibration import (
+    PlattScaling,
+    TemperatureScaling,
+    calibrator_from_dict,
+    fit_platt,
+    fit_temperature,
+)
+from medtl.stats.compare import delong_auc_variance, delong_ci, delong_test
+from medtl.stats.metrics import (
+    BINARY_METRICS,
+    average_precision,
+    binarize,
+    binary_metrics,
+    brier_score,
+    expected_calibration_error,
+    multiclass_metrics,
+    multilabel_metrics,
+    reliability_curve,
+    roc_auc,
+    summarize_folds,
+)
+from medtl.stats.thresholds import choose_threshold, parse_threshold_rule
+
+__all__ = [
+    "BINARY_METRICS",
+    "Interval",
+    "PlattScaling",
+    "TemperatureScaling",
+    "average_precision",
+    "binarize",
+    "binary_metrics",
+    "bootstrap_ci",
+    "bootstrap_metrics",
+    "bootstrap_paired_difference",
+    "brier_score",
+    "calibrator_from_dict",
+    "choose_threshold",
+    "delong_auc_variance",
+    "delong_ci",
+    "delong_test",
+    "expected_calibration_error",
+    "fit_platt",
+    "fit_temperature",
+    "multiclass_metrics",
+    "multilabel_metrics",
+    "parse_threshold_rule",
+    "reliability_curve",
+    "resample_weights",
+    "roc_auc",
+    "summarize_folds",
+]
