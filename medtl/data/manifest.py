@@ -24,6 +24,7 @@ import pandas as pd
 
 from medtl.config import Config, ConfigError
 from medtl.io.image import is_image_file
+from medtl.io.pseudonyms import hash_patient_id, run_salt
 
 RESERVED = ("path", "patient_id", "label")
 
@@ -379,8 +380,6 @@ def _pseudonyms(ids: list[str], cache_dir: str) -> list[str]:
     (``pid-`` + 12 hex digits), so run folders, logs and reports never hold them. The salt lives
     in ``data.cache_dir``, which stays on this machine, so the same patient gets the same
     pseudonym in every run that shares the cache (resumed folds, runs to compare)."""
-    from medtl.report.deid import hash_patient_id, run_salt
-
     salt = run_salt(cache_dir, name=PATIENT_SALT_FILE)
     return [i if i.startswith("file:") else f"pid-{hash_patient_id(i, salt)}" for i in ids]
 

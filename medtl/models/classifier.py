@@ -103,7 +103,8 @@ def load_model(path: str | Path, compile: bool = False) -> keras.Model:
 
     Args:
         path: the ``.keras`` file.
-        compile: also restore the optimizer and loss (needs :mod:`medtl.train.losses`).
+        compile: also restore the optimizer and loss. medtl's losses live in the layer above
+            (:mod:`medtl.train.losses`); import it first so Keras finds them.
 
     Raises:
         FileNotFoundError: no such file.
@@ -114,6 +115,4 @@ def load_model(path: str | Path, compile: bool = False) -> keras.Model:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: model file not found; give the model.keras of a medtl run")
-    if compile:
-        import medtl.train.losses  # noqa: F401  (registers the losses)
     return keras.models.load_model(path, compile=compile)

@@ -1,4 +1,5 @@
-"""De-identification: salted patient-id hashes, the DICOM PHI tag list, and a PHI scanner.
+"""De-identification: the DICOM PHI tag list, scrubbing, and a PHI scanner (the salted
+patient-id hashes live in :mod:`medtl.io.pseudonyms` and are re-exported here).
 
 The report never shows a raw patient id; it shows ``hash_patient_id(pid, salt)``, a keyed
 SHA-256 (HMAC) cut to a short hex string. The salt is random, one per run, kept in the run
@@ -23,20 +24,19 @@ from __future__ import annotations
 
 import base64
 import gzip
-import hashlib
-import hmac
 import html
 import io
 import json
 import os
 import re
-import secrets
 import struct
 import zipfile
 import zlib
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
+
+from medtl.io.pseudonyms import SALT_FILE, hash_patient_id, run_salt  # re-exported: the report's API
 
 __all__ = [
     "PHI_TAGS",
@@ -48,8 +48,6 @@ __all__ = [
     "run_salt",
     "scrub_text",
 ]
-
-SALT_FILE = "deid.salt"
 
 # DICOM keywords whose values identify a patient, or the people and places around one
 # (after the DICOM PS3.15 Annex E basic confidentiality profile and the HIPAA identifiers).
@@ -95,72 +93,9 @@ PHI_TAGS: list[str] = [
     "SOPInstanceUID",
 ]
 
-_HASH_LEN = 12  # 48 bits: collisions are negligible for the patients of one study
 _MAX_DEPTH = 4  # nesting of containers (zip in zip ...) that find_phi opens
 _DATA_URI = re.compile(rb"data:[\w.+/-]*;base64,([A-Za-z0-9+/=]+)")
 _PDF_STREAM = re.compile(rb"stream\r?\n(.*?)\r?\nendstream", re.DOTALL)
-
-
-# --------------------------------------------------------------------------------------------
-# Hashing
-
-
-def run_salt(run_dir: str | Path, create: bool = True, name: str = SALT_FILE) -> bytes:
-    """The run's secret salt, read from ``run_dir/deid.salt`` (created, mode 0600, if absent).
-
-    Args:
-        run_dir: the run folder (or another folder that keeps a salt).
-        create: make a new random salt when there is none (else raise).
-        name: the salt file's name in that folder.
-
-    Raises:
-        FileNotFoundError: no salt file and ``create`` is False.
-
-    Example:
-        >>> salt = run_salt(tmp_path)   # 32 random bytes, the same on every later call
-    """
-    path = Path(run_dir) / name
-    if path.is_file():
-        return bytes.fromhex(path.read_text().strip())
-    if not create:
-        raise FileNotFoundError(f"{path}: no de-identification salt in this run folder; "
-                                "call run_salt(run_dir) to create one")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(secrets.token_hex(32) + "\n")
-    try:
-        os.link(tmp, path)  # fails if a concurrent job created the salt first; theirs wins
-    except FileExistsError:
-        pass
-    finally:
-        tmp.unlink(missing_ok=True)
-    return bytes.fromhex(path.read_text().strip())
-
-
-def hash_patient_id(pid: Any, salt: bytes | str, length: int = _HASH_LEN) -> str:
-    """Salted SHA-256 (HMAC) of a patient id, as ``length`` lowercase hex characters.
-
-    Args:
-        pid: the raw id (converted with ``str``; surrounding whitespace ignored).
-        salt: the run's salt (:func:`run_salt`); a str is UTF-8 encoded.
-        length: hex characters kept (4 to 64).
-
-    Example:
-        >>> len(hash_patient_id("P0001", b"salt"))
-        12
-        >>> hash_patient_id("P0001", b"salt") != hash_patient_id("P0001", b"other")
-        True
-    """
-    if not 4 <= length <= 64:
-        raise ValueError(f"length={length}: expected 4 to 64 hex characters")
-    key = salt.encode("utf-8") if isinstance(salt, str) else bytes(salt)
-    if not key:
-        raise ValueError("salt: is empty; an unsalted hash can be reversed by hashing candidate ids, "
-                         "use run_salt(run_dir)")
-    msg = str(pid).strip().encode("utf-8")
-    return hmac.new(key, msg, hashlib.sha256).hexdigest()[:length]
 
 
 # --------------------------------------------------------------------------------------------
