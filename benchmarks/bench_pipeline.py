@@ -78,7 +78,8 @@ def main(argv: list[str] | None = None) -> None:
 
     import medtl.data.pipeline  # noqa: F401  (albumentations, tf)
     from medtl.config import config_from_dict
-    from medtl.data.cache import clear_memo, default_workers, start_decoder_server
+    from medtl.data.cache import clear_memo
+    from medtl.data.pool import default_workers, start_decoder_server
     from medtl.data.manifest import load_manifest
 
     probe = tf.data.Dataset.range(4).map(lambda i: tf.numpy_function(lambda a: a, [i], tf.int64))

@@ -54,7 +54,7 @@ def _load_cfg(args: argparse.Namespace):
 def _start_up() -> None:
     """Start the decoder processes' server (it imports pydicom while this process imports
     TensorFlow), then import TensorFlow without its C++ start-up lines."""
-    from medtl.data.cache import start_decoder_server
+    from medtl.data.pool import start_decoder_server
 
     start_decoder_server()
     import_tensorflow()

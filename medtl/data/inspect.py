@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from medtl.data.cache import describe_error, file_sha256, run_chunked
+from medtl.data.cache import describe_error, file_sha256
+from medtl.data.pool import run_chunked
 
 HEADER_FIELDS = (
     "Modality", "BodyPartExamined", "ViewPosition", "PhotometricInterpretation", "BitsStored",

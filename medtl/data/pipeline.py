@@ -27,7 +27,8 @@ import tensorflow as tf
 
 from medtl.config import Config
 from medtl.data.augment import Augmenter, build_augmenter
-from medtl.data.cache import ImageCache, default_workers, read_entry, start_decoder_server
+from medtl.data.cache import ImageCache, read_entry
+from medtl.data.pool import default_workers, start_decoder_server
 from medtl.data.manifest import DataError, Manifest
 from medtl.data.resize import Geometry
 
