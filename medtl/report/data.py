@@ -30,6 +30,7 @@ import pandas as pd
 
 from medtl.report import plots
 from medtl.report.deid import read_phi, run_salt
+from medtl.report.gallery import Case, class_views, read_overlays, render_gallery, select_cases
 
 __all__ = ["Plot", "Cell", "MetricsTable", "Case", "ReportData", "collect_report_data", "METRIC_NAMES"]
 
@@ -46,7 +47,6 @@ METRIC_NAMES: dict[str, str] = {
     "brier": "Brier score (lower is better)",
     "ece": "Expected calibration error (lower is better)",
 }
-OVERLAYS_FILE = Path("overlays") / "overlays.csv"
 
 
 @dataclass
@@ -75,31 +75,6 @@ class MetricsTable:
 
     columns: list[str]
     rows: list[tuple[str, list[Cell]]]
-
-
-@dataclass
-class Case:
-    """One gallery case. ``patient`` and ``image`` are salted hashes, never raw ids or paths."""
-
-    kind: str
-    patient: str
-    image: str
-    source: str
-    label: str
-    score: float
-    threshold: float | None  # None: multiclass, where the decision is the arg-max
-    film_png: bytes | None = None
-    overlay_png: bytes | None = None
-    method: str | None = None
-    method_reason: str = ""
-    note: str = ""
-    target: str = ""  # the class judged and mapped (multilabel/multiclass galleries); '' binary
-    called: str = ""  # the model's decision as names (multilabel/multiclass)
-    off_film: float | None = None  # share of the map's heat on the letterbox padding (not drawn)
-    second_png: bytes | None = None  # the second method's overlay (``report.compare``)
-    second_method: str | None = None
-    second_reason: str = ""
-    peak_gap: float | None = None  # the two maps' peaks apart, share of the film's longer side
 
 
 @dataclass
@@ -540,7 +515,6 @@ def collect_report_data(run_dir: str | Path, compute_cams: bool = True, n_cases:
     """
     from medtl.config import load_resolved
     from medtl.evaluate.runs import is_cv_run
-    from medtl.report.gallery import class_views, read_overlays, render_gallery, select_cases
 
     run = Path(run_dir)
     if not (run / "config.yaml").is_file():

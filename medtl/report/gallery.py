@@ -19,23 +19,50 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from medtl.report.data import OVERLAYS_FILE, Case
 from medtl.report.deid import hash_patient_id, scrub_text
 from medtl.report.plots import image_png
 
 NOT_COMPUTED = "CAM not computed (compute=False and no precomputed overlay)"
 
-__all__ = ["KINDS", "class_views", "select_cases", "render_gallery", "read_overlays", "cam_overlays",
+__all__ = ["KINDS", "OVERLAYS_FILE", "Case", "class_views", "select_cases", "render_gallery", "read_overlays", "cam_overlays",
            "peak_gap"]
 
 KINDS = ("true positive", "false positive", "false negative")
 FILM_SIDE = 384  # pixels on the longer side of each gallery image
+
+OVERLAYS_FILE = Path("overlays") / "overlays.csv"
+
+
+@dataclass
+class Case:
+    """One gallery case. ``patient`` and ``image`` are salted hashes, never raw ids or paths."""
+
+    kind: str
+    patient: str
+    image: str
+    source: str
+    label: str
+    score: float
+    threshold: float | None  # None: multiclass, where the decision is the arg-max
+    film_png: bytes | None = None
+    overlay_png: bytes | None = None
+    method: str | None = None
+    method_reason: str = ""
+    note: str = ""
+    target: str = ""  # the class judged and mapped (multilabel/multiclass galleries); '' binary
+    called: str = ""  # the model's decision as names (multilabel/multiclass)
+    off_film: float | None = None  # share of the map's heat on the letterbox padding (not drawn)
+    second_png: bytes | None = None  # the second method's overlay (``report.compare``)
+    second_method: str | None = None
+    second_reason: str = ""
+    peak_gap: float | None = None  # the two maps' peaks apart, share of the film's longer side
 
 
 def class_views(preds: pd.DataFrame, task: str, classes: Sequence[str]) -> list[pd.DataFrame]:
