@@ -1,7 +1,11 @@
 """``medtl inspect``: what is in a dataset, and which files cannot be used.
 
 Every file is decoded (in parallel worker processes), so the report lists each unreadable file
-with its reason, not just the ones whose header looks wrong. It also counts images per class
+with its reason, not just the ones whose header looks wrong, and each file read with a warning
+(alpha composited, few bits used, decoded at reduced scale). Whatever ``medtl train`` would
+refuse is an error here too: an unreadable file, or a dataset-level problem (a class without
+films; an empty, header-only, non-CSV or duplicated manifest is refused outright with a
+one-line error). It also counts images per class
 and per patient, image sizes, byte-identical duplicates, and summarises the DICOM headers
 (modality, body part, view, photometric interpretation, bits, transfer syntax).
 
@@ -17,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +38,7 @@ _CHEST_MODALITIES = {"CR", "DX"}
 _PATH_COLUMNS = ("file", "path", "filename", "image", "image_path")
 _LABEL_COLUMNS = ("label", "class", "class_name", "target")
 _PATIENT_COLUMNS = ("patient_id", "PatientID", "person_id", "patient", "subject_id")
+_WARNINGS_SHOWN = 20  # one cause usually repeats over many files; the count says how many
 _NO_FINDING = re.compile(r"^(no[ _-]?findings?|none|normal|negative)$", re.IGNORECASE)
 
 
@@ -55,6 +61,10 @@ class InspectReport:
     header_patients: int = 0
     duplicate_groups: list[list[str]] = field(default_factory=list)
     errors: list[tuple[str, str]] = field(default_factory=list)
+    #: Files that were read, but changed on the way or suspicious: (path, reason; fix).
+    warnings: list[tuple[str, str]] = field(default_factory=list)
+    #: Problems of the dataset as a whole that ``medtl train`` would refuse (one line each).
+    problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -62,10 +72,16 @@ class InspectReport:
         """Number of files that cannot be read."""
         return len(self.errors)
 
+    @property
+    def ok(self) -> bool:
+        """True when training could use this dataset: every file reads and no problem was found."""
+        return not self.errors and not self.problems
+
     def to_dict(self) -> dict[str, Any]:
         """Plain dict for JSON output."""
         d = dataclasses.asdict(self)
         d["n_errors"] = self.n_errors
+        d["ok"] = self.ok
         return d
 
 
@@ -73,13 +89,18 @@ class InspectReport:
 # Probing files (runs in worker processes: keep this module's imports light)
 
 
-def _probe_chunk(paths: list[str], window: str) -> list[dict[str, Any]]:
-    """Worker: decode each file and read its header; never raises for a bad file."""
+def _probe_chunk(paths: list[str], read: dict[str, Any] | str) -> list[dict[str, Any]]:
+    """Worker: decode each file (``read``: read_image's window, frame, max_pixels; or just the
+    window) and read its header; never raises for a bad file."""
     from medtl.io import is_dicom, read_header, read_image
+    from medtl.io.errors import ImageReadWarning
+
+    if isinstance(read, str):
+        read = {"window": read}
 
     out = []
     for path in paths:
-        rec: dict[str, Any] = {"path": path, "error": None, "shape": None, "header": None, "sha": None}
+        rec: dict[str, Any] = {"path": path, "error": None, "shape": None, "header": None, "sha": None, "warnings": []}
         try:
             rec["sha"] = file_sha256(path)
             is_dcm = is_dicom(path)
@@ -88,7 +109,12 @@ def _probe_chunk(paths: list[str], window: str) -> list[dict[str, Any]]:
                 header = read_header(path)
                 keys = (*HEADER_FIELDS, "PatientID")
                 rec["header"] = {k: None if header.get(k) is None else str(header.get(k)) for k in keys}
-            img = read_image(path, window=window)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", ImageReadWarning)
+                img = read_image(path, **read)
+            rec["warnings"] = [
+                str(w.message).removeprefix(f"{path}: ") for w in caught if issubclass(w.category, ImageReadWarning)
+            ]
             rec["shape"] = tuple(int(s) for s in img.shape[:2])
         except MemoryError:
             raise
@@ -99,7 +125,7 @@ def _probe_chunk(paths: list[str], window: str) -> list[dict[str, Any]]:
 
 
 def _crashed(path: str, reason: str) -> dict[str, Any]:
-    return {"path": path, "error": reason, "shape": None, "header": None, "sha": None}
+    return {"path": path, "error": reason, "shape": None, "header": None, "sha": None, "warnings": []}
 
 
 # --------------------------------------------------------------------------------------------
@@ -117,6 +143,16 @@ class _Listing:
     patient_source: str = "none (each image is its own patient)"
     notes: list[str] = field(default_factory=list)
     window: str = "auto"
+    frame: int | None = None
+    max_pixels: int | None = None
+    read_set: bool = False  # frame / max_pixels come from a config, not the defaults
+
+    def read_args(self) -> dict[str, Any]:
+        """Keyword arguments of read_image, as training would call it."""
+        from medtl.io.dicom import DEFAULT_MAX_PIXELS
+
+        max_pixels = self.max_pixels if self.read_set else DEFAULT_MAX_PIXELS
+        return {"window": self.window, "frame": self.frame, "max_pixels": max_pixels}
 
 
 def _from_manifest(cfg: Any) -> _Listing:
@@ -133,7 +169,8 @@ def _from_manifest(cfg: Any) -> _Listing:
         labels = m.df["label"].astype(int).tolist()
     return _Listing(
         m.source, m.paths, m.df["patient_id"].astype(str).tolist(), labels, m.classes, m.task, psrc,
-        notes=list(m.notes), window=cfg.data.window,
+        notes=list(m.notes), window=cfg.data.window, frame=cfg.data.frame, max_pixels=cfg.data.max_pixels,
+        read_set=True,
     )
 
 
@@ -143,17 +180,16 @@ def _guess_config(csv_path: Path, columns: dict[str, Any] | None = None) -> tupl
     ``columns`` names columns the caller knows (``path_column``, ``label_column`` (a list for
     several 0/1 finding columns), ``patient_column``); they replace the guesses.
     """
-    import pandas as pd
-
     from medtl.config import Config
+    from medtl.data.manifest import DataError, read_csv_table
 
-    cols = list(pd.read_csv(csv_path, nrows=0).columns)
+    cols = [str(c) for c in read_csv_table(csv_path, nrows=0).columns]
     given = {k: v for k, v in (columns or {}).items() if v}
     sep = given.pop("label_separator", None)
     for key, value in given.items():
         for name in (value if isinstance(value, list) else [value]):
             if name not in cols and not (key == "patient_column" and name == "none"):
-                raise ValueError(f"{csv_path}: no column {name!r} for data.{key}; columns: {', '.join(map(str, cols))}")
+                raise DataError(f"{csv_path}: no column {name!r} for data.{key}; columns: {', '.join(map(str, cols))}")
     if isinstance(given.get("label_column"), list) or sep:
         cfg = Config(task="multilabel")
     else:
@@ -162,27 +198,27 @@ def _guess_config(csv_path: Path, columns: dict[str, Any] | None = None) -> tupl
     notes = []
     path_col = given.get("path_column") or next((c for c in _PATH_COLUMNS if c in cols), None)
     if path_col is None:
-        raise ValueError(
+        raise DataError(
             f"{csv_path}: no file column (looked for {', '.join(_PATH_COLUMNS)}; columns: {', '.join(cols)}); "
-            "inspect a YAML config that sets data.path_column instead"
+            "name it 'file', or inspect a YAML config that sets data.path_column"
         )
     cfg.data.path_column = path_col
     label_col = given.get("label_column") or next((c for c in _LABEL_COLUMNS if c in cols), None)
-    cfg.data.label_column = label_col or ""
+    cfg.data.label_column = label_col or ""  # none: medtl init looks for 0/1 finding columns
     pc = given.get("patient_column") or next((c for c in _PATIENT_COLUMNS if c in cols), None)
     cfg.data.patient_column = None if pc == "none" else pc
     if label_col and sep:
         if isinstance(label_col, list):
             raise ValueError("a label separator needs one label column holding the joined finding names")
-        values = pd.read_csv(csv_path, usecols=[label_col])[label_col].dropna().astype(str)
+        values = read_csv_table(csv_path, usecols=[label_col])[label_col].dropna().astype(str)
         names = sorted({t.strip() for v in values for t in v.split(sep) if t.strip()})
         cfg.data.label_separator = sep
         cfg.data.classes = [n for n in names if not _NO_FINDING.match(n)]  # the rest: no finding
     elif label_col and not isinstance(label_col, list):
-        values = pd.read_csv(csv_path, usecols=[label_col])[label_col].dropna().unique()
+        values = read_csv_table(csv_path, usecols=[label_col])[label_col].dropna().unique()
         if len(values) > 2:
             cfg.task = "multiclass"
-        names = _names_for_ints(pd.read_csv(csv_path), label_col)
+        names = _names_for_ints(read_csv_table(csv_path), label_col)
         if names:
             cfg.data.classes = names
         elif not all(str(v).strip().lstrip("-").isdigit() for v in values):
@@ -211,8 +247,7 @@ def _names_for_ints(df: Any, label_col: str) -> list[str] | None:
 
 
 def _listing_for(target: Path, cfg: Any) -> _Listing:
-    from medtl.config import Config, ConfigError
-    from medtl.data.manifest import DataError, _absolute
+    from medtl.config import Config
     from medtl.io.image import is_image_file
 
     if target.suffix.lower() in (".yaml", ".yml"):
@@ -225,27 +260,7 @@ def _listing_for(target: Path, cfg: Any) -> _Listing:
         cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, manifest=str(target)))
         return _from_manifest(cfg)
     if target.is_file():
-        cfg, notes = _guess_config(target)
-        if cfg.data.label_column:
-            try:
-                listing = _from_manifest(cfg)
-                listing.notes[:0] = notes
-                return listing
-            except (ConfigError, DataError) as exc:
-                if cfg.data.patient_column:
-                    try:
-                        cfg.data.patient_column = None
-                        listing = _from_manifest(cfg)
-                        listing.notes[:0] = notes + [f"patient ids not used: {exc}"]
-                        return listing
-                    except (ConfigError, DataError):
-                        pass
-                notes.append(f"labels not used: {exc}")
-        import pandas as pd
-
-        df = pd.read_csv(target)
-        paths = [str(_absolute(target.parent, str(p))) for p in df[cfg.data.path_column]]
-        return _Listing(str(target), paths, notes=notes)
+        return _bare_csv_listing(target)
     if not target.is_dir():
         raise FileNotFoundError(f"{target}: not found; give a labels CSV, a folder of images, or a YAML config")
     subdirs = [p for p in sorted(target.iterdir()) if p.is_dir() and not p.name.startswith(".")]
@@ -262,6 +277,32 @@ def _listing_for(target: Path, cfg: Any) -> _Listing:
         return listing
     paths = [str(p.absolute()) for p in sorted(target.rglob("*")) if p.is_file() and is_image_file(p)]
     return _Listing(str(target), paths, notes=["no labels: neither a labels.csv nor class sub-folders"])
+
+
+def _bare_csv_listing(target: Path) -> _Listing:
+    """The listing of a labels CSV given without a config: refused, with one line, wherever
+    ``medtl train`` with the guessed columns would refuse it. A guessed patient column that
+    does not fit (e.g. ids given for one class only) is dropped with a note instead, since
+    nobody chose it."""
+    from medtl.config import ConfigError
+    from medtl.data.manifest import DataError
+
+    cfg, notes = _guess_config(target)
+    if not cfg.data.label_column:
+        raise DataError(
+            f"{target}: no label column (looked for {', '.join(_LABEL_COLUMNS)}); name it 'label', or inspect a "
+            "YAML config that sets data.label_column (a list of 0/1 columns for multilabel)"
+        )
+    try:
+        listing = _from_manifest(cfg)
+    except (ConfigError, DataError) as exc:
+        if not cfg.data.patient_column:
+            raise
+        cfg.data.patient_column = None
+        listing = _from_manifest(cfg)  # still failing: the error is not about patients
+        notes.append(f"patient ids not used: {exc}")
+    listing.notes[:0] = notes
+    return listing
 
 
 # --------------------------------------------------------------------------------------------
@@ -291,10 +332,11 @@ def inspect_data(target: str | os.PathLike, cfg: Any = None, workers: int | None
     probes: list[dict[str, Any]] = []
     if listing.paths:
         # No stealing: a decoder crash on a bad file must end up in the report, not end it.
-        probes = run_chunked(_probe_chunk, listing.paths, listing.window, workers, on_crash=_crashed, steal=False)
+        probes = run_chunked(_probe_chunk, listing.paths, listing.read_args(), workers, on_crash=_crashed, steal=False)
     r = InspectReport(source=listing.source, task=listing.task, classes=listing.classes, n_files=len(listing.paths))
     r.notes = list(listing.notes)
     r.errors = [(p["path"], p["error"]) for p in probes if p["error"]]
+    r.warnings = [(p["path"], w) for p in probes for w in p.get("warnings", ())]
     r.formats = dict(Counter(p.get("format", "unreadable") for p in probes).most_common())
     r.sizes = {f"{h}x{w}": n for (h, w), n in Counter(p["shape"] for p in probes if p["shape"]).most_common()}
     headers = [p["header"] for p in probes if p["header"]]
@@ -312,7 +354,23 @@ def inspect_data(target: str | os.PathLike, cfg: Any = None, workers: int | None
             by_sha.setdefault(p["sha"], []).append(p["path"])
     r.duplicate_groups = [g for g in by_sha.values() if len(g) > 1]
     _add_notes(r, listing, headers)
+    _add_problems(r, listing)
     return r
+
+
+def _add_problems(r: InspectReport, listing: _Listing) -> None:
+    """Dataset-level reasons training would fail or learn nothing, one line each."""
+    if not listing.paths:
+        r.problems.append(f"{listing.source}: no image files found; add DICOM/PNG/JPEG files (or rows to the CSV)")
+    if r.class_counts and listing.paths:
+        empty = [c for c, n in r.class_counts.items() if n == 0]
+        if empty:
+            what = "positive films" if listing.task == "multilabel" else "films"
+            r.problems.append(
+                f"{listing.source}: no {what} of class(es) {', '.join(map(repr, empty))} (counts: "
+                + ", ".join(f"{c} {n}" for c, n in r.class_counts.items())
+                + "); a classifier needs examples of every class: add them, or check data.classes and the label column"
+            )
 
 
 def _show(key: str, value: str | None) -> str:
@@ -365,8 +423,13 @@ def _add_notes(r: InspectReport, listing: _Listing, headers: list[dict]) -> None
     if odd_parts:
         r.notes.append("body part not CHEST in " + ", ".join(f"{n} file(s) ({b})" for b, n in odd_parts.items()))
     frames = [h for h in headers if h.get("NumberOfFrames") not in (None, "1")]
-    if frames:
-        r.notes.append(f"{len(frames)} multi-frame file(s): only one frame is used")
+    if frames and listing.frame is None:
+        r.notes.append(
+            f"{len(frames)} multi-frame file(s): refused (listed as unreadable); set data.frame: 0 in a config "
+            "to read their first frame"
+        )
+    elif frames:
+        r.notes.append(f"{len(frames)} multi-frame file(s): frame {listing.frame} of each is read (data.frame)")
     if listing.patients is None and r.header_patients:
         r.notes.append(
             f"no patient ids given, but the DICOM headers name {r.header_patients} patient(s) for "
@@ -426,10 +489,19 @@ def format_report(report: InspectReport) -> str:
     if r.notes:
         out.append("notes:")
         out += [f"  - {n}" for n in r.notes]
+    if r.warnings:
+        files = len({p for p, _ in r.warnings})
+        out.append(f"read with warnings ({files} file(s)):")
+        out += [f"  {p}: {why}" for p, why in r.warnings[:_WARNINGS_SHOWN]]
+        if len(r.warnings) > _WARNINGS_SHOWN:
+            out.append(f"  ... {len(r.warnings) - _WARNINGS_SHOWN} more")
     if r.errors:
         out.append(f"unreadable files ({r.n_errors}):")
         out += [f"  {p}: {why}" for p, why in r.errors]
-    else:
+    elif r.n_files:
         out.append("all files decode")
+    if r.problems:  # last, so the reason for a non-zero exit is what the user sees
+        out.append(f"problems ({len(r.problems)}):")
+        out += [f"  {line}" for line in r.problems]
     return "\n".join(out)
 

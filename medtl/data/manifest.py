@@ -27,6 +27,10 @@ from medtl.io.image import is_image_file
 from medtl.io.pseudonyms import hash_patient_id, run_salt
 
 RESERVED = ("path", "patient_id", "label")
+# Separators tried when a CSV's header line holds no comma (European Excel saves ';').
+_SEPARATORS = (";", "\t", "|")
+# First bytes of files that are certainly not a CSV: ZIP (xlsx, odt), PNG, JPEG, TIFF, GIF, PDF.
+_BINARY_MAGIC = (b"PK\x03\x04", b"\x89PNG", b"\xff\xd8\xff", b"II*\x00", b"MM\x00*", b"GIF8", b"%PDF")
 
 
 class DataError(ValueError):
@@ -150,15 +154,63 @@ def load_manifest(cfg: Config, check_files: bool = True) -> Manifest:
 # CSV
 
 
+def csv_separator(src: str | os.PathLike[str]) -> str:
+    """The column separator of a labels CSV, judged from its header line.
+
+    ',' when the header holds a comma (or no separator at all: one column); otherwise the most
+    frequent of ';', tab and '|', so a CSV saved by a European Excel reads as it is.
+
+    Raises:
+        DataError: the file is empty, binary (e.g. an Excel workbook) or an image.
+
+    Example:
+        >>> csv_separator("labels.csv")
+        ','
+    """
+    path = Path(src)
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(8192)
+    except OSError as exc:
+        raise DataError(f"{path}: cannot open ({exc.strerror}); check the path and its permissions") from None
+    if not head.strip():
+        raise DataError(f"{path}: empty file, not a labels CSV; write a header row (e.g. file,label) and one row per image")
+    if head[128:132] == b"DICM" or head.startswith(_BINARY_MAGIC) or b"\x00" in head:
+        image = head[128:132] == b"DICM" or head.startswith(_BINARY_MAGIC[1:6]) or is_image_file(path)
+        what = "an image file" if image else "a binary file (e.g. an Excel workbook, a PDF or UTF-16 text)"
+        raise DataError(
+            f"{path}: {what}, not a labels CSV; give a CSV with a header row (e.g. file,label; save a spreadsheet "
+            "as CSV), a folder of images, or a YAML config"
+        )
+    first = head.decode("utf-8", errors="replace").lstrip("\ufeff").splitlines()[0]
+    if "," in first:
+        return ","
+    counts = {sep: first.count(sep) for sep in _SEPARATORS}
+    best = max(counts, key=counts.get)
+    return best if counts[best] else ","
+
+
+def read_csv_table(src: str | os.PathLike[str], **kwargs: Any) -> pd.DataFrame:
+    """``pd.read_csv`` with the separator from :func:`csv_separator` and one-line errors.
+
+    Raises:
+        DataError: empty, binary or unparsable file, naming it.
+    """
+    sep = csv_separator(src)
+    try:
+        return pd.read_csv(src, sep=sep, **kwargs)
+    except Exception as exc:  # pandas raises several types for unreadable CSVs
+        raise DataError(
+            f"{src}: cannot read as CSV ({' '.join(str(exc).split())}); save it as comma-separated text with a header row"
+        ) from None
+
+
 def _read_csv(src: Path, cfg: Config) -> tuple[pd.DataFrame, list[str], list[str]]:
     d = cfg.data
-    try:
-        cols = [str(c) for c in pd.read_csv(src, nrows=0).columns]
-        # Paths and ids stay text: "007" must not become 7, nor "12" a float with a gap elsewhere.
-        as_text = {c: str for c in (d.path_column, d.patient_column) if c in cols}
-        raw = pd.read_csv(src, dtype=as_text)
-    except Exception as exc:  # pandas raises several types for unreadable CSVs
-        raise DataError(f"{src}: cannot read as CSV ({exc}); save it as comma-separated text with a header row") from None
+    cols = [str(c) for c in read_csv_table(src, nrows=0).columns]
+    # Paths and ids stay text: "007" must not become 7, nor "12" a float with a gap elsewhere.
+    as_text = {c: str for c in (d.path_column, d.patient_column) if c in cols}
+    raw = read_csv_table(src, dtype=as_text)
     label_cols = d.label_column if isinstance(d.label_column, list) else [d.label_column]
     for key, col in [("data.path_column", d.path_column)] + [("data.label_column", c) for c in label_cols]:
         if col not in cols:
@@ -173,7 +225,10 @@ def _read_csv(src: Path, cfg: Config) -> tuple[pd.DataFrame, list[str], list[str
     used = (d.path_column, *label_cols, pc)
     df = raw.rename(columns={c: f"{c}_csv" for c in RESERVED if c in cols and c not in used})
     if df.empty:
-        raise DataError(f"{src}: the manifest has no images; add rows")
+        raise DataError(f"{src}: the manifest has no images (a header row only); add one row per image")
+    sep = csv_separator(src)
+    if sep != ",":
+        df.attrs.setdefault("medtl_notes", []).append(f"{src.name} read as {sep!r}-separated (no comma in its header)")
     rel = df[d.path_column]
     blank = [i + 2 for i, v in enumerate(rel) if not isinstance(v, str) or not v.strip()]
     if blank:
@@ -305,7 +360,7 @@ def _separated_labels(df: pd.DataFrame, col: str, sep: str, classes: list[str], 
                           f"the spelling against the names found: {', '.join(sorted(set().union(*tokens))[:20])}")
     if other:
         listed = ", ".join(f"{n} {k}" for n, k in sorted(other.items(), key=lambda kv: (-kv[1], kv[0])))
-        df.attrs["medtl_notes"] = [f"names in {col!r} outside data.classes, read as no finding: {listed}"]
+        df.attrs.setdefault("medtl_notes", []).append(f"names in {col!r} outside data.classes, read as no finding: {listed}")
     return df, classes, label_cols
 
 

@@ -25,6 +25,11 @@ from pydicom.pixels import pixel_array as decode_pixel_array
 from medtl.io.errors import ImageReadError, one_line
 
 WINDOWS = ("auto", "minmax", "percentile")
+# Largest image decoded, in pixels (config data.max_pixels has the same default). 50 MP is
+# above every single radiograph we know of (full-field mammograms reach ~28 MP, stitched
+# long-leg films ~20 MP) and a decoding worker needs ~8 bytes per pixel (400 MB at 50 MP), so
+# a scanned poster or a wrong export fails fast instead of exhausting memory in every worker.
+DEFAULT_MAX_PIXELS = 50_000_000
 DICOM_SUFFIXES = (".dcm", ".dicom")
 PERCENTILES = (0.5, 99.5)
 HEADER_KEYS = (
@@ -81,7 +86,12 @@ def looks_like_dicom(head: bytes, path: str | os.PathLike[str]) -> bool:
     return Path(path).suffix.lower() in DICOM_SUFFIXES
 
 
-def read_dicom(path: str | os.PathLike[str], window: str = "auto", frame: int | None = None) -> np.ndarray:
+def read_dicom(
+    path: str | os.PathLike[str],
+    window: str = "auto",
+    frame: int | None = None,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+) -> np.ndarray:
     """Decode one DICOM image to float32 (H, W) in [0, 1], as a viewer would display it.
 
     Args:
@@ -89,6 +99,8 @@ def read_dicom(path: str | os.PathLike[str], window: str = "auto", frame: int | 
         window: "auto" (the file's VOI LUT or window, else min-max), "minmax", or "percentile"
             (0.5-99.5 percentiles of the modality values, clipped).
         frame: Frame index, required for multi-frame files.
+        max_pixels: Refuse images with more than this many pixels (Rows x Columns), checked
+            in the header before any pixel is decoded; None: no limit.
 
     Returns:
         float32 array (Rows, Columns) in [0, 1]; MONOCHROME1 is inverted so air is dark and
@@ -96,7 +108,8 @@ def read_dicom(path: str | os.PathLike[str], window: str = "auto", frame: int | 
 
     Raises:
         ImageReadError: The file is missing, not DICOM, truncated, holds no image, has several
-            frames and no ``frame``, or needs a decoder that is not installed.
+            frames and no ``frame``, is larger than ``max_pixels``, or needs a decoder that is
+            not installed.
 
     Example:
         >>> img = read_dicom("chest.dcm")
@@ -105,7 +118,7 @@ def read_dicom(path: str | os.PathLike[str], window: str = "auto", frame: int | 
     """
     check_window(window)
     with open_file(path) as fh:
-        return decode_dicom(fh, path, window, frame)
+        return decode_dicom(fh, path, window, frame, max_pixels)
 
 
 def read_header(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -147,11 +160,20 @@ def open_file(path: str | os.PathLike[str]) -> IO[bytes]:
         raise ImageReadError(path, f"cannot open the file ({exc.strerror})", "check its permissions") from None
 
 
-def decode_dicom(fh: IO[bytes], path: str | os.PathLike[str], window: str, frame: int | None) -> np.ndarray:
+def decode_dicom(
+    fh: IO[bytes],
+    path: str | os.PathLike[str],
+    window: str,
+    frame: int | None,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+) -> np.ndarray:
     """The body of :func:`read_dicom` on an already opened file (read once, decoded once)."""
     ds = _dcmread(fh, path)
     _require_pixels(ds, path)
     index = frame_index(path, _nr_frames(ds, path), frame)
+    rows, cols = _number(ds.get("Rows")), _number(ds.get("Columns"))
+    if rows and cols:  # missing ones are the decoder's to report
+        check_size(path, int(cols), int(rows), max_pixels)
     arr = _decode(ds, path, index)
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
     samples = int(ds.get("SamplesPerPixel") or 1)
@@ -166,7 +188,7 @@ def decode_dicom(fh: IO[bytes], path: str | os.PathLike[str], window: str, frame
         bits = int(ds.get("BitsStored") or 8)
         return _colour_to_unit(arr, 2**bits - 1, window)
     if photometric == "PALETTE COLOR":
-        rgb = apply_color_lut(arr, ds)
+        rgb = apply_color_lut(arr, _palette_in_native_order(ds))
         return _colour_to_unit(rgb, np.iinfo(rgb.dtype).max, window)
 
     values = _modality_lut(arr, ds, path, index)
@@ -254,6 +276,18 @@ def luminance(rgb: np.ndarray) -> np.ndarray:
     return rgb[..., :3].astype(np.float32) @ _LUMA
 
 
+def check_size(path: str | os.PathLike[str], width: int, height: int, max_pixels: int | None) -> None:
+    """Refuse an image over ``max_pixels`` before it is decoded (the header gives the size)."""
+    if max_pixels is None or width * height <= max_pixels:
+        return
+    raise ImageReadError(
+        path,
+        f"image is {width} x {height} = {width * height / 1e6:.1f} million pixels, over the limit of "
+        f"{max_pixels / 1e6:g} million (data.max_pixels)",
+        "downsample the file, or raise data.max_pixels if memory allows (about 8 bytes per pixel per worker)",
+    )
+
+
 def frame_index(path: str | os.PathLike[str], n_frames: int, frame: int | None) -> int | None:
     """Validate ``frame`` against the frame count; None means 'the only frame'."""
     if frame is None:
@@ -261,7 +295,7 @@ def frame_index(path: str | os.PathLike[str], n_frames: int, frame: int | None) 
             raise ImageReadError(
                 path,
                 f"multi-frame file with {n_frames} frames and no frame chosen",
-                f"pass frame=<0..{n_frames - 1}>, e.g. read_image(path, frame=0), or split the file",
+                f"set data.frame (read_image: frame=) to a frame from 0 to {n_frames - 1} to read it, or split the file",
             )
         return None
     if isinstance(frame, bool) or not isinstance(frame, (int, np.integer)) or not 0 <= frame < n_frames:
@@ -521,6 +555,33 @@ def _apply_lut(values: np.ndarray, lut: np.ndarray, first: int) -> np.ndarray:
         idx = values.astype(np.int64) - first
     np.clip(idx, 0, lut.size - 1, out=idx)
     return lut[idx.astype(np.intp, copy=False)]
+
+
+_PALETTE_DATA = tuple(f"{c}PaletteColorLookupTableData" for c in ("Red", "Green", "Blue", "Alpha"))
+_PALETTE_KEEP = (
+    "PixelPresentation", "PixelRepresentation", "BitsAllocated", "BitsStored",
+    *(f"{c}PaletteColorLookupTableDescriptor" for c in ("Red", "Green", "Blue", "Alpha")),
+)
+
+
+def _palette_in_native_order(ds: Dataset) -> Dataset:
+    """``ds``, or for a big-endian file a copy of its palette with the LUT data byte-swapped.
+
+    pydicom's ``apply_color_lut`` reads OW palette data in the machine's byte order (it handles
+    endianness only for segmented palettes), so a big-endian file came out nearly black.
+    """
+    if ds.original_encoding[1] is not False or _PALETTE_DATA[0] not in ds:
+        return ds
+    lut_ds = Dataset()
+    for keyword in (*_PALETTE_KEEP, *_PALETTE_DATA):
+        if keyword not in ds:
+            continue
+        value = ds[keyword].value
+        n_entries = int(ds.RedPaletteColorLookupTableDescriptor[0]) or 65536
+        if keyword in _PALETTE_DATA and isinstance(value, bytes) and len(value) == 2 * n_entries:
+            value = np.frombuffer(value, dtype=">u2").astype("=u2").tobytes()
+        setattr(lut_ds, keyword, value)
+    return lut_ds
 
 
 def _colour_to_unit(rgb: np.ndarray, full_scale: int, window: str) -> np.ndarray:

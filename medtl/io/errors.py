@@ -1,4 +1,5 @@
-"""The one error type every reader in :mod:`medtl.io` raises for a file it cannot turn into an image."""
+"""The one error type every reader in :mod:`medtl.io` raises for a file it cannot turn into an image,
+and the warning type for a file it reads but changes on the way (alpha dropped, few bits used)."""
 
 from __future__ import annotations
 
@@ -40,3 +41,26 @@ class ImageReadError(ValueError):
         # Decoding runs in worker processes; the default pickling would call __init__ with the
         # formatted message only and lose .path / .reason.
         return (type(self), (self.path, self.reason, self.fix))
+
+
+class ImageReadWarning(UserWarning):
+    """A file was read, but the image may not be what its author meant; the message says why.
+
+    ``str(warning)`` is one line, ``"<path>: <what happened>; <what to do>"``, like
+    :class:`ImageReadError`, so ``medtl inspect`` can list it per file.
+
+    Example:
+        >>> import warnings
+        >>> with warnings.catch_warnings(record=True) as caught:
+        ...     warnings.simplefilter("always")
+        ...     img = read_image("overlay.png")  # an RGBA PNG with transparent pixels
+        >>> caught[0].category.__name__
+        'ImageReadWarning'
+    """
+
+
+def warn_image(path: str | os.PathLike[str], what: str, fix: str) -> None:
+    """Issue an :class:`ImageReadWarning` in the one-line ``path: what; fix`` form."""
+    import warnings
+
+    warnings.warn(f"{os.fspath(path)}: {one_line(what)}; {one_line(fix)}", ImageReadWarning, stacklevel=3)

@@ -257,3 +257,28 @@ def test_ids_and_paths_stay_text(tmp_path):
     cfg = make_cfg(_csv(tmp_path / "l.csv", [{"file": 123, "label": 1, "patient_id": "007"}]))
     m = load_manifest(cfg)
     assert m.df["patient_id"].tolist() == ["007"] and m.paths == [str(tmp_path / "123")]
+
+
+def test_semicolon_and_tab_separated_csv_are_read_with_a_note(png_csv):
+    text = png_csv.read_text()
+    for sep, name in ((";", "semi.csv"), ("\t", "tab.csv")):
+        path = png_csv.parent / name
+        path.write_text(text.replace(",", sep))
+        m = load_manifest(make_cfg(path))
+        assert len(m) == 40 and m.class_counts().tolist() == [30, 10]
+        assert any(f"{name} read as {sep!r}-separated" in n for n in m.notes)
+
+
+def test_empty_binary_and_image_files_are_not_csv(tmp_path):
+    empty = tmp_path / "labels.csv"
+    empty.write_bytes(b"")
+    with pytest.raises(DataError, match=r"labels.csv: empty file, not a labels CSV; write a header row"):
+        load_manifest(make_cfg(empty))
+    xlsx = tmp_path / "labels.xlsx"
+    xlsx.write_bytes(b"PK\x03\x04" + b"\x00" * 64)
+    with pytest.raises(DataError, match=r"labels.xlsx: a binary file .*not a labels CSV.*save a spreadsheet as CSV"):
+        load_manifest(make_cfg(xlsx))
+    png = tmp_path / "zero.png"
+    write_png(png, np.zeros((4, 4)))
+    with pytest.raises(DataError, match=r"zero.png: an image file, not a labels CSV"):
+        load_manifest(make_cfg(png))

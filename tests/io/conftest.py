@@ -8,8 +8,10 @@ from typing import Any
 
 import numpy as np
 import pytest
+import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, UID, generate_uid
+from pydicom.filewriter import dcmwrite
+from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, UID, generate_uid
 
 DX_STORAGE = UID("1.2.840.10008.5.1.4.1.1.1.1")  # Digital X-Ray Image Storage - For Presentation
 
@@ -60,3 +62,15 @@ def make_dicom(tmp_path: Path) -> Callable[..., Path]:
         return write_dicom(tmp_path / name, np.asarray(pixels), **kwargs)
 
     return make
+
+
+def to_big_endian(src: str | Path, dst: Path) -> Path:
+    """Rewrite a little-endian file as Explicit VR Big Endian, swapping every OW word as a
+    big-endian writer does (pydicom writes bytes values as they are)."""
+    ds = pydicom.dcmread(src)
+    for elem in ds.iterall():
+        if elem.VR == "OW" and isinstance(elem.value, bytes):
+            elem.value = np.frombuffer(elem.value, "<u2").astype(">u2").tobytes()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRBigEndian
+    dcmwrite(dst, ds, little_endian=False, implicit_vr=False, force_encoding=True)
+    return dst

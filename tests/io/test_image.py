@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from medtl.io import ImageReadError, read_image
+from medtl.io.errors import ImageReadWarning
 
 
 def save(path: Path, array: np.ndarray, **kwargs) -> Path:
@@ -33,9 +34,11 @@ def test_png_16_bit(tmp_path: Path) -> None:
     assert read_image(path)[0, 1] == pytest.approx(0.5, abs=1e-4)
 
 
-def test_png_16_bit_holding_12_bit_data_is_not_stretched(tmp_path: Path) -> None:
+def test_png_16_bit_holding_12_bit_data_without_sbit_warns(tmp_path: Path) -> None:
     path = save(tmp_path / "a12.png", np.array([[0, 2048, 4095]], np.uint16))
-    np.testing.assert_allclose(read_image(path), [[0, 2048 / 65535, 4095 / 65535]], atol=1e-7)
+    with pytest.warns(ImageReadWarning, match=r"a12.png: 16-bit PNG whose values use only 12 bits .*sBIT"):
+        img = read_image(path)
+    np.testing.assert_allclose(img, [[0, 2048 / 65535, 4095 / 65535]], atol=1e-7)  # not guessed per image
     np.testing.assert_allclose(read_image(path, window="minmax"), [[0, 2048 / 4095, 1]], atol=1e-6)
 
 
@@ -43,8 +46,12 @@ def test_rgb_and_rgba_become_luminance(tmp_path: Path) -> None:
     rgb = np.array([[[255, 0, 0], [0, 255, 0], [0, 0, 255], [255, 255, 255]]], np.uint8)
     expected = [[0.299, 0.587, 0.114, 1.0]]
     np.testing.assert_allclose(read_image(save(tmp_path / "rgb.png", rgb)), expected, atol=1e-6)
+    opaque = np.concatenate([rgb, np.full((1, 4, 1), 255, np.uint8)], axis=-1)
+    np.testing.assert_allclose(read_image(save(tmp_path / "opaque.png", opaque)), expected, atol=1e-6)
     rgba = np.concatenate([rgb, np.array([[[0], [128], [255], [0]]], np.uint8)], axis=-1)
-    np.testing.assert_allclose(read_image(save(tmp_path / "rgba.png", rgba)), expected, atol=1e-6)  # alpha ignored
+    with pytest.warns(ImageReadWarning, match=r"rgba.png: RGBA image with transparent pixels \(75.0% .*on black"):
+        img = read_image(save(tmp_path / "rgba.png", rgba))
+    np.testing.assert_allclose(img, [[0.0, 0.587 * 128 / 255, 0.114, 0.0]], atol=1e-6)  # composited on black
 
 
 def test_palette_and_la_modes(tmp_path: Path) -> None:
