@@ -1,4 +1,6 @@
-"""medtl.explain: where the model looks (Grad-CAM, Grad-CAM++, occlusion) and overlays.
+"""medtl.explain: where the model looks (Grad-CAM, Grad-CAM++, HiResCAM, occlusion) and overlays.
+
+The method names and kinds are in :mod:`medtl.registry`.
 
 Names are imported lazily: the overlay helpers need no TensorFlow, the CAM methods do.
 
@@ -21,10 +23,13 @@ _API = {
     "off_film_share": "medtl.explain.cam",
     "spatial_layers": "medtl.explain.cam",
     "CAMMethod": "medtl.explain.cam",
+    "GradientCAM": "medtl.explain.cam",
     "GradCAM": "medtl.explain.cam",
     "GradCAMPlusPlus": "medtl.explain.cam",
+    "HiResCAM": "medtl.explain.cam",
     "Occlusion": "medtl.explain.cam",
     "METHODS": "medtl.explain.cam",
+    "register": "medtl.explain.cam",
     "MethodChoice": "medtl.explain.cam",
 }
 

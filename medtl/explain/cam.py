@@ -1,4 +1,4 @@
-"""Class activation maps for medtl classifiers: Grad-CAM, Grad-CAM++ and occlusion.
+"""Class activation maps for medtl classifiers: Grad-CAM, Grad-CAM++, HiResCAM and occlusion.
 
 medtl models nest their backbone as a sub-model (a layer named ``"backbone"``). Tools that build
 ``keras.Model(model.input, backbone.get_layer(name).output)`` fail on that with "Graph
@@ -13,6 +13,11 @@ against ``model.predict``.
 Maps are computed a batch at a time (one tape, one compiled graph per batch), made non-negative,
 resized to the model input and normalised per image to [0, 1] (a constant map becomes zeros).
 :func:`explain_for_original` takes a map back to the original film's pixel grid.
+
+The method names, kinds and labels are in :mod:`medtl.registry`. A gradient method is a
+subclass of :class:`GradientCAM` that overrides one hook: :meth:`GradientCAM.channel_weights`
+(one weight per feature channel, as Grad-CAM) or :meth:`GradientCAM.pixel_map` (a map from the
+activations and gradients directly, as HiResCAM), registered with :func:`register`.
 
 Example:
     >>> maps = compute_cam(model, x, method="gradcam")  # x: (N, H, W, 1) float32 in [0, 1]
@@ -31,13 +36,24 @@ import numpy as np
 import tensorflow as tf
 
 from medtl.data.resize import Geometry
+from medtl.registry import (
+    DEFAULT_METHOD,
+    GRADIENT,
+    fallback_method,
+    is_perturbation,
+    map_methods,
+    method_info,
+)
 
 __all__ = [
     "CAMMethod",
+    "GradientCAM",
     "GradCAM",
     "GradCAMPlusPlus",
+    "HiResCAM",
     "Occlusion",
     "METHODS",
+    "register",
     "MethodChoice",
     "compute_cam",
     "explain_for_original",
@@ -320,7 +336,9 @@ def _predicted_selector(out: tf.Tensor, k: int) -> tf.Tensor:
 class CAMMethod(ABC):
     """Base class: batching, input checks, resizing to the input and per-image normalisation.
 
-    Subclasses implement :meth:`_raw_maps`, returning non-negative maps at any resolution.
+    Subclasses implement :meth:`_raw_maps`, returning non-negative maps at any resolution;
+    gradient methods do so through :class:`GradientCAM` and its two hooks. ``name`` is the
+    method's name in :mod:`medtl.registry`.
     """
 
     name: ClassVar[str] = ""
@@ -385,8 +403,37 @@ class CAMMethod(ABC):
         """Non-negative (B, h, w) maps for one batch; selector None means the predicted class."""
 
 
-class GradCAM(CAMMethod):
-    """Grad-CAM (Selvaraju et al. 2017): feature maps weighted by their mean gradient.
+METHODS: dict[str, type[CAMMethod]] = {}
+
+
+def register(cls: type[CAMMethod]) -> type[CAMMethod]:
+    """Class decorator: make ``cls`` the implementation of the registry method ``cls.name``.
+
+    The name must be in :mod:`medtl.registry` (so config, CLI and report know it) and the class
+    must be of the kind the registry gives it; both are checked at import, not at first use.
+
+    Example:
+        >>> @register
+        ... class LayerCAM(GradientCAM):
+        ...     name = "layercam"  # after adding "layercam" to medtl.registry
+        ...     def pixel_map(self, activations, grads):
+        ...         return tf.reduce_sum(tf.nn.relu(grads) * activations, axis=-1)
+    """
+    kind = method_info(cls.name).kind
+    if (kind == GRADIENT) != issubclass(cls, GradientCAM):
+        raise TypeError(f"{cls.__name__}: registry method {cls.name!r} is of kind {kind!r}; "
+                        f"{'' if kind == GRADIENT else 'do not '}subclass GradientCAM")
+    METHODS[cls.name] = cls
+    return cls
+
+
+class GradientCAM(CAMMethod):
+    """Base class of the gradient methods: feature maps and their gradients, two hooks.
+
+    For each batch it records the target layer's activations A (B, h, w, C) and the gradients
+    g = dS/dA of the target class's logit S, then calls :meth:`pixel_map`, whose default
+    weighs the channels by :meth:`channel_weights`. A method overrides one of the two; the map
+    is then made non-negative (ReLU), resized and normalised by :class:`CAMMethod`.
 
     Args:
         model: A medtl classifier (nested backbone) or any functional image model.
@@ -397,8 +444,6 @@ class GradCAM(CAMMethod):
         >>> maps = GradCAM(model)(x, class_index="predicted")
     """
 
-    name = "gradcam"
-
     def __init__(self, model: keras.Model, target_layer: str | None = None) -> None:
         super().__init__(model)
         path = _target_path(model, target_layer)
@@ -408,6 +453,19 @@ class GradCAM(CAMMethod):
         spec_s = tf.TensorSpec((None, self.n_outputs), tf.float32)
         self._fixed = tf.function(self._step, input_signature=[spec_x, spec_s])
         self._predicted = tf.function(lambda x: self._step(x, None), input_signature=[spec_x])
+
+    def channel_weights(self, activations: tf.Tensor, grads: tf.Tensor) -> tf.Tensor:
+        """(B, C) weights of the C feature channels, from activations and gradients (B, h, w, C).
+
+        Used by the default :meth:`pixel_map`; a method that overrides that need not define it.
+        """
+        raise NotImplementedError(f"{type(self).__name__} overrides neither channel_weights "
+                                  "nor pixel_map")
+
+    def pixel_map(self, activations: tf.Tensor, grads: tf.Tensor) -> tf.Tensor:
+        """(B, h, w) map before ReLU: the activations summed over channels with
+        :meth:`channel_weights`."""
+        return tf.einsum("bhwk,bk->bhw", activations, self.channel_weights(activations, grads))
 
     def _step(self, x: tf.Tensor, selector: tf.Tensor | None) -> tf.Tensor:
         with tf.GradientTape() as tape:
@@ -421,14 +479,10 @@ class GradCAM(CAMMethod):
         if grads is None:
             raise ValueError(f"the score does not depend on target layer {self.target_layer!r}; "
                              "name a layer on the path to the classifier")
+        # Float32 whatever the policy: mixed-precision activations would lose the small terms.
         grads = tf.cast(grads, tf.float32)
         feats = tf.cast(feats, tf.float32)
-        weights = self._channel_weights(feats, grads)  # (B, K)
-        return tf.nn.relu(tf.einsum("bhwk,bk->bhw", feats, weights))
-
-    def _channel_weights(self, feats: tf.Tensor, grads: tf.Tensor) -> tf.Tensor:
-        """(B, K) weights of the K feature channels from maps and gradients (B, h, w, K)."""
-        return tf.reduce_mean(grads, axis=(1, 2))
+        return tf.nn.relu(self.pixel_map(feats, grads))
 
     def _raw_maps(self, x: np.ndarray, selector: np.ndarray | None, batch_size: int) -> np.ndarray:
         if selector is None:
@@ -436,7 +490,23 @@ class GradCAM(CAMMethod):
         return self._fixed(tf.constant(x), tf.constant(selector)).numpy()
 
 
-class GradCAMPlusPlus(GradCAM):
+@register
+class GradCAM(GradientCAM):
+    """Grad-CAM (Selvaraju et al. 2017): feature maps weighted by their mean gradient.
+
+    Example:
+        >>> maps = GradCAM(model, target_layer="out_relu")(x, class_index="predicted")
+    """
+
+    name = "gradcam"
+
+    def channel_weights(self, activations: tf.Tensor, grads: tf.Tensor) -> tf.Tensor:
+        """Each channel's gradient averaged over the map (global-average-pooled)."""
+        return tf.reduce_mean(grads, axis=(1, 2))
+
+
+@register
+class GradCAMPlusPlus(GradientCAM):
     """Grad-CAM++ (Chattopadhyay et al. 2018), closed-form weights for an exponential score.
 
     With Y = exp(S) and S piecewise linear in the feature map A (ReLU networks, so
@@ -452,14 +522,38 @@ class GradCAMPlusPlus(GradCAM):
 
     name = "gradcam++"
 
-    def _channel_weights(self, feats: tf.Tensor, grads: tf.Tensor) -> tf.Tensor:
+    def channel_weights(self, activations: tf.Tensor, grads: tf.Tensor) -> tf.Tensor:
+        """Sum over pixels of alpha times the positive gradient (see the class docstring)."""
         g2 = tf.square(grads)
         g3 = g2 * grads
-        sum_a = tf.reduce_sum(feats, axis=(1, 2), keepdims=True)
+        sum_a = tf.reduce_sum(activations, axis=(1, 2), keepdims=True)
         alpha = tf.math.divide_no_nan(g2, 2.0 * g2 + sum_a * g3)
         return tf.reduce_sum(alpha * tf.nn.relu(grads), axis=(1, 2))
 
 
+@register
+class HiResCAM(GradientCAM):
+    """HiResCAM (Draelos & Carin 2020): gradient times activation at each pixel, summed over
+    channels.
+
+    Grad-CAM averages each channel's gradient over the map before weighing it, so a channel
+    whose gradient is positive in one place and negative in another is credited everywhere it
+    is active; HiResCAM keeps the gradient where it is, and its map is exactly each cell's
+    first-order contribution to the score. Behind a global-average-pooled head the gradient is
+    the same at every cell and the two methods agree.
+
+    Example:
+        >>> maps = HiResCAM(model)(x)
+    """
+
+    name = "hirescam"
+
+    def pixel_map(self, activations: tf.Tensor, grads: tf.Tensor) -> tf.Tensor:
+        """sum_k g_ij^k A_ij^k for each pixel (i, j)."""
+        return tf.reduce_sum(grads * activations, axis=-1)
+
+
+@register
 class Occlusion(CAMMethod):
     """Occlusion sensitivity (Zeiler & Fergus 2014): the drop in the target score when a patch
     is hidden, averaged over the patches covering each pixel. Needs no feature map, so it works
@@ -528,13 +622,6 @@ class Occlusion(CAMMethod):
         return np.maximum(heat / count, 0.0).astype(np.float32)
 
 
-METHODS: dict[str, type[CAMMethod]] = {
-    "gradcam": GradCAM,
-    "gradcam++": GradCAMPlusPlus,
-    "occlusion": Occlusion,
-}
-
-
 # --------------------------------------------------------------------------------------------
 # Resizing and normalisation
 
@@ -579,11 +666,11 @@ class MethodChoice(str):
         return obj
 
 
-def method_for_model(model: keras.Model, preferred: str = "gradcam") -> MethodChoice:
+def method_for_model(model: keras.Model, preferred: str = DEFAULT_METHOD) -> MethodChoice:
     """The CAM method to use for ``model``, with the reason in ``.reason``.
 
     Gradient methods need a spatial feature map; a backbone that exposes none (a TF Hub model
-    wrapped in one layer) gets "occlusion". The default is Grad-CAM, as for ``report.cam``:
+    wrapped in one layer) gets the registry's perturbation method (occlusion). The default is Grad-CAM, as for ``report.cam``:
     Grad-CAM++ fails the model-randomisation check on one of the test models (test_cam.py).
 
     Example:
@@ -592,17 +679,18 @@ def method_for_model(model: keras.Model, preferred: str = "gradcam") -> MethodCh
         ('gradcam', "backbone feature map 'out_relu' (7x7)")
     """
     if preferred not in METHODS:
-        raise ValueError(f"preferred={preferred!r}: choose one of {', '.join(METHODS)}")
-    if preferred == "occlusion":
-        return MethodChoice("occlusion", "occlusion was asked for")
+        raise ValueError(f"preferred={preferred!r}: choose one of {', '.join(map_methods())}")
+    if is_perturbation(preferred):  # needs only the model's scores: any model will do
+        return MethodChoice(preferred, f"{preferred} was asked for")
+    fallback = fallback_method()
     bb = _backbone(model)
     if bb is not None and not _is_container(bb):
-        return MethodChoice("occlusion", f"backbone {bb.name!r} ({type(bb).__name__}) exposes "
-                                         "no spatial feature map (e.g. a TF Hub model)")
+        return MethodChoice(fallback, f"backbone {bb.name!r} ({type(bb).__name__}) exposes "
+                                      "no spatial feature map (e.g. a TF Hub model)")
     scope = bb if bb is not None else model
     target = _default_target(scope) if _is_container(scope) else None
     if target is None:
-        return MethodChoice("occlusion", f"model {model.name!r} has no layer with a 4-D output")
+        return MethodChoice(fallback, f"model {model.name!r} has no layer with a 4-D output")
     h, w = target.output.shape[1:3]
     return MethodChoice(preferred, f"backbone feature map {target.name!r} ({h}x{w})")
 
@@ -621,10 +709,12 @@ def compute_cam(
     Args:
         model: A medtl classifier (input (H, W, 1) in [0, 1]) or any functional image model.
         images: (N, H, W) or (N, H, W, 1) float32 in [0, 1], already at the input size.
-        method: "gradcam" (the default, as for ``report.cam``), "gradcam++", "occlusion", or
-            "auto" (see :func:`method_for_model`).
+        method: a name of :func:`medtl.registry.map_methods` ("gradcam", the default as for
+            ``report.cam``, "gradcam++", "hirescam", "occlusion") or "auto" (see
+            :func:`method_for_model`).
         target_layer: Layer name for the gradient methods (default: the backbone's last
-            convolutional feature map). Not used by occlusion, so giving one there is an error.
+            convolutional feature map). Not used by perturbation methods (occlusion), so giving
+            one there is an error.
         class_index: See :meth:`CAMMethod.__call__` (binary default: the positive class).
         batch_size: Images per batch (occlusion: occluded copies per forward pass).
         **options: Extra arguments for the method, e.g. ``patch=0.1`` for occlusion.
@@ -639,12 +729,12 @@ def compute_cam(
     if method == "auto":
         method = str(method_for_model(model))
     if method not in METHODS:
-        raise ValueError(f"method={method!r}: choose one of auto, {', '.join(METHODS)}")
-    if method == "occlusion":
+        raise ValueError(f"method={method!r}: choose one of auto, {', '.join(map_methods())}")
+    if is_perturbation(method):
         if target_layer is not None:
-            raise ValueError(f"target_layer={target_layer!r} is not used by occlusion; "
-                             "leave it None or choose method='gradcam'/'gradcam++'")
-        cam = Occlusion(model, **options)
+            raise ValueError(f"target_layer={target_layer!r} is not used by {method}; leave it "
+                             f"None or choose a gradient method ({', '.join(map_methods(GRADIENT))})")
+        cam = METHODS[method](model, **options)
     else:
         cam = METHODS[method](model, target_layer=target_layer, **options)
     return cam(images, class_index=class_index, batch_size=batch_size)

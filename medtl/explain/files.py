@@ -22,6 +22,8 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from medtl.registry import DEFAULT_METHOD, PERTURBATION, is_perturbation, map_methods
+
 __all__ = ["FileMaps", "maps_for_files", "explain_paths", "OFF_FILM_NOTE"]
 
 #: From this share of a map's heat on the padding on, ``medtl explain`` and the report say so.
@@ -77,7 +79,7 @@ def maps_for_files(
     Args:
         run_or_model: a CV run, a fold or training run folder, or a ``.keras`` file.
         paths: image files (DICOM, PNG, JPEG).
-        method: ``gradcam``, ``gradcam++`` or ``occlusion``; a backbone without a spatial
+        method: a name of :func:`medtl.registry.map_methods`; a backbone without a spatial
             feature map (TF Hub) falls back to occlusion, and ``reason`` says so.
         target_layer: layer for the gradient methods (default: the last feature map).
         batch_size: images per CAM batch.
@@ -93,11 +95,12 @@ def maps_for_files(
         A :class:`FileMaps`; unreadable files are listed in ``errors``, never dropped.
     """
     from medtl.data.pipeline import ImagePipeline
-    from medtl.evaluate.runs import RunPredictor, score_columns
+    from medtl.run.files import score_columns
+    from medtl.run.predictor import Predictor
     from medtl.explain.cam import compute_cam, explain_for_original, method_for_model, off_film_share
     from medtl.io import read_image
 
-    predictor = RunPredictor(run_or_model)
+    predictor = Predictor(run_or_model)
     if class_name not in (None, "predicted", *predictor.classes):
         raise ValueError(f"class {class_name!r}: not a class of this model; choose one of "
                          f"{', '.join(predictor.classes)}")
@@ -126,10 +129,10 @@ def maps_for_files(
             maps = compute_cam(
                 model, np.stack([loaded[p][0] for p in ok]),
                 method=str(choice),
-                target_layer=None if choice == "occlusion" else target_layer,
+                target_layer=None if is_perturbation(choice) else target_layer,
                 class_index=targets,
                 batch_size=batch_size,
-                **(occlusion if choice == "occlusion" else {}),
+                **(occlusion if is_perturbation(choice) else {}),
             )
             total = maps if total is None else total + maps
     films, out, off, padded = {}, {}, {}, {}
@@ -141,7 +144,7 @@ def maps_for_files(
         padded[p] = (geo.new_h, geo.new_w) != (geo.target_h, geo.target_w)
     shown = {p: predictor.classes[t] for p, t in zip(ok, targets)}
     reason = getattr(choice, "reason", "")
-    if choice == "occlusion":  # the report shows what the map's resolution depends on
+    if choice is not None and is_perturbation(choice):  # the report shows what its resolution depends on
         side = 0.125 if patch is None else patch
         reason += f"; patch {side:g}, step {side / 2 if stride is None else stride:g} of the image side"
     return FileMaps(films, out, errors, str(choice), reason, shown, scores, off, padded)
@@ -182,11 +185,12 @@ def explain_paths(
     from medtl.explain.overlay import overlay, write_map_png, write_png
 
     run_cfg = _run_report_settings(run_or_model)
-    method = method or run_cfg.get("cam", "gradcam")
+    method = method or run_cfg.get("cam", DEFAULT_METHOD)
     target_layer = target_layer or run_cfg.get("target_layer")
-    if (patch is not None or stride is not None) and method != "occlusion":
-        raise ValueError(f"patch/stride are for occlusion maps and the method is {method}; "
-                         "choose method occlusion (--method occlusion) or leave them out")
+    if (patch is not None or stride is not None) and not is_perturbation(method):
+        names = map_methods(PERTURBATION)  # the methods that take a patch and a step
+        raise ValueError(f"patch/stride are for {' / '.join(names)} maps and the method is {method}; "
+                         f"choose method {names[0]} (--method {names[0]}) or leave them out")
     patch = patch if patch is not None else run_cfg.get("occlusion_patch")
     stride = stride if stride is not None else run_cfg.get("occlusion_stride")
     out = Path(out_dir)

@@ -15,8 +15,12 @@ from scipy.stats import spearmanr  # noqa: E402
 from medtl.config import Config  # noqa: E402
 from medtl.data.resize import letterbox  # noqa: E402
 from medtl.explain.cam import (  # noqa: E402
+    METHODS,
+    CAMMethod,
     GradCAM,
     GradCAMPlusPlus,
+    GradientCAM,
+    HiResCAM,
     Occlusion,
     _TappedForward,
     _target_path,
@@ -27,6 +31,7 @@ from medtl.explain.cam import (  # noqa: E402
     spatial_layers,
 )
 from medtl.models import build_model, load_model  # noqa: E402
+from medtl.registry import GRADIENT, PERTURBATION, map_methods, method_kind  # noqa: E402
 
 # --------------------------------------------------------------------------------------------
 # Models
@@ -244,6 +249,71 @@ def test_multiclass_class_index(method: str) -> None:
     assert model.predict(x, verbose=0).argmax(axis=1).tolist() == [0] * 4
     np.testing.assert_allclose(compute_cam(model, x, method=method),
                                compute_cam(model, x, method=method, class_index=0), atol=1e-6)
+
+
+def test_every_registry_method_has_an_implementation_and_vice_versa() -> None:
+    assert tuple(METHODS) == map_methods()
+    for name, cls in METHODS.items():
+        assert cls.name == name
+        # The kind the config, CLI and report ask about is the kind of code that runs.
+        assert issubclass(cls, GradientCAM) == (method_kind(name) == GRADIENT)
+        assert issubclass(cls, Occlusion) == (method_kind(name) == PERTURBATION)
+
+
+def test_register_checks_name_and_kind() -> None:
+    from medtl.explain.cam import register
+
+    class Unlisted(GradientCAM):
+        name = "layercam"
+
+    class WrongKind(CAMMethod):
+        name = "hirescam"
+
+        def _raw_maps(self, x, selector, batch_size):  # pragma: no cover - never called
+            raise AssertionError
+
+    with pytest.raises(ValueError, match="'layercam': unknown"):
+        register(Unlisted)
+    with pytest.raises(TypeError, match="'hirescam' is of kind 'gradient'"):
+        register(WrongKind)
+    assert METHODS["hirescam"] is HiResCAM
+
+
+def test_hirescam_equals_gradcam_behind_a_pooled_head() -> None:
+    # Behind global average pooling every cell of a channel has the same gradient, so the
+    # per-pixel product is Grad-CAM's channel-mean weighting exactly.
+    model, x = _quadrant_model(), _quadrant_images(4, seed=5)
+    hires = compute_cam(model, x, method="hirescam")
+    assert _peak_quadrant(hires) == ["top-left"] * 4
+    np.testing.assert_allclose(hires, compute_cam(model, x, method="gradcam"), atol=1e-5)
+
+
+def _flatten_head_model(w: np.ndarray) -> keras.Model:
+    """1x1 conv with channels relu(x) and relu(0.5 - x), flattened into a Dense head whose
+    weight ``w`` (8, 8, 2) differs from cell to cell, so the logit is sum(w * A)."""
+    inp = keras.Input((8, 8, 1))
+    conv = keras.layers.Conv2D(2, 1, activation="relu", name="features")
+    head = keras.layers.Dense(1, activation="sigmoid", name="classifier")
+    model = keras.Model(inp, head(keras.layers.Flatten()(conv(inp))))
+    conv.set_weights([np.array([1.0, -1.0], np.float32).reshape(1, 1, 1, 2),
+                      np.array([0.0, 0.5], np.float32)])
+    head.set_weights([w.reshape(-1, 1).astype(np.float32), np.zeros(1, np.float32)])
+    return model
+
+
+def test_hirescam_known_answer_with_a_spatial_head() -> None:
+    rng = np.random.default_rng(7)
+    w = rng.normal(size=(8, 8, 2))
+    x = rng.uniform(0.0, 1.0, (3, 8, 8, 1)).astype(np.float32)
+    acts = np.concatenate([np.maximum(x, 0.0), np.maximum(0.5 - x, 0.0)], axis=-1)
+    raw = np.maximum((w * acts).sum(axis=-1), 0.0)  # the gradient of sum(w * A) is w
+    lo, hi = raw.min(axis=(1, 2), keepdims=True), raw.max(axis=(1, 2), keepdims=True)
+    want = (raw - lo) / (hi - lo)
+    model = _flatten_head_model(w)
+    got = compute_cam(model, x, method="hirescam")
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    # Grad-CAM averages the gradient over the map first, so here it gives another map.
+    assert np.abs(compute_cam(model, x, method="gradcam") - want).max() > 0.1
 
 
 def test_sequential_backbone() -> None:

@@ -84,7 +84,7 @@ def test_cli_explain_writes_overlays_and_lists_bad_files(trained_run, tmp_path, 
 def test_occlusion_patch_and_stride_reach_the_maps(trained_run, tmp_path, capsys):
     from medtl.cli import main
     from medtl.data.pipeline import ImagePipeline
-    from medtl.evaluate.runs import RunPredictor
+    from medtl.run.predictor import Predictor
     from medtl.explain.cam import compute_cam, explain_for_original
     from medtl.explain.files import maps_for_files
     from medtl.explain.overlay import read_map_png
@@ -96,7 +96,7 @@ def test_occlusion_patch_and_stride_reach_the_maps(trained_run, tmp_path, capsys
     args = ["explain", str(run), path, "--out", str(out), "--method", "occlusion", "--save-maps"]
     assert main([*args, "--patch", "0.25", "--stride", "0.0625"]) == 0
     got = read_map_png(out / pd.read_csv(out / "explanations.csv")["map_png"][0])
-    x, geo = ImagePipeline(RunPredictor(run).pipeline_config()).load(path)
+    x, geo = ImagePipeline(Predictor(run).pipeline_config()).load(path)
     model = load_model(run / "model.keras")
     want = explain_for_original(compute_cam(model, x[None], method="occlusion", patch=0.25, stride=0.0625)[0], geo)
     np.testing.assert_allclose(got, want, atol=2e-5)
@@ -222,7 +222,7 @@ def test_ensemble_members_map_the_class_the_ensemble_predicts(trained_run, tmp_p
     import json
     import shutil
 
-    import medtl.evaluate.runs as runs
+    import medtl.run.predictor as predictor_mod
     from medtl.explain.files import explain_paths, maps_for_files
 
     run, _, _ = trained_run
@@ -239,12 +239,12 @@ def test_ensemble_members_map_the_class_the_ensemble_predicts(trained_run, tmp_p
         _bright_dark_model(48, wb, wd).save(d / "model.keras")
         members.append(d)
 
-    class TwoMembers(runs.RunPredictor):
+    class TwoMembers(predictor_mod.Predictor):
         def __init__(self, run_or_model):
             super().__init__(members[0])
             self.members, self.folds, self.pps = members, [0, 1], [None, None]
 
-    monkeypatch.setattr(runs, "RunPredictor", TwoMembers)
+    monkeypatch.setattr(predictor_mod, "Predictor", TwoMembers)
     yy, xx = np.mgrid[0:96, 0:96]
     bright = np.exp(-((yy - 30) ** 2 + (xx - 30) ** 2) / (2 * 12.0**2))
     dark = np.exp(-((yy - 66) ** 2 + (xx - 66) ** 2) / (2 * 12.0**2))
@@ -278,9 +278,9 @@ def test_binary_maps_for_the_predicted_class_on_request(trained_run):
     assert [fm.classes[p] for p in paths] == fm.scores["prediction"].tolist()
     assert len(set(fm.classes.values())) == 2, fm.scores  # both kinds of decision are covered
     default = maps_for_files(run, paths, method="gradcam")
-    from medtl.evaluate.runs import RunPredictor
+    from medtl.run.predictor import Predictor
 
-    positive = RunPredictor(run).classes[1]
+    positive = Predictor(run).classes[1]
     assert set(default.classes.values()) == {positive}  # binary default: the positive class
     for name in set(fm.classes.values()):
         named = maps_for_files(run, paths, method="gradcam", class_name=name)

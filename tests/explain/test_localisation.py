@@ -39,7 +39,7 @@ def trained(tmp_path_factory):
 
 def _true_positive_maps(trained, method):
     from medtl.explain.files import maps_for_files
-    from medtl.train.predict import predict_paths
+    from medtl.run.predictor import predict_paths
 
     res, labels, root = trained
     pos = labels[labels["label"] == 1].reset_index(drop=True)
@@ -144,13 +144,13 @@ def test_randomising_the_top_block_changes_the_maps(trained, method):
     from scipy.stats import spearmanr
 
     from medtl.data.pipeline import ImagePipeline
-    from medtl.evaluate.runs import RunPredictor
+    from medtl.run.predictor import Predictor
     from medtl.explain.cam import compute_cam
     from medtl.models.classifier import load_model
 
     res, labels, root = trained
     model_path = res.run_dir / "model.keras"
-    pipe = ImagePipeline(RunPredictor(res.run_dir).pipeline_config())
+    pipe = ImagePipeline(Predictor(res.run_dir).pipeline_config())
     x = np.stack([pipe.load(str(root / f))[0] for f in labels[labels["label"] == 1]["file"][:20]])
     maps = compute_cam(load_model(model_path), x, method=method)
     assert (maps.max(axis=(1, 2)) == 1.0).all()  # non-trivial maps are being compared
