@@ -1,4 +1,5 @@
-"""medtl.train: stage schedule, losses and class weights, the training loop and prediction.
+"""medtl.train: stage schedule, losses and class weights and the training loop (prediction is
+in :mod:`medtl.run.predictor`).
 
 Submodules are imported on first use (``medtl.train.trainer``, ``medtl.train.losses`` ...), so
 importing this package loads nothing heavy.
@@ -16,7 +17,7 @@ _API = {
     "compute_class_weights": "medtl.train.losses",
     "train": "medtl.train.trainer",
     "TrainResult": "medtl.train.trainer",
-    "predict_paths": "medtl.train.predict",
+    "predict_paths": "medtl.run.predictor",  # kept here for old callers; it lives in medtl.run
 }
 
 __all__ = sorted(_API)

@@ -30,6 +30,12 @@ cross-validated recipe is retrained on all data (``evaluate.final_model: retrain
 Checkpoints and resume work as in the default mode; the epoch counts are kept in the
 checkpoint state, so a resume needs no ``fixed_epochs`` and refuses different ones.
 
+The loop (``_Run``) calls its parts at fixed points of each stage and epoch: early stopping
+(:mod:`medtl.train.early_stopping`), checkpoints (:mod:`medtl.train.checkpoint`), the console
+lines and history files (:mod:`medtl.train.run_log`), over one :class:`RunState`
+(:mod:`medtl.train.state`); head-only stages train on cached features
+(:mod:`medtl.train.feature_cache`).
+
 Example:
     >>> from medtl.config import load_config
     >>> from medtl.train.trainer import train
@@ -44,12 +50,11 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import math
-import os
 import random
 import sys
 import time
 import warnings
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -58,19 +63,22 @@ import numpy as np
 import pandas as pd
 
 from medtl.config import Config, ConfigError, load_resolved, save_config
-from medtl.train.callbacks import EpochProgress, EpochSummaries, RecalibrateBatchNorm
-from medtl.train.predict import MODEL_FILE, score_columns, write_model_info
+from medtl.io.atomic import write_atomic, write_csv, write_json
+from medtl.run.files import score_columns, write_model_info
+from medtl.run.layout import (
+    CKPT_DIR, CONFIG_FILE, HISTORY_FILE, METRICS_FILE, MODEL_FILE, STATE_FILE, VAL_PREDICTIONS,
+)
+from medtl.run.resume import check_same_config, training_key_is_free
+from medtl.train.callbacks import RecalibrateBatchNorm
+from medtl.train.checkpoint import Checkpointer
+from medtl.train.early_stopping import EarlyStopping, monitor_mode
+from medtl.train.feature_cache import FeatureCache, use_feature_cache
+from medtl.train.run_log import RunLog
 from medtl.train.runtime import runtime_for
+from medtl.train.state import RunState
 
 __all__ = ["train", "TrainResult", "stage_seed", "monitor_mode"]
 
-CKPT_DIR = "ckpt"
-STATE_FILE = "state.json"
-# Keys a resumed run may change without changing what is computed.
-_RESUME_FREE_KEYS = {"output_dir", "data.cache_dir", "data.workers"}
-# Layers between the backbone and the first trainable head layer that have no weights and no
-# randomness; the feature cache stores their output (pooled features are far smaller).
-_PASS_THROUGH = ("GlobalAveragePooling2D", "GlobalMaxPooling2D", "Flatten")
 METRIC_NAMES = ("accuracy", "roc_auc", "pr_auc")  # compiled for every task (see _make_metrics)
 
 
@@ -96,38 +104,9 @@ class TrainResult:
     model: keras.Model | None = None
 
 
-@dataclass
-class _State:
-    """Progress of a run, committed to ckpt/state.json after every epoch."""
-
-    stage: int = 0  # next stage to run
-    epoch: int = 0  # next epoch within that stage
-    global_epoch: int = 0  # epochs completed over all stages
-    wait: int = 0  # epochs of this stage since the best score last improved
-    best: list | None = None  # comparison key of the best epoch so far
-    best_at: dict | None = None
-    best_logs: dict = field(default_factory=dict)
-    # Weights are ckpt files applied in order: the stage's full snapshot, then the variables
-    # trained in the stage (nothing else moves within a stage: BatchNorm is always frozen).
-    weights: list = field(default_factory=list)  # after the last completed epoch
-    optimizer: str | None = None  # ckpt file of the optimizer state (None at a stage start)
-    best_weights: list = field(default_factory=list)
-    stage_base: str | None = None
-    history: list = field(default_factory=list)
-    stages: list = field(default_factory=list)
-    elapsed_s: float = 0.0
-    finished: bool = False
-    fixed_epochs: list | None = None  # epochs per stage of a run without validation (fixed mode)
-
-
 def stage_seed(seed: int, stage: int, epoch: int) -> int:
     """The random seed set at the start of ``epoch`` of ``stage`` (a pure function)."""
     return int(np.random.default_rng([seed, stage, epoch]).integers(2**31 - 1))
-
-
-def monitor_mode(monitor: str) -> str:
-    """``min`` for losses, ``max`` for every other metric (AUC, accuracy)."""
-    return "min" if monitor.endswith("loss") else "max"
 
 
 # --------------------------------------------------------------------------------------------
@@ -179,8 +158,7 @@ def train(
     if standalone and len(res.val_predictions):
         # A run of its own (not a CV fold, which does this itself): choose evaluate.threshold and
         # fit evaluate.calibration on the validation split, so predict applies them.
-        from medtl.evaluate.runs import save_postprocess
-        from medtl.train.predict import read_model_info
+        from medtl.run.files import read_model_info, save_postprocess
 
         try:
             pp = save_postprocess(cfg, read_model_info(res.run_dir)["classes"], res.val_predictions, res.run_dir)
@@ -198,30 +176,36 @@ def train(
 
 
 class _Run:
+    """One training run: the loop over stages and epochs, and the data it feeds.
+
+    Early stopping, checkpointing and the run log are parts the loop calls at named points
+    (``on_stage_start``, ``on_epoch_end``, ...); the order of those calls, which is what makes
+    an epoch resumable, is written out once, in :meth:`_run_stage`.
+    """
+
     def __init__(self, cfg: Config, run_dir: Path, progress: bool,
                  fixed_epochs: Sequence[int] | None = None) -> None:
         self.cfg = cfg
         self.dir = run_dir
-        self.ckpt = run_dir / CKPT_DIR
-        self.progress = progress
         self.monitor = cfg.train.monitor
         self.mode = monitor_mode(self.monitor)
-        self.state = _load_state(self.ckpt)
-        self.fixed = _fixed_epochs(fixed_epochs, self.state, cfg, self.ckpt / STATE_FILE)
+        self.log = RunLog(run_dir, progress)
+        self.checkpoint = Checkpointer(run_dir / CKPT_DIR)
+        self.state = self.checkpoint.load_state()
+        self.fixed = _fixed_epochs(fixed_epochs, self.state, cfg, self.checkpoint.state_path)
         self.state.fixed_epochs = self.fixed
+        # A fixed run has no monitor: no stage stops early and no best epoch is restored.
+        self.stopper = EarlyStopping(self.monitor, cfg.train.patience) if self.fixed is None else None
         self.t_mark = time.perf_counter()
 
     def _epochs(self, s: int) -> int:
         """Epochs of stage ``s``: the configured maximum, or the fixed count."""
         return self.cfg.train.stages[s].epochs if self.fixed is None else self.fixed[s]
 
-    def log(self, msg: str) -> None:
-        if self.progress:
-            print(msg, flush=True)
-
-    # -- setup -------------------------------------------------------------------------------
+    # -- the run -----------------------------------------------------------------------------
 
     def execute(self, manifest, train_idx, val_idx) -> TrainResult:
+        """Run the stages from where the checkpoint left off; save and return the result."""
         cfg = self.cfg
         if self.state.finished:
             self.log(f"{self.dir}: run already finished; nothing to resume")
@@ -230,10 +214,10 @@ class _Run:
         if self.monitor not in logged:
             raise ConfigError(f"train.monitor: {self.monitor!r} is not a logged metric; choose one of "
                               f"{', '.join(logged)}")
-        self.ckpt.mkdir(parents=True, exist_ok=True)
+        self.checkpoint.on_run_start()
         self._prepare_data(manifest, train_idx, val_idx)
-        if not (self.dir / "config.yaml").exists():
-            save_config(cfg, self.dir / "config.yaml")
+        if not (self.dir / CONFIG_FILE).exists():
+            save_config(cfg, self.dir / CONFIG_FILE)
         with runtime_for(cfg.train) as rt:
             self.rt = rt
             with rt.scope():
@@ -242,20 +226,17 @@ class _Run:
 
                 self.model = build_model(cfg, self.train_m.n_outputs)
             write_model_info(self.dir, cfg, self.train_m, policy=rt.policy)
-            _load_weights(self.model, [self.ckpt / f for f in self.state.weights])
-            if self.val_m is None:
-                self.log(f"Run {self.dir}: {len(self.train_m)} training images, no validation split, "
-                         f"fixed epochs per stage {self.fixed}; {rt.describe()}")
-            else:
-                self.log(f"Run {self.dir}: {len(self.train_m)} training / {len(self.val_m)} "
-                         f"validation images; {rt.describe()}")
-            self.tb = EpochSummaries(str(self.dir / "tensorboard"))
+            self.checkpoint.restore(self.model, self.state.weights)
+            self.log.on_run_start(len(self.train_m), None if self.val_m is None else len(self.val_m),
+                                  self.fixed, rt.describe())
             try:
                 for s in range(self.state.stage, len(cfg.train.stages)):
                     self._run_stage(s)
             finally:
-                self.tb.close()
+                self.log.close()
             return self._finish()
+
+    # -- data --------------------------------------------------------------------------------
 
     def _prepare_data(self, manifest, train_idx, val_idx) -> None:
         from medtl.data.manifest import load_manifest
@@ -270,7 +251,7 @@ class _Run:
         if manifest is None:
             manifest = load_manifest(cfg)
             for note in manifest.notes:  # e.g. label names read as no finding: said even when quiet
-                print(f"Note: {note}", file=sys.stdout if self.progress else sys.stderr, flush=True)
+                self.log.note(f"Note: {note}")
         if self.fixed is None:
             self._split_data(manifest, train_idx, val_idx)
         else:
@@ -279,9 +260,11 @@ class _Run:
             if len(self.train_m) == 0:
                 raise ValueError("train(): no training images; give a non-empty train_idx")
         listed = self.pipeline.save_skipped(self.dir)
-        if listed:  # not progress: said even when quiet, so no file is left out unannounced
-            print(f"Skipped {len(self.pipeline.skipped)} unreadable file(s) (data.on_error: skip); listed in {listed}",
-                  file=sys.stdout if self.progress else sys.stderr, flush=True)
+        if listed:  # said even when quiet, so no file is left out unannounced
+            self.log.note(f"Skipped {len(self.pipeline.skipped)} unreadable file(s) (data.on_error: skip); "
+                          f"listed in {listed}")
+        self.features = FeatureCache(self.pipeline, self.train_m, self.val_m, cfg.train.batch_size, cfg.seed,
+                                     self.log)
 
     def _split_data(self, manifest, train_idx, val_idx) -> None:
         from medtl.data.splits import assert_no_leakage, patient_holdout
@@ -300,50 +283,39 @@ class _Run:
                 raise ValueError(f"train(): the {side} split is empty; add images or lower data.val_fraction")
         self.train_m, self.val_m = train_m, val_m
 
+    def _val_dataset(self):
+        if self.val_m is None:
+            return None
+        if getattr(self, "_val_ds", None) is None:
+            self._val_ds = self.pipeline.dataset(self.val_m, training=False)
+        return self._val_ds
+
     # -- one stage ---------------------------------------------------------------------------
 
     def _run_stage(self, s: int) -> None:
-        from medtl.models import set_trainable
-        from medtl.train.batchnorm import trainable_batchnorm
-        from medtl.train.stages import is_pretrained
+        """Train stage ``s`` epoch by epoch, from where the state left it.
 
-        cfg, st, state = self.cfg, self.cfg.train.stages[s], self.state
-        if state.epoch == 0:
-            state.wait = 0
-        set_trainable(self.model, st.unfreeze)
-        if st.unfreeze != "all" and not is_pretrained(self.model):
-            warnings.warn(
-                f"train.stages[{s}].unfreeze is {st.unfreeze!r} but model.weights is none: the frozen part of "
-                "the backbone keeps its random weights and initial BatchNorm statistics, so its features carry "
-                "little signal; train a random backbone with unfreeze: all, or give pretrained weights",
-                RuntimeWarning, stacklevel=2)
-        cached = self._use_feature_cache(st)
+        After each epoch's ``fit``: early stopping judges it, the checkpointer saves it, the log
+        records it, and the commit makes it count. The commit comes last, so a run killed at
+        any point resumes from a complete epoch.
+        """
+        cfg, st, state, epochs = self.cfg, self.cfg.train.stages[s], self.state, self._epochs(s)
+        cached = self._set_trainable(s)
         n_params = int(sum(np.prod(v.shape) for v in self.model.trainable_weights))
-        self._stage_header(s, n_params, cached)
+        summary = self.log.on_stage_start(state, s, st, len(cfg.train.stages), epochs, n_params, cached,
+                                          monitored=self.stopper is not None)
         fit_model, epoch_data, val_ds = self._stage_inputs(cached)
         steps = math.ceil(len(self.train_m) / cfg.train.batch_size)
-        # A fixed run keeps the stage's schedule length, so a cosine decay follows the same
-        # curve as the runs whose best epoch counts it reuses (and stops where they peaked).
-        self._compile(fit_model, st if self.fixed is None else
-                      replace(st, epochs=max(st.epochs, self._epochs(s))), steps)
-        position = {id(v): i for i, v in enumerate(self.model.weights)}
-        self._trained = sorted({position[id(v)] for v in _changing_variables(self.model)})
-        if state.epoch == 0:
-            state.stage_base = f"stage{s + 1}-start.weights.npz"
-            _save_weights(self.model, self.ckpt / state.stage_base)
-        summary = self._stage_summary(s, st, n_params, cached)
-
-        callbacks: list = [self.tb]
-        if self.progress:
-            callbacks.append(EpochProgress(self._epochs(s), state.global_epoch - state.epoch, steps))
-        # A backbone trained from random weights: its BatchNormalization statistics are
-        # re-estimated for each epoch's weights before validation (see medtl.train.batchnorm).
-        recalibrate = None
-        if not cached and trainable_batchnorm(self.model):
-            recalibrate = RecalibrateBatchNorm(self.model, steps)
+        self._compile(fit_model, s, steps)
+        self.checkpoint.on_stage_start(state, s, self.model)
+        if self.stopper is not None:
+            self.stopper.on_stage_start(state)
+        callbacks = self.log.callbacks(epochs, state.global_epoch - state.epoch, steps)
+        recalibrate = self._recalibration(cached, steps)
+        if recalibrate is not None:
             callbacks.append(recalibrate)
-        end_epoch = self._end_epoch if self.fixed is None else self._end_fixed_epoch
-        for e in range(state.epoch, self._epochs(s)):
+
+        for e in range(state.epoch, epochs):
             gid = state.global_epoch
             self._reseed(s, e)
             t0 = time.perf_counter()
@@ -351,38 +323,54 @@ class _Run:
                 recalibrate.batches = epoch_data(gid)
             hist = fit_model.fit(epoch_data(gid), validation_data=val_ds, initial_epoch=gid, epochs=gid + 1,
                                  shuffle=False, verbose=0, callbacks=callbacks)
+            fit_seconds = time.perf_counter() - t0
             logs = {k: float(v[-1]) for k, v in hist.history.items()}
-            if end_epoch(s, e, logs, t0, time.perf_counter() - t0, fit_model, summary):
-                self.log(f"Stage {s + 1}: early stop, no improvement of {self.monitor} "
-                         f"in {cfg.train.patience} epochs")
+            verdict = self.stopper.on_epoch_end(state, s, e, logs, summary, epochs) if self.stopper else None
+            improved = None if verdict is None else verdict.improved
+            stop = verdict is not None and verdict.stop
+            self.checkpoint.on_epoch_end(state, s, e, self.model, fit_model,
+                                         end_of_stage=stop or e + 1 == epochs, improved=improved)
+            self.log.on_epoch_end(state, s, e, logs, summary, lr=_current_lr(fit_model),
+                                  seconds=time.perf_counter() - t0, fit_seconds=fit_seconds, best=improved)
+            state.global_epoch = gid + 1
+            self._commit()
+            if stop:
+                self.log.on_early_stop(s, self.monitor, cfg.train.patience)
                 break
 
-    def _stage_header(self, s: int, n_params: int, cached: bool) -> None:
+    def _set_trainable(self, s: int) -> bool:
+        """Unfreeze what stage ``s`` trains; True if it trains on cached backbone features."""
+        from medtl.models import set_trainable
+        from medtl.train.stages import is_pretrained
+
         st = self.cfg.train.stages[s]
-        what = {"head": "head only", "all": "all layers"}.get(
-            st.unfreeze, f"unfreeze {st.unfreeze} block{'s' if st.unfreeze != 1 else ''}")
-        resumed = f", resuming at epoch {self.state.epoch + 1}" if self.state.epoch else ""
-        self.log(f"Stage {s + 1}/{len(self.cfg.train.stages)}: {what}, lr {st.lr:g}, {self._epochs(s)} epochs, "
-                 f"{n_params:,} trainable params{', cached features' if cached else ''}{resumed}")
+        set_trainable(self.model, st.unfreeze)
+        if st.unfreeze != "all" and not is_pretrained(self.model):
+            warnings.warn(
+                f"train.stages[{s}].unfreeze is {st.unfreeze!r} but model.weights is none: the frozen part of "
+                "the backbone keeps its random weights and initial BatchNorm statistics, so its features carry "
+                "little signal; train a random backbone with unfreeze: all, or give pretrained weights",
+                RuntimeWarning, stacklevel=3)  # the line in execute(), as before
+        return use_feature_cache(self.cfg, st)
 
     def _stage_inputs(self, cached: bool):
-        """(model to fit, epoch -> training dataset, validation dataset) for a stage."""
-        seed, bs = self.cfg.seed, self.cfg.train.batch_size
+        """(model to fit, global epoch -> training dataset, validation dataset) for a stage."""
         if cached:
-            head, (fx, fy), val = self._feature_data()
-            return (head,
-                    lambda gid: _feature_dataset(fx, fy, bs, np.random.default_rng([seed, gid]).permutation(len(fx))),
-                    None if val is None else _feature_dataset(*val, bs))
-        self._features = None  # this stage may change the backbone: cached features go stale
+            return self.features.stage_inputs(self.model)
+        self.features.clear()  # this stage may change the backbone: cached features go stale
         return (self.model,
                 lambda gid: self.pipeline.dataset(self.train_m, training=True, epoch=gid),
                 self._val_dataset())
 
-    def _compile(self, fit_model: keras.Model, st, steps: int) -> None:
-        """Compile for a stage: a fresh optimizer (restored when resuming mid-stage)."""
+    def _compile(self, fit_model: keras.Model, s: int, steps: int) -> None:
+        """Compile for stage ``s``: a fresh optimizer (restored when resuming mid-stage)."""
         from medtl.train.losses import compute_class_weights, make_loss
 
-        cfg = self.cfg
+        cfg, st = self.cfg, self.cfg.train.stages[s]
+        if self.fixed is not None:
+            # A fixed run keeps the stage's schedule length, so a cosine decay follows the same
+            # curve as the runs whose best epoch counts it reuses (and stops where they peaked).
+            st = replace(st, epochs=max(st.epochs, self._epochs(s)))
         # Class weights come from the training split only, never from validation.
         class_weights = compute_class_weights(
             self.train_m.targets(), cfg.train.loss.class_weight, self.train_m.classes, task=cfg.task)
@@ -393,108 +381,28 @@ class _Run:
                 metrics=_make_metrics(cfg.task, self.train_m.n_outputs),
                 jit_compile=self.rt.jit_compile,
             )
-            if self.state.optimizer:
-                _load_optimizer(fit_model, self.ckpt / self.state.optimizer)
+            self.checkpoint.restore_optimizer(fit_model, self.state)
 
-    def _stage_summary(self, s: int, st, n_params: int, cached: bool) -> dict:
-        while len(self.state.stages) <= s:
-            self.state.stages.append({})
-        summary = self.state.stages[s]
-        if not summary:
-            summary.update(stage=s + 1, unfreeze=st.unfreeze, lr=st.lr, optimizer=st.optimizer,
-                           schedule=st.schedule, epochs_planned=self._epochs(s), epochs_run=0)
-            if self.fixed is None:  # a fixed run has no monitor: nothing stops or improves
-                summary.update(stopped_early=False, best=None, improved_overall=False)
-            summary.update(trainable_params=n_params, feature_cache=cached, seconds=0.0)
-        return summary
+    def _recalibration(self, cached: bool, steps: int) -> RecalibrateBatchNorm | None:
+        """A backbone trained from random weights: its BatchNormalization statistics are
+        re-estimated for each epoch's weights before validation (see medtl.train.batchnorm)."""
+        from medtl.train.batchnorm import trainable_batchnorm
 
-    def _end_fixed_epoch(self, s: int, e: int, logs: dict, t0: float, fit_seconds: float, fit_model,
-                         summary: dict) -> bool:
-        """Book-keeping after one epoch of a fixed run: the weights go on as they are (no best
-        to return to); commits the checkpoint. Never stops a stage early."""
-        state = self.state
-        gid = state.global_epoch
-        state.weights = [state.stage_base, f"epoch-{gid:04d}.weights.npz"]
-        _save_weights(self.model, self.ckpt / state.weights[-1], self._trained)
-        if e + 1 == self._epochs(s):
-            state.stage, state.epoch, state.optimizer = s + 1, 0, None
-        else:
-            state.stage, state.epoch = s, e + 1
-            state.optimizer = f"epoch-{gid:04d}.optimizer.npz"
-            _save_optimizer(fit_model, self.ckpt / state.optimizer)
-        seconds = time.perf_counter() - t0
-        summary.update(epochs_run=e + 1, seconds=round(summary["seconds"] + seconds, 3))
-        state.history.append({"stage": s + 1, "epoch": e + 1, "global_epoch": gid + 1, **logs,
-                              "lr": _current_lr(fit_model), "seconds": round(seconds, 3),
-                              "fit_seconds": round(fit_seconds, 3)})
-        state.global_epoch = gid + 1
-        self._commit()
-        return False
-
-    def _end_epoch(self, s: int, e: int, logs: dict, t0: float, fit_seconds: float, fit_model,
-                   summary: dict) -> bool:
-        """Book-keeping after one epoch; commits the checkpoint. Returns True to stop the stage."""
-        cfg, st, state = self.cfg, self.cfg.train.stages[s], self.state
-        if self.monitor not in logs:
-            raise ConfigError(
-                f"train.monitor: {self.monitor!r} is not a logged metric; choose one of "
-                f"{', '.join(sorted(logs))}")
-        gid = state.global_epoch
-        improved = state.best is None or _better(self._key(logs), state.best, self.mode)
-        if improved:
-            state.best, state.wait = self._key(logs), 0
-            state.best_at = {"stage": s + 1, "epoch": e + 1, "global_epoch": gid + 1}
-            state.best_logs = dict(logs)
-            state.best_weights = [state.stage_base, f"best-{gid:04d}.weights.npz"]
-            _save_weights(self.model, self.ckpt / state.best_weights[-1], self._trained)
-            summary["improved_overall"] = True
-        else:
-            state.wait += 1
-        stop = state.wait >= cfg.train.patience
-        if stop or e + 1 == st.epochs:
-            # End of stage: continue from (and keep) the best weights seen so far.
-            if not improved:
-                _load_weights(self.model, [self.ckpt / f for f in state.best_weights])
-            state.stage, state.epoch, state.optimizer = s + 1, 0, None
-            state.weights = state.best_weights
-        else:
-            state.stage, state.epoch = s, e + 1
-            if improved:
-                state.weights = state.best_weights
-            else:
-                state.weights = [state.stage_base, f"epoch-{gid:04d}.weights.npz"]
-                _save_weights(self.model, self.ckpt / state.weights[-1], self._trained)
-            state.optimizer = f"epoch-{gid:04d}.optimizer.npz"
-            _save_optimizer(fit_model, self.ckpt / state.optimizer)
-        seconds = time.perf_counter() - t0
-        score = logs[self.monitor]
-        if summary["best"] is None or _better([score], [summary["best"]], self.mode):
-            summary["best"] = score
-        summary.update(epochs_run=e + 1, stopped_early=stop and e + 1 < st.epochs,
-                       seconds=round(summary["seconds"] + seconds, 3))
-        state.history.append({"stage": s + 1, "epoch": e + 1, "global_epoch": gid + 1, **logs,
-                              "lr": _current_lr(fit_model), "seconds": round(seconds, 3),
-                              "fit_seconds": round(fit_seconds, 3), "best": improved})
-        state.global_epoch = gid + 1
-        self._commit()
-        return stop
-
-    def _key(self, logs: dict) -> list[float]:
-        """Comparison key: the monitored value, ties broken by the lower validation loss."""
-        score = logs[self.monitor]
-        tie = logs.get("val_loss", float("nan")) if self.monitor != "val_loss" else score
-        return [score, -tie if self.mode == "max" else tie]
+        if cached or not trainable_batchnorm(self.model):
+            return None
+        return RecalibrateBatchNorm(self.model, steps)
 
     def _commit(self) -> None:
+        """Make the epoch durable: state.json, then the history CSVs, then drop stale ckpt files.
+
+        (tests/train/conftest.py wraps this method to kill a run right after a commit.)
+        """
         now = time.perf_counter()
         self.state.elapsed_s += now - self.t_mark
         self.t_mark = now
-        _save_state(self.ckpt, self.state)
-        _write_histories(self.dir, self.state.history)
-        keep = {STATE_FILE, self.state.optimizer, *self.state.weights, *self.state.best_weights}
-        for f in self.ckpt.iterdir():
-            if f.name not in keep:
-                f.unlink(missing_ok=True)
+        self.checkpoint.save_state(self.state)
+        self.log.write_histories(self.state.history)
+        self.checkpoint.prune(self.state)
 
     def _reseed(self, s: int, e: int) -> None:
         """Seed Python, NumPy and every layer's SeedGenerator (dropout) from (seed, s, e).
@@ -510,38 +418,6 @@ class _Run:
         for i, v in enumerate(states):
             v.assign(np.array([(seed + 7919 * i) % 2**31, 0], dtype=v.dtype))
 
-    # -- data --------------------------------------------------------------------------------
-
-    def _val_dataset(self):
-        if self.val_m is None:
-            return None
-        if getattr(self, "_val_ds", None) is None:
-            self._val_ds = self.pipeline.dataset(self.val_m, training=False)
-        return self._val_ds
-
-    def _use_feature_cache(self, st) -> bool:
-        aug = self.cfg.augment
-        return bool(self.cfg.train.feature_cache and st.unfreeze == "head"
-                    and aug.preset == "none" and not aug.transforms and not aug.hflip)
-
-    def _feature_data(self):
-        """(head model, (train features, y), (val features, y) or None) for a cached head-only stage."""
-        if getattr(self, "_features", None) is None:
-            extractor, head = split_head(self.model)
-            t0 = time.perf_counter()
-            data = []
-            for m in (self.train_m, self.val_m):
-                if m is None:  # a fixed run has no validation split
-                    data.append(None)
-                    continue
-                images = self.pipeline.dataset(m, training=False).map(lambda x, y: x)
-                data.append((extractor.predict(images, verbose=0), m.targets()))
-            n = sum(len(d[0]) for d in data if d is not None)
-            self.log(f"Cached backbone features {data[0][0].shape[1:]} for "
-                     f"{n} images in {time.perf_counter() - t0:.1f}s")
-            self._features = (head, data[0], data[1])
-        return self._features
-
     # -- end of run --------------------------------------------------------------------------
 
     def _finish(self) -> TrainResult:
@@ -550,10 +426,10 @@ class _Run:
         state = self.state
         if not state.best_weights:
             raise RuntimeError(f"{self.dir}: no epoch completed; nothing to save")
-        _load_weights(self.model, [self.ckpt / f for f in state.best_weights])
-        _save_model_atomic(self.model, self.dir / MODEL_FILE)
+        self.checkpoint.restore(self.model, state.best_weights)
+        _save_model(self.model, self.dir / MODEL_FILE)
         val = self._val_predictions()
-        _write_csv(val, self.dir / "val_predictions.csv")
+        write_csv(self.dir / VAL_PREDICTIONS, val)
         state.elapsed_s += time.perf_counter() - self.t_mark
         self.t_mark = time.perf_counter()
         metrics = {
@@ -564,7 +440,7 @@ class _Run:
             "best_train_metrics": {k: v for k, v in state.best_logs.items() if not k.startswith("val_")},
             **self._run_summary(validated=True),
         }
-        _write_json(self.dir / "metrics.json", metrics)
+        write_json(self.dir / METRICS_FILE, metrics)
         state.finished = True
         self._commit()
         self.log(f"Best {self.monitor} {metrics['best']['value']:.4f} (stage {state.best_at['stage']}, "
@@ -593,8 +469,8 @@ class _Run:
         state = self.state
         if not state.weights or not state.history:
             raise RuntimeError(f"{self.dir}: no epoch completed; nothing to save")
-        _load_weights(self.model, [self.ckpt / f for f in state.weights])
-        _save_model_atomic(self.model, self.dir / MODEL_FILE)
+        self.checkpoint.restore(self.model, state.weights)
+        _save_model(self.model, self.dir / MODEL_FILE)
         state.elapsed_s += time.perf_counter() - self.t_mark
         self.t_mark = time.perf_counter()
         last = state.history[-1]
@@ -607,7 +483,7 @@ class _Run:
             "last_train_metrics": {k: last[k] for k in ("loss", *METRIC_NAMES) if k in last},
             **self._run_summary(validated=False),
         }
-        _write_json(self.dir / "metrics.json", metrics)
+        write_json(self.dir / METRICS_FILE, metrics)
         state.finished = True
         self._commit()
         self.log(f"Trained {state.global_epoch} epochs ({', '.join(map(str, self.fixed))} per stage) without "
@@ -632,63 +508,6 @@ class _Run:
         for j, col in enumerate(score_columns(self.cfg.task, self.val_m.classes)):
             out[col] = scores[:, j]
         return out
-
-
-# --------------------------------------------------------------------------------------------
-# Feature cache
-
-
-def split_head(model: keras.Model) -> tuple[keras.Model, keras.Model]:
-    """Split ``model`` into (feature extractor, head) that share its layers and weights.
-
-    The cut is after the layer named ``backbone`` and any weight-free pooling or flattening
-    right after it, so cached features are small. Training the head trains ``model``'s head.
-
-    Example:
-        >>> extractor, head = split_head(model)
-        >>> np.allclose(head(extractor(x)), model(x))
-        True
-    """
-    try:
-        backbone = model.get_layer("backbone")
-    except ValueError:
-        raise ValueError("split_head: the model has no layer named 'backbone'; build it with "
-                         "medtl.models.build_model or set train.feature_cache: false") from None
-    # backbone.output would be the nested model's own output; the tensor the outer graph
-    # feeds onward is the output of the backbone's call node in this model.
-    cut = backbone._inbound_nodes[-1].output_tensors[0]
-    consumers = _consumers(model)
-    while True:
-        users = consumers.get(id(cut), [])
-        if len(users) != 1 or type(users[0]).__name__ not in _PASS_THROUGH:
-            break
-        layer = users[0]
-        outs = [n.output_tensors[0] for n in layer._inbound_nodes
-                if any(t is cut for t in n.input_tensors)]
-        if not outs:
-            break
-        cut = outs[0]
-    extractor = keras.Model(model.inputs, cut, name="feature_extractor")
-    head = keras.Model(cut, model.outputs, name="head")
-    return extractor, head
-
-
-def _feature_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, order: np.ndarray | None = None):
-    """Batches of cached features; a tf.data input costs Keras far less per fit than numpy."""
-    import tensorflow as tf
-
-    if order is not None:
-        x, y = x[order], y[order]
-    return tf.data.Dataset.from_tensor_slices((x, y)).batch(batch_size)
-
-
-def _consumers(model: keras.Model) -> dict[int, list]:
-    users: dict[int, list] = {}
-    for layer in model.layers:
-        for node in layer._inbound_nodes:
-            for t in node.input_tensors:
-                users.setdefault(id(t), []).append(layer)
-    return users
 
 
 # --------------------------------------------------------------------------------------------
@@ -727,140 +546,16 @@ def _current_lr(model: keras.Model) -> float:
         return float("nan")
 
 
-def _better(a: list, b: list, mode: str) -> bool:
-    """Lexicographic comparison of keys; NaN is worse than any number."""
-    for x, y in zip(a, b):
-        x = -math.inf if math.isnan(x) else (x if mode == "max" else -x)
-        y = -math.inf if math.isnan(y) else (y if mode == "max" else -y)
-        if x != y:
-            return x > y
-    return False
-
-
 # --------------------------------------------------------------------------------------------
 # Checkpoints and files
 
 
-def _save_optimizer(model: keras.Model, path: Path) -> None:
-    values = {f"v{i:05d}": keras.ops.convert_to_numpy(v) for i, v in enumerate(model.optimizer.variables)}
-    _atomic(path, lambda tmp: np.savez(tmp, **values), suffix=".npz")
+def _save_model(model: keras.Model, path: Path) -> None:
+    # The temporary name keeps the .keras suffix, by which Keras chooses the format.
+    write_atomic(path, model.save)
 
 
-def _load_optimizer(model: keras.Model, path: Path) -> None:
-    opt = model.optimizer
-    if not opt.built:
-        opt.build(model.trainable_variables)
-    with np.load(path) as data:
-        values = [data[k] for k in sorted(data.files)]
-    if len(values) != len(opt.variables):
-        raise RuntimeError(f"{path}: holds {len(values)} optimizer variables, the model's optimizer "
-                           f"has {len(opt.variables)}; the checkpoint is from another config")
-    for v, x in zip(opt.variables, values):
-        v.assign(x)
-
-
-def _changing_variables(model: keras.Model) -> list:
-    """The variables a stage can change: trainable weights, plus the moving statistics of
-    BatchNormalization layers that train (a backbone trained from random weights)."""
-    from medtl.models.backbones import walk_layers
-
-    found = list(model.trainable_weights)
-    for layer in walk_layers(model):
-        if isinstance(layer, keras.layers.BatchNormalization) and layer.trainable:
-            found.extend(layer.non_trainable_weights)
-    return found
-
-
-def _save_weights(model: keras.Model, path: Path, which: list[int] | None = None) -> None:
-    """Save the variables ``model.weights[i]`` for i in ``which`` (default all) to one npz.
-
-    An uncompressed npz is ~10x faster to write than Keras's per-variable .h5, and saving only
-    the variables a stage trains cuts the per-epoch checkpoint further.
-    """
-    weights = model.weights
-    which = range(len(weights)) if which is None else which
-    arrays = {f"w{i}": np.asarray(weights[i].numpy()) for i in which}
-    _atomic(path, lambda tmp: np.savez(tmp, **arrays), suffix=".npz")
-
-
-def _load_weights(model: keras.Model, paths: list[Path]) -> None:
-    """Apply weight files saved by :func:`_save_weights`, in order."""
-    weights = model.weights
-    for path in paths:
-        with np.load(path) as data:
-            for key in data.files:
-                i, value = int(key[1:]), data[key]
-                if i >= len(weights) or tuple(weights[i].shape) != value.shape:
-                    raise RuntimeError(f"{path}: does not fit the model ({key} of shape {value.shape}); "
-                                       "the checkpoint is from another config, start a new run")
-                weights[i].assign(value)
-
-
-def _save_model_atomic(model: keras.Model, path: Path) -> None:
-    _atomic(path, lambda tmp: model.save(tmp), suffix=".keras")
-
-
-def _atomic(path: Path, write, suffix: str) -> None:
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{suffix}")
-    write(str(tmp))
-    os.replace(tmp, path)
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    def dump(tmp: str) -> None:
-        Path(tmp).write_text(json.dumps(obj, indent=2, default=_jsonable) + "\n")
-    _atomic(path, dump, suffix=".json")
-
-
-def _jsonable(x: Any) -> Any:
-    if isinstance(x, np.generic):
-        return x.item()
-    if isinstance(x, np.ndarray):
-        return x.tolist()
-    if isinstance(x, Path):
-        return str(x)
-    raise TypeError(f"not JSON serialisable: {type(x).__name__}")
-
-
-def _write_csv(df: pd.DataFrame, path: Path) -> None:
-    _atomic(path, lambda tmp: df.to_csv(tmp, index=False), suffix=".csv")
-
-
-def _write_histories(run_dir: Path, history: list[dict]) -> None:
-    if not history:
-        return
-    df = pd.DataFrame(history)
-    _write_csv(df, run_dir / "history.csv")
-    for stage, part in df.groupby("stage"):
-        _write_csv(part.drop(columns="stage"), run_dir / f"history_stage{stage}.csv")
-
-
-def _save_state(ckpt: Path, state: _State) -> None:
-    _write_json(ckpt / STATE_FILE, asdict(state))
-
-
-def _load_state(ckpt: Path) -> _State:
-    path = ckpt / STATE_FILE
-    if not path.exists():
-        return _State()
-    try:
-        return _State(**json.loads(path.read_text()))
-    except (ValueError, TypeError) as exc:
-        raise RuntimeError(f"{path}: unreadable checkpoint state ({exc}); start a new run") from None
-
-
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(_flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
-
-
-def _fixed_epochs(given: Sequence[int] | None, state: _State, cfg: Config, state_path: Path) -> list[int] | None:
+def _fixed_epochs(given: Sequence[int] | None, state: RunState, cfg: Config, state_path: Path) -> list[int] | None:
     """The run's fixed epochs per stage: ``given``, checked against a resumed run's state."""
     saved = state.fixed_epochs
     started = state_path.exists()
@@ -885,7 +580,7 @@ def _fixed_epochs(given: Sequence[int] | None, state: _State, cfg: Config, state
 def _open_run(cfg: Config | None, run_dir, resume) -> tuple[Path, Config]:
     if resume is not None:
         path = Path(resume)
-        saved = path / "config.yaml"
+        saved = path / CONFIG_FILE
         if not saved.exists():
             raise FileNotFoundError(f"{path}: not a medtl run folder (no config.yaml); "
                                     "pass the folder printed when the run started")
@@ -894,12 +589,8 @@ def _open_run(cfg: Config | None, run_dir, resume) -> tuple[Path, Config]:
         old = load_resolved(saved)
         if cfg is None:
             return path, old
-        a, b = _flatten(old.to_dict()), _flatten(cfg.to_dict())
-        diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and k not in _RESUME_FREE_KEYS)
-        if diff:
-            shown = ", ".join(f"{k} ({a.get(k)!r} -> {b.get(k)!r})" for k in diff[:5])
-            raise ConfigError(f"{saved}: the config differs from the run being resumed in {shown}; "
-                              "resume with the same config, or start a new run")
+        check_same_config(saved, old, cfg, training_key_is_free, "the config differs from the run being resumed in",
+                          "{key} ({old!r} -> {new!r})", "resume with the same config, or start a new run")
         return path, cfg
     if cfg is None:
         raise ValueError("train(): give a config (or resume=RUN_DIR)")
@@ -919,9 +610,9 @@ def _open_run(cfg: Config | None, run_dir, resume) -> tuple[Path, Config]:
 
 
 def _read_result(run_dir: Path) -> TrainResult:
-    metrics = json.loads((run_dir / "metrics.json").read_text())
-    history = pd.read_csv(run_dir / "history.csv")
-    val_file = run_dir / "val_predictions.csv"
+    metrics = json.loads((run_dir / METRICS_FILE).read_text())
+    history = pd.read_csv(run_dir / HISTORY_FILE)
+    val_file = run_dir / VAL_PREDICTIONS
     # A fixed-epoch run has no validation split and so no val_predictions.csv.
     val = pd.read_csv(val_file) if metrics.get("mode") != "fixed_epochs" else pd.DataFrame()
     return TrainResult(run_dir, run_dir / MODEL_FILE, history, val, metrics, None)

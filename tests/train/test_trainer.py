@@ -47,7 +47,8 @@ def test_run_folder_holds_every_artifact(reference_run):
 
     info = json.loads((d / "model_info.json").read_text())
     assert info["task"] == "binary" and info["classes"] == metrics["classes"]
-    assert info["preprocessing"] == {"image_size": [32, 32], "keep_aspect": True, "window": "auto"}
+    assert info["preprocessing"] == {"image_size": [32, 32], "keep_aspect": True, "window": "auto", "frame": None,
+                                     "max_pixels": 50_000_000}
     # The threshold of evaluate.threshold, chosen on the validation split (the raw-score one).
     pp = json.loads((d / "postprocess.json").read_text())
     assert info["threshold"] == pytest.approx(pp["raw_thresholds"][0])
@@ -122,7 +123,7 @@ def test_bad_stage_leaves_the_best_model_and_the_next_stage_starts_from_it(tiny_
 
 def test_split_head_shares_the_model_weights(tiny_data, tmp_path):
     from medtl.models import build_model
-    from medtl.train.trainer import split_head
+    from medtl.train.feature_cache import split_head
 
     model = build_model(tiny_config(tiny_data, tmp_path), 1)
     extractor, head = split_head(model)
@@ -182,7 +183,8 @@ def test_existing_run_needs_resume_and_the_same_config(reference_run, tiny_data,
 
 
 def test_stage_seed_and_monitor_mode():
-    from medtl.train.trainer import _better, monitor_mode, stage_seed
+    from medtl.train.early_stopping import better as _better
+    from medtl.train.trainer import monitor_mode, stage_seed
 
     assert stage_seed(1, 0, 0) == stage_seed(1, 0, 0) != stage_seed(1, 0, 1) != stage_seed(1, 1, 0)
     assert monitor_mode("val_loss") == "min" and monitor_mode("val_roc_auc") == "max"
@@ -216,7 +218,7 @@ def test_epoch_progress_one_line_per_epoch_or_a_live_bar(capsys):
 
 @pytest.mark.parametrize("task", ["multiclass", "multilabel"])
 def test_multiclass_and_multilabel_runs_predict_like_training(task, tiny_data, tmp_path):
-    from medtl.train.predict import predict_paths
+    from medtl.run.predictor import predict_paths
     from medtl.train.trainer import train
 
     df = pd.read_csv(tiny_data)
@@ -301,7 +303,7 @@ def fixed_run(tiny_data, tmp_path_factory):
 
 def test_fixed_epochs_run_exactly_those_epochs_on_all_images_and_keep_the_last(fixed_run):
     from medtl.models import build_model
-    from medtl.train.trainer import _load_weights
+    from medtl.train.checkpoint import load_weights as _load_weights
 
     cfg, res = fixed_run
     d, m = res.run_dir, res.metrics

@@ -1,0 +1,137 @@
+"""Cached backbone features for head-only stages.
+
+A head-only stage without augmentation sees the same backbone output every epoch, so the
+backbone runs once over the images and the head trains on the stored features (far faster).
+The cache holds pooled features (the cut is after any weight-free pooling right after the
+backbone), and is dropped as soon as a stage may change the backbone.
+
+Example:
+    >>> cache = FeatureCache(pipeline, train_m, val_m, batch_size=32, seed=7)
+    >>> head, epoch_data, val_ds = cache.stage_inputs(model)
+    >>> head.fit(epoch_data(0), validation_data=val_ds)
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import keras
+import numpy as np
+
+__all__ = ["FeatureCache", "use_feature_cache", "split_head", "feature_dataset"]
+
+# Layers between the backbone and the first trainable head layer that have no weights and no
+# randomness; the feature cache stores their output (pooled features are far smaller).
+_PASS_THROUGH = ("GlobalAveragePooling2D", "GlobalMaxPooling2D", "Flatten")
+
+
+def use_feature_cache(cfg, st) -> bool:
+    """True when stage ``st`` of ``cfg`` can train on cached features: a head-only stage
+    whose images are not augmented (so each epoch's backbone output is the same)."""
+    aug = cfg.augment
+    return bool(cfg.train.feature_cache and st.unfreeze == "head"
+                and aug.preset == "none" and not aug.transforms and not aug.hflip)
+
+
+class FeatureCache:
+    """Backbone features of the training (and validation) images, computed on first use.
+
+    Args:
+        pipeline: the run's ``ImagePipeline``.
+        train_m, val_m: the prepared training and validation manifests (``val_m`` None in a
+            run without validation).
+        batch_size: batch size of the feature datasets.
+        seed: the run seed; epoch ``g`` shuffles by ``(seed, g)`` like the image pipeline.
+        log: prints the one line saying what was cached.
+    """
+
+    def __init__(self, pipeline, train_m, val_m, batch_size: int, seed: int,
+                 log: Callable[[str], None] = print) -> None:
+        self.pipeline, self.train_m, self.val_m = pipeline, train_m, val_m
+        self.batch_size, self.seed, self.log = batch_size, seed, log
+        self._features = None
+
+    def clear(self) -> None:
+        """Forget the features (the next stage may change the backbone, so they go stale)."""
+        self._features = None
+
+    def stage_inputs(self, model: keras.Model):
+        """(head model to fit, global epoch -> training dataset, validation dataset or None)."""
+        head, (fx, fy), val = self._get(model)
+        bs, seed = self.batch_size, self.seed
+        return (head,
+                lambda gid: feature_dataset(fx, fy, bs, np.random.default_rng([seed, gid]).permutation(len(fx))),
+                None if val is None else feature_dataset(*val, bs))
+
+    def _get(self, model: keras.Model):
+        """(head model, (train features, y), (val features, y) or None), computed once."""
+        if self._features is None:
+            extractor, head = split_head(model)
+            t0 = time.perf_counter()
+            data = []
+            for m in (self.train_m, self.val_m):
+                if m is None:  # a fixed run has no validation split
+                    data.append(None)
+                    continue
+                images = self.pipeline.dataset(m, training=False).map(lambda x, y: x)
+                data.append((extractor.predict(images, verbose=0), m.targets()))
+            n = sum(len(d[0]) for d in data if d is not None)
+            self.log(f"Cached backbone features {data[0][0].shape[1:]} for "
+                     f"{n} images in {time.perf_counter() - t0:.1f}s")
+            self._features = (head, data[0], data[1])
+        return self._features
+
+
+def split_head(model: keras.Model) -> tuple[keras.Model, keras.Model]:
+    """Split ``model`` into (feature extractor, head) that share its layers and weights.
+
+    The cut is after the layer named ``backbone`` and any weight-free pooling or flattening
+    right after it, so cached features are small. Training the head trains ``model``'s head.
+
+    Example:
+        >>> extractor, head = split_head(model)
+        >>> np.allclose(head(extractor(x)), model(x))
+        True
+    """
+    try:
+        backbone = model.get_layer("backbone")
+    except ValueError:
+        raise ValueError("split_head: the model has no layer named 'backbone'; build it with "
+                         "medtl.models.build_model or set train.feature_cache: false") from None
+    # backbone.output would be the nested model's own output; the tensor the outer graph
+    # feeds onward is the output of the backbone's call node in this model.
+    cut = backbone._inbound_nodes[-1].output_tensors[0]
+    consumers = _consumers(model)
+    while True:
+        users = consumers.get(id(cut), [])
+        if len(users) != 1 or type(users[0]).__name__ not in _PASS_THROUGH:
+            break
+        layer = users[0]
+        outs = [n.output_tensors[0] for n in layer._inbound_nodes
+                if any(t is cut for t in n.input_tensors)]
+        if not outs:
+            break
+        cut = outs[0]
+    extractor = keras.Model(model.inputs, cut, name="feature_extractor")
+    head = keras.Model(cut, model.outputs, name="head")
+    return extractor, head
+
+
+def feature_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, order: np.ndarray | None = None):
+    """Batches of cached features; a tf.data input costs Keras far less per fit than numpy."""
+    import tensorflow as tf
+
+    if order is not None:
+        x, y = x[order], y[order]
+    return tf.data.Dataset.from_tensor_slices((x, y)).batch(batch_size)
+
+
+def _consumers(model: keras.Model) -> dict[int, list]:
+    """``{id(tensor): [layers that take it as input]}`` over ``model``'s graph."""
+    users: dict[int, list] = {}
+    for layer in model.layers:
+        for node in layer._inbound_nodes:
+            for t in node.input_tensors:
+                users.setdefault(id(t), []).append(layer)
+    return users
