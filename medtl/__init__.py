@@ -46,7 +46,7 @@ _API = {
     "build_model": "medtl.models",
     "set_trainable": "medtl.models",
     "train": "medtl.train.trainer",
-    "predict_paths": "medtl.train.predict",
+    "predict_paths": "medtl.run.predictor",
     "run_cv": "medtl.evaluate.cv",
     "merge_cv": "medtl.evaluate.cv",
     "format_cv": "medtl.evaluate.cv",

@@ -16,7 +16,7 @@ import warnings
 from pathlib import Path
 from typing import Callable, Sequence
 
-from medtl.config import CAM_METHODS
+from medtl.registry import map_methods, method_label
 from medtl.tfimport import import_tensorflow  # imports nothing heavy until called
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -68,7 +68,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
     report = inspect_data(args.target)
     print(format_report(report))
-    return 1 if report.n_errors else 0
+    return 0 if report.ok else 1
 
 
 def cmd_init(args: argparse.Namespace) -> int:
@@ -105,15 +105,15 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from medtl.train.predict import collect_paths
+    from medtl.run.predictor import collect_paths
 
     paths = collect_paths(args.inputs)
     if not paths:
         raise CommandError(f"no DICOM/PNG/JPEG files found in {' '.join(args.inputs)}")
     _start_up()
-    from medtl.evaluate.runs import RunPredictor
+    from medtl.run.predictor import Predictor
 
-    predictor = RunPredictor(args.model)
+    predictor = Predictor(args.model)
     df = predictor.predict_paths(paths, batch_size=args.batch_size)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -191,7 +191,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_explain(args: argparse.Namespace) -> int:
     from medtl.explain.files import OFF_FILM_NOTE, explain_paths
-    from medtl.train.predict import collect_paths
+    from medtl.run.predictor import collect_paths
 
     for flag, value in (("--patch", args.patch), ("--stride", args.stride)):
         if value is not None and not 0.0 < value <= 1.0:
@@ -358,20 +358,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output HTML file (default: RUN/report.html)")
     p.add_argument("--pdf", action="store_true", help="also write a PDF (needs weasyprint or chromium)")
     p.add_argument("--no-cams", action="store_true", help="skip the heat-map gallery (faster)")
-    p.add_argument("--compare", choices=CAM_METHODS,
+    p.add_argument("--compare", choices=map_methods(),
                    help="also map each gallery case with this method, beside the first map "
                         "(default: the run's report.compare)")
 
     p = add(
         "explain",
-        "write Grad-CAM / Grad-CAM++ / occlusion overlays for given files",
+        f"write {' / '.join(map(method_label, map_methods()))} overlays for given files",
         "medtl explain runs/demo/cv-1a2b3c4d5e sample_data/images/P0001_1.dcm --out cams/",
         cmd_explain,
     )
     p.add_argument("model", help="CV run, training run folder or model.keras")
     p.add_argument("inputs", nargs="+", help="files or folders (searched recursively)")
     p.add_argument("--out", required=True, help="output folder for the overlay PNGs")
-    p.add_argument("--method", choices=CAM_METHODS, help="default: the run's report.cam")
+    p.add_argument("--method", choices=map_methods(), help="default: the run's report.cam")
     p.add_argument("--target-layer", help="layer for the gradient methods (default: last feature map)")
     p.add_argument("--class", dest="class_name", metavar="NAME",
                    help="class to map the evidence for, or 'predicted' (binary: the class decided at the "

@@ -26,6 +26,8 @@ from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
 
+from medtl.registry import DEFAULT_METHOD as _DEFAULT_METHOD
+from medtl.registry import map_methods as _map_methods
 from medtl.stats.thresholds import parse_threshold_rule as _parse_threshold_rule
 
 
@@ -34,7 +36,9 @@ class ConfigError(ValueError):
 
 
 Task = Literal["binary", "multiclass", "multilabel"]
-CamMethod = Literal["gradcam", "gradcam++", "occlusion"]
+# Taken from the registry, so a new method needs no edit here; a Literal keeps the validation
+# and its error message ("expected gradcam | gradcam++ | ...") the same as for other choices.
+CamMethod = Literal[_map_methods()]  # type: ignore[valid-type]
 #: The heat-map methods of ``report.cam`` / ``report.compare`` (and ``medtl explain --method``).
 CAM_METHODS: tuple[str, ...] = get_args(CamMethod)
 
@@ -54,6 +58,10 @@ class DataConfig:
     image_size: list[int] = field(default_factory=lambda: [224, 224])
     keep_aspect: bool = True
     window: Literal["auto", "minmax", "percentile"] = "auto"
+    # multi-frame DICOM/TIFF: which frame to read (0 = the first); null refuses such files
+    frame: int | None = None
+    # larger images are refused (JPEG: decoded at 1/2..1/8 scale); = medtl.io.DEFAULT_MAX_PIXELS
+    max_pixels: int | None = 50_000_000
     cache_dir: str = ".medtl-cache"
     on_error: Literal["fail", "skip"] = "fail"
     val_fraction: float = 0.2
@@ -141,7 +149,7 @@ class ReportConfig:
     """The HTML report and its heat maps."""
 
     # Grad-CAM by default: Grad-CAM++ fails the model-randomisation sanity check (tests/explain).
-    cam: CamMethod = "gradcam"
+    cam: CamMethod = _DEFAULT_METHOD  # type: ignore[assignment]
     target_layer: str | None = None
     # Occlusion: patch side and step as fractions of the image side (step None: half the patch).
     occlusion_patch: float = 0.125
@@ -291,6 +299,12 @@ def _validate(cfg: Config) -> None:
         raise ConfigError(f"data.val_fraction: invalid value {d.val_fraction!r}; expected 0 < x < 0.9")
     if d.workers < 0:
         raise ConfigError(f"data.workers: invalid value {d.workers!r}; expected 0 (all cores) or more")
+    if d.frame is not None and d.frame < 0:
+        raise ConfigError(f"data.frame: invalid value {d.frame!r}; expected a frame index >= 0 (0 = the first), "
+                          "or null to refuse multi-frame files")
+    if d.max_pixels is not None and d.max_pixels < 1:
+        raise ConfigError(f"data.max_pixels: invalid value {d.max_pixels!r}; expected a pixel count >= 1, "
+                          "e.g. 50000000, or null for no limit")
     if d.label_separator is not None:
         if cfg.task != "multilabel":
             raise ConfigError(f"data.label_separator: only for task multilabel (task is {cfg.task}); remove it")

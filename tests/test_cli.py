@@ -114,13 +114,13 @@ def _medtl(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.slow
-def test_train_predict_evaluate_as_separate_commands(tmp_path):
+def test_train_then_predict_and_evaluate_as_separate_commands(tmp_path):
     """Each command in its own process: a fresh `medtl predict` must load the saved model (its
     custom layers registered) and score films exactly as the Python API does."""
     import pandas as pd
 
     from medtl.data.synthetic import make_sample_data
-    from medtl.train.predict import predict_paths
+    from medtl.run.predictor import predict_paths
 
     csv = make_sample_data(tmp_path / "data", n_patients=12, seed=3, image_size=(96, 96), prevalence=0.4)
     repo = Path(__file__).resolve().parents[1]

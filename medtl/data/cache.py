@@ -25,14 +25,15 @@ import json
 import os
 import struct
 import threading
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
 from medtl.data.pool import run_chunked
+from medtl.io.atomic import write_bytes
+from medtl.io.dicom import DEFAULT_MAX_PIXELS
 from medtl.data.resize import Geometry, letterbox, plan
 
 CACHE_FORMAT = 2  # 2: one flat folder per settings (1 had a sub-folder per first hash byte)
@@ -141,24 +142,16 @@ class _HashIndex:
 _MADE_DIRS: set[Path] = set()
 
 
-def _atomic_write(path: Path, data: bytes | Iterable[bytes]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+def _atomic_write(path: Path, data: bytes | Sequence[bytes]) -> None:
+    """:func:`medtl.io.atomic.write_bytes`, creating the folder once per process."""
     if path.parent not in _MADE_DIRS:  # one mkdir per folder, not per entry
         path.parent.mkdir(parents=True, exist_ok=True)
         _MADE_DIRS.add(path.parent)
     try:
-        try:
-            fh = open(tmp, "wb")
-        except FileNotFoundError:  # the folder was removed since (a cleared cache)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fh = open(tmp, "wb")
-        with fh:
-            for part in [data] if isinstance(data, bytes) else data:
-                fh.write(part)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+        write_bytes(path, data)
+    except FileNotFoundError:  # the folder was removed since (a cleared cache)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_bytes(path, data)
 
 
 def write_entry(path: Path, img: np.ndarray, orig_hw: tuple[int, int]) -> None:
@@ -204,6 +197,7 @@ class ImageCache:
         keep_aspect: letterbox (True) or stretch.
         window: ``auto``, ``minmax`` or ``percentile`` (see :func:`medtl.io.read_image`).
         frame: frame of multi-frame files, or None.
+        max_pixels: larger images are refused (JPEG: decoded at reduced scale); None: no limit.
 
     Example:
         >>> cache = ImageCache(".medtl-cache", (224, 224))
@@ -218,6 +212,7 @@ class ImageCache:
         keep_aspect: bool = True,
         window: str = "auto",
         frame: int | None = None,
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
     ):
         from medtl import __version__
 
@@ -226,6 +221,7 @@ class ImageCache:
         self.keep_aspect = bool(keep_aspect)
         self.window = window
         self.frame = frame
+        self.max_pixels = max_pixels
         self.settings = {
             "format": CACHE_FORMAT,
             "medtl": __version__,  # a new reader may decode differently
@@ -233,6 +229,7 @@ class ImageCache:
             "image_size": list(self.image_size),
             "keep_aspect": self.keep_aspect,
             "frame": frame,
+            "max_pixels": max_pixels,  # a large JPEG's entry depends on it (reduced-scale decoding)
         }
         key = hashlib.sha256(json.dumps(self.settings, sort_keys=True).encode()).hexdigest()[:16]
         self.dir = self.root / f"v{CACHE_FORMAT}-{key}"
@@ -251,7 +248,7 @@ class ImageCache:
         """Picklable arguments that rebuild this cache in a worker process."""
         return {
             "cache_dir": str(self.root), "image_size": self.image_size, "keep_aspect": self.keep_aspect,
-            "window": self.window, "frame": self.frame,
+            "window": self.window, "frame": self.frame, "max_pixels": self.max_pixels,
         }
 
     def fill(self, paths: Sequence[str], workers: int | None = None) -> list[CacheResult]:
@@ -302,7 +299,7 @@ class ImageCache:
         """
         from medtl.io import read_image
 
-        img = read_image(path, window=self.window, frame=self.frame)
+        img = read_image(path, window=self.window, frame=self.frame, max_pixels=self.max_pixels)
         out, geo = letterbox(np.asarray(img, np.float32), self.image_size, self.keep_aspect)
         return out.astype(np.float16).astype(np.float32), geo
 
@@ -346,7 +343,7 @@ def _fill_chunk(items: list[tuple[str, str | None]], spec: dict[str, Any]) -> li
                     _MEMO[path] = (res.stat, res.sha256)
             entry = cache.entry_path(res.sha256)
             if not entry.exists():
-                img = np.asarray(read_image(path, window=cache.window, frame=cache.frame, data=data), np.float32)
+                img = np.asarray(read_image(path, window=cache.window, frame=cache.frame, data=data, max_pixels=cache.max_pixels), np.float32)
                 resized, _ = letterbox(img, cache.image_size, cache.keep_aspect)
                 write_entry(entry, resized, img.shape[:2])
             res.entry = str(entry)

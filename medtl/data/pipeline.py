@@ -62,7 +62,7 @@ class ImagePipeline:
         d = cfg.data
         self.cfg = cfg
         self.image_size = (int(d.image_size[0]), int(d.image_size[1]))
-        self.cache = ImageCache(d.cache_dir, self.image_size, d.keep_aspect, d.window)
+        self.cache = ImageCache(d.cache_dir, self.image_size, d.keep_aspect, d.window, d.frame, d.max_pixels)
         self.augmenter: Augmenter | None = build_augmenter(cfg.augment, self.image_size)
         self.memory_limit = int(memory_limit)
         self.workers = default_workers(workers if workers is not None else d.workers)

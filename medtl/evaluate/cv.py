@@ -14,7 +14,7 @@ For each fold k (numbered 0 .. folds-1, like a SLURM array index):
 :func:`merge_cv` pools the finished folds into out-of-fold predictions (every image once) and
 metrics: per fold, pooled with 95% intervals from a bootstrap over patients, and mean/std
 across folds. These figures estimate the recipe (config) and are the estimate for the final
-model (see :class:`medtl.evaluate.runs.RunPredictor`), which is either
+model (see :class:`medtl.run.predictor.Predictor`), which is either
 
 * ``evaluate.final_model: ensemble`` (default): the fold models, the mean of their calibrated
   scores with the median of the fold thresholds; or
@@ -34,7 +34,7 @@ Folds can run as separate jobs (``run_cv(cfg, run_dir, fold=k)``): the run folde
 from the config (or given), the fold assignment and config are written once and then reused,
 and a lock keeps two jobs off the same fold. A fold whose folder has ``fold.json`` is done; an
 interrupted one resumes from the trainer's last completed epoch. See
-:mod:`medtl.evaluate.runs` for the folder layout.
+:mod:`medtl.run.layout` for the folder layout.
 
 Example:
     >>> from medtl.config import load_config
@@ -58,13 +58,19 @@ import pandas as pd
 
 from medtl.config import Config, ConfigError, load_resolved
 from medtl.stats.metrics import summarize_folds
-from medtl.stats.postprocess import POSTPROCESS_FILE, PostProcess
-from medtl.evaluate.runs import (
-    CV_FILE, ENSEMBLE_FILE, FINAL_DIR, FINAL_DONE, FOLD_DONE, FOLDS_FILE, METRICS_FILE, OOF_FILE, SPLIT_FILE,
-    TEST_PREDICTIONS, create_once, decision_suffix, ensemble_thresholds, final_dir, finished_folds, fold_dir,
-    interval_warning, is_cv_run, label_columns, read_json, save_postprocess, score_columns, scores_from_frame,
-    table_metrics, targets_from_frame, threshold_columns, write_csv, write_json,
+from medtl.stats.postprocess import PostProcess
+from medtl.evaluate.tables import interval_warning, table_metrics
+from medtl.io.atomic import create_once, jsonable, read_json, write_csv, write_json
+from medtl.run.files import (
+    decision_suffix, ensemble_thresholds, label_columns, read_postprocess, save_postprocess, score_columns,
+    scores_from_frame, set_threshold, targets_from_frame, threshold_columns, write_postprocess,
 )
+from medtl.run.layout import (
+    CKPT_DIR, CONFIG_FILE, CV_FILE, ENSEMBLE_FILE, FINAL_DIR, FINAL_DONE, FOLD_DONE, FOLDS_FILE, HISTORY_FILE,
+    LOCK_FILE, METRICS_FILE, MODEL_FILE, OOF_FILE, SPLIT_FILE, STATE_FILE, TEST_PREDICTIONS, TEST_SKIPPED,
+    VAL_PREDICTIONS, final_dir, finished_folds, fold_dir, is_cv_run,
+)
+from medtl.run.resume import check_same_config, cv_key_is_free, flatten
 
 try:  # fcntl locks are released by the OS when a process dies, so a killed job leaves none
     import fcntl
@@ -73,14 +79,9 @@ except ImportError:  # pragma: no cover - Windows: no cross-process fold lock
 
 __all__ = ["run_cv", "merge_cv", "format_cv", "run_folder", "FoldBusyError"]
 
-# Keys that change where things are or how they are shown, not what a fold computes.
-_FREE_KEYS = ("output_dir", "name", "data.cache_dir", "data.workers")
 # Keys added after runs existed: left out of the digest at their default, so a config written
 # before them still finds its run folder (and an interrupted run resumes).
-_ADDED_KEYS = {"data.label_separator": None}
-_FREE_PREFIXES = ("report.",)
-_LOCK_FILE = ".lock"
-_TEST_SKIPPED = "test_skipped.csv"
+_ADDED_KEYS = {"data.label_separator": None, "data.frame": None, "data.max_pixels": 50_000_000}
 
 
 class FoldBusyError(RuntimeError):
@@ -214,7 +215,7 @@ def merge_cv(run_dir: str | Path) -> dict[str, Any]:
         raise FileNotFoundError(f"{run}: not a cross-validation run folder (no {CV_FILE}); "
                                 "pass the folder printed by medtl cv")
     cv = read_json(run / CV_FILE)
-    cfg = load_resolved(run / "config.yaml")
+    cfg = load_resolved(run / CONFIG_FILE)
     k, task, classes = int(cv["folds"]), cv["task"], list(cv["classes"])
     assign = pd.read_csv(run / FOLDS_FILE, dtype={"file": str, "patient": str})
     done = finished_folds(run, k)
@@ -321,8 +322,8 @@ def merge_cv(run_dir: str | Path) -> dict[str, Any]:
 
 def config_digest(cfg: Config) -> str:
     """10 hex digits identifying what a CV run computes (machine-specific keys left out)."""
-    flat = {k: v for k, v in _flatten(cfg.to_dict()).items()
-            if not _is_free(k) and not (k in _ADDED_KEYS and v == _ADDED_KEYS[k])}
+    flat = {k: v for k, v in flatten(cfg.to_dict()).items()
+            if not cv_key_is_free(k) and not (k in _ADDED_KEYS and v == _ADDED_KEYS[k])}
     return hashlib.sha1(json.dumps(flat, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 
@@ -331,36 +332,18 @@ def _check_supported(cfg: Config) -> None:
         raise ConfigError("evaluate.calibration: platt is binary-only; use temperature (or none) for multiclass")
 
 
-def _is_free(key: str) -> bool:
-    return key in _FREE_KEYS or key.startswith(_FREE_PREFIXES)
-
-
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out: dict = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def _open_run(cfg: Config, run_dir: str | Path | None) -> tuple[Path, Config]:
     """Create or reopen the run folder; returns it and the run's own config."""
     run = Path(run_dir) if run_dir is not None else run_folder(cfg)
     run.mkdir(parents=True, exist_ok=True)
-    saved_path = run / "config.yaml"
+    saved_path = run / CONFIG_FILE
     create_once(saved_path, cfg.to_yaml())
     try:
         saved = load_resolved(saved_path)
     except ConfigError as exc:
         raise ConfigError(f"{saved_path}: {exc}") from None
-    a, b = _flatten(saved.to_dict()), _flatten(cfg.to_dict())
-    diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and not _is_free(k))
-    if diff:
-        shown = ", ".join(f"{k} ({a.get(k)!r} in the run, {b.get(k)!r} now)" for k in diff[:5])
-        raise ConfigError(f"{saved_path}: the config differs from the one this run started with: {shown}; "
-                          "use the same config, or another run folder")
+    check_same_config(saved_path, saved, cfg, cv_key_is_free, "the config differs from the one this run started with:",
+                      "{key} ({old!r} in the run, {new!r} now)", "use the same config, or another run folder")
     # Where data and caches live may differ between machines of one cluster.
     saved.output_dir, saved.data.cache_dir, saved.data.workers = cfg.output_dir, cfg.data.cache_dir, cfg.data.workers
     return run, saved
@@ -505,10 +488,10 @@ def _run_fold(run: Path, cfg: Config, manifest, split, f: int, progress: bool, r
     if (fdir / FOLD_DONE).exists():
         _log(progress, f"Fold {f} (of 0..{k - 1}): already finished; skipped")
         return "skipped"
-    with _FoldLock(fdir / _LOCK_FILE) as lock:
+    with _FoldLock(fdir / LOCK_FILE) as lock:
         if not lock.acquired:
             if required:
-                raise FoldBusyError(f"{fdir}: fold {f} is being run by another process (lock {fdir / _LOCK_FILE}); "
+                raise FoldBusyError(f"{fdir}: fold {f} is being run by another process (lock {fdir / LOCK_FILE}); "
                                     "wait for it, or run another fold")
             return "busy"
         if (fdir / FOLD_DONE).exists():  # finished by another process meanwhile
@@ -527,7 +510,7 @@ def _run_fold(run: Path, cfg: Config, manifest, split, f: int, progress: bool, r
         table = _test_table(used, f, raw, pp)
         write_csv(fdir / TEST_PREDICTIONS, table)
         if skipped:
-            write_csv(fdir / _TEST_SKIPPED, pd.DataFrame(skipped, columns=["path", "reason"]))
+            write_csv(fdir / TEST_SKIPPED, pd.DataFrame(skipped, columns=["path", "reason"]))
         trained = _read_trainer_metrics(fdir)
         marker = {
             "fold": f,
@@ -557,7 +540,7 @@ def _run_fold(run: Path, cfg: Config, manifest, split, f: int, progress: bool, r
 
 def _train_fold(cfg: Config, manifest, train_idx, val_idx, fdir: Path, progress: bool):
     """Train (or resume, or re-read) the fold's model; returns (validation predictions, model or None)."""
-    from medtl.train.trainer import CKPT_DIR, STATE_FILE, train
+    from medtl.train.trainer import train
 
     if (fdir / CKPT_DIR / STATE_FILE).exists():
         res = train(cfg, manifest, train_idx, val_idx, resume=fdir, progress=progress)
@@ -572,7 +555,7 @@ def _predict_fold(cfg: Config, fdir: Path, model, test_m):
     from medtl.models.classifier import load_model
 
     if model is None:  # a fold finished before an interruption: its saved model
-        model = load_model(fdir / "model.keras")
+        model = load_model(fdir / MODEL_FILE)
     pipe = ImagePipeline(cfg)
     used = pipe.prepare(test_m)
     ds = pipe.dataset(used, training=False)
@@ -591,7 +574,7 @@ def _release() -> None:
 
 def _fit_postprocess(cfg: Config, manifest, val_df: pd.DataFrame, val_idx, fdir: Path, f: int) -> PostProcess:
     """Threshold and calibrator from the fold's validation predictions, and nothing else."""
-    where = str(fdir / "val_predictions.csv")
+    where = str(fdir / VAL_PREDICTIONS)
     allowed = set(np.asarray(manifest.paths, dtype=object)[val_idx])
     stray = sorted(set(val_df["path"]) - allowed) if "path" in val_df.columns else ["(no path column)"]
     if stray:
@@ -631,7 +614,7 @@ def _test_table(used, f: int, raw: np.ndarray, pp: PostProcess) -> pd.DataFrame:
 
 
 def _read_trainer_metrics(fdir: Path) -> dict:
-    p = fdir / "metrics.json"
+    p = fdir / METRICS_FILE
     try:
         return json.loads(p.read_text())
     except (OSError, ValueError):
@@ -645,7 +628,7 @@ def _read_trainer_metrics(fdir: Path) -> dict:
 def _read_fold(run: Path, f: int, assign: pd.DataFrame, task: str, classes: list[str]):
     fd = fold_dir(run, f)
     marker = read_json(fd / FOLD_DONE)
-    pp = PostProcess.from_dict(read_json(fd / POSTPROCESS_FILE))
+    pp = read_postprocess(fd)
     df = pd.read_csv(fd / TEST_PREDICTIONS, dtype={"file": str, "patient": str})
     need = ["file", "patient", "fold", *label_columns(task, classes), *score_columns(task, classes),
             *threshold_columns(task, classes)]
@@ -675,7 +658,7 @@ def _retrain_epochs(run: Path, done: list[int]) -> list[float] | None:
     per_fold = []
     for f in done:
         fd = fold_dir(run, f)
-        hist, best = fd / "history.csv", _read_trainer_metrics(fd).get("best") or {}
+        hist, best = fd / HISTORY_FILE, _read_trainer_metrics(fd).get("best") or {}
         if not hist.exists() or "global_epoch" not in best:
             return None
         h = pd.read_csv(hist)
@@ -759,9 +742,9 @@ def _retrain_final(run: Path, cfg: Config, manifest, metrics: dict, progress: bo
     epochs = _retrain_schedule(means)
     done = list(metrics["finished_folds"])
     thresholds, rule = _final_thresholds(
-        [PostProcess.from_dict(read_json(fold_dir(run, f) / POSTPROCESS_FILE)) for f in done])
+        [read_postprocess(fold_dir(run, f)) for f in done])
     fin.mkdir(parents=True, exist_ok=True)
-    with _FoldLock(fin / _LOCK_FILE) as lock:
+    with _FoldLock(fin / LOCK_FILE) as lock:
         if not lock.acquired:
             _log(progress, f"Final model {fin}: being trained by another process; run medtl cv CONFIG again "
                            "when it has finished")
@@ -777,10 +760,8 @@ def _retrain_final(run: Path, cfg: Config, manifest, metrics: dict, progress: bo
                          rule=None if thresholds is None else cfg.evaluate.threshold, calibration="none",
                          thresholds=thresholds, raw_thresholds=thresholds, calibrators=None, n_val=0,
                          extra={"threshold_rule": rule, "folds": done})
-        write_json(fin / POSTPROCESS_FILE, pp.to_dict())
+        write_postprocess(fin, pp)
         if thresholds is not None:
-            from medtl.train.predict import set_threshold
-
             set_threshold(fin, thresholds[0] if cfg.task == "binary" else thresholds, rule=rule)
         write_json(fin / FINAL_DONE, {  # last: the final model counts as finished from here on
             "finished": True,
@@ -795,14 +776,14 @@ def _retrain_final(run: Path, cfg: Config, manifest, metrics: dict, progress: bo
             "calibration": "none",
             "wall_time_s": trained.get("wall_time_s"),
         })
-    _log(progress, f"Final model: {fin / 'model.keras'}, "
+    _log(progress, f"Final model: {fin / MODEL_FILE}, "
                    f"threshold {format_thresholds(thresholds, manifest.classes)}")
     return True
 
 
 def _train_final(cfg: Config, manifest, fin: Path, epochs: list[int], progress: bool) -> dict:
     """Train (or resume) the fixed-epoch model on every image; returns the trainer's metrics."""
-    from medtl.train.trainer import CKPT_DIR, STATE_FILE, train
+    from medtl.train.trainer import train
 
     every = np.arange(len(manifest))
     if (fin / CKPT_DIR / STATE_FILE).exists():
@@ -813,8 +794,6 @@ def _train_final(cfg: Config, manifest, fin: Path, epochs: list[int], progress: 
 
 
 def _plain(x: Any) -> Any:
-    from medtl.evaluate.runs import jsonable
-
     return jsonable(x)
 
 

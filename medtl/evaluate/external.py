@@ -3,7 +3,7 @@
 
 An external test applies what the run saved, unchanged: the training-time preprocessing, the
 fold calibrators and the threshold chosen on validation data (for a CV run, the ensemble of
-the fold models with the median fold threshold; see :class:`medtl.evaluate.runs.RunPredictor`).
+the fold models with the median fold threshold; see :class:`medtl.run.predictor.Predictor`).
 Nothing is re-fitted on the external data.
 
 Example:
@@ -27,11 +27,13 @@ from medtl.config import Config, ConfigError, config_from_dict, load_config, loa
 from medtl.stats.bootstrap import bootstrap_ci, bootstrap_paired_difference
 from medtl.stats.compare import delong_test
 from medtl.stats.metrics import roc_auc
-from medtl.evaluate.runs import (
-    FOLD_DONE, OOF_FILE, RunPredictor, decision_suffix, fold_dir, interval_warning, is_cv_run, jsonable,
-    label_columns, read_json, score_columns, scores_from_frame, table_metrics, targets_from_frame, write_csv,
-    write_json,
+from medtl.evaluate.tables import interval_warning, table_metrics
+from medtl.io.atomic import jsonable, read_json, write_csv, write_json
+from medtl.run.files import decision_suffix, label_columns, score_columns, scores_from_frame, targets_from_frame
+from medtl.run.layout import (
+    CONFIG_FILE, CV_FILE, FOLD_DONE, METRICS_FILE, OOF_FILE, PREDICTIONS_FILE, SKIPPED_FILE, fold_dir, is_cv_run,
 )
+from medtl.run.predictor import Predictor
 
 __all__ = ["evaluate_external", "format_external", "compare_runs", "format_compare", "EXTERNAL_KEYS"]
 
@@ -39,9 +41,6 @@ EXTERNAL_KEYS = ("roc_auc", "roc_auc_ci", "pr_auc", "accuracy", "balanced_accura
                  "specificity", "ppv", "npv", "f1", "brier", "ece", "threshold", "n", "n_patients", "task",
                  "classes", "warnings")
 """The keys of ``DIR/metrics.json`` written by :func:`evaluate_external`, in order."""
-
-PREDICTIONS_FILE = "predictions.csv"
-
 
 # --------------------------------------------------------------------------------------------
 # External test
@@ -77,7 +76,7 @@ def evaluate_external(run_or_model: str | Path, data_manifest_or_config: str | P
     """
     from medtl.data.manifest import load_manifest
 
-    pred = RunPredictor(run_or_model)
+    pred = Predictor(run_or_model)
     cfg = _data_config(run_or_model, data_manifest_or_config)
     if cfg.task != pred.task:
         raise ConfigError(f"task: the data config says {cfg.task!r} but {run_or_model} was trained for "
@@ -92,7 +91,7 @@ def evaluate_external(run_or_model: str | Path, data_manifest_or_config: str | P
         print(f"Scoring {len(manifest)} images with {len(pred.members)} model(s) from {run_or_model}", flush=True)
     used, raw, skipped = _score(pred, cfg, manifest)
     if skipped:
-        write_csv(out / "skipped.csv", pd.DataFrame(skipped, columns=["path", "reason"]))
+        write_csv(out / SKIPPED_FILE, pd.DataFrame(skipped, columns=["path", "reason"]))
         msg = (f"{len(skipped)} unreadable file(s) left out of the evaluation (data.on_error: skip); "
                f"listed in {out / 'skipped.csv'}")
         warnings.warn(msg, RuntimeWarning, stacklevel=2)
@@ -123,11 +122,11 @@ def evaluate_external(run_or_model: str | Path, data_manifest_or_config: str | P
     few = interval_warning(pred.task, pred.classes, y, groups)
     flat["warnings"] = [few] if few else []
     result = {k: flat.get(k) for k in EXTERNAL_KEYS}
-    write_json(out / "metrics.json", result)
+    write_json(out / METRICS_FILE, result)
     return jsonable(result)
 
 
-def _score(pred: RunPredictor, cfg: Config, manifest):
+def _score(pred: Predictor, cfg: Config, manifest):
     """Decode the external set with the training-time preprocessing and run every member model:
     (rows scored, raw scores per member, skipped (path, reason))."""
     from medtl.data.pipeline import ImagePipeline
@@ -150,9 +149,9 @@ def _data_config(run_or_model: str | Path, data: str | Path | Config) -> Config:
                                 "or a YAML config")
     run = Path(run_or_model)
     folder = run if run.is_dir() else run.parent
-    saved = folder / "config.yaml"
+    saved = folder / CONFIG_FILE
     if not saved.is_file() and is_cv_run(folder.parent):
-        saved = folder.parent / "config.yaml"  # a fold folder of a CV run
+        saved = folder.parent / CONFIG_FILE  # a fold folder of a CV run
     if not saved.is_file():
         raise ConfigError(f"{folder}: no config.yaml to read the columns of {p} with; pass a YAML config whose "
                           "data section describes the external set")
@@ -162,7 +161,7 @@ def _data_config(run_or_model: str | Path, data: str | Path | Config) -> Config:
     return config_from_dict(raw)
 
 
-def _prediction_table(used, s: np.ndarray, members: list[np.ndarray], pred: RunPredictor) -> pd.DataFrame:
+def _prediction_table(used, s: np.ndarray, members: list[np.ndarray], pred: Predictor) -> pd.DataFrame:
     task, classes = pred.task, pred.classes
     df = used.df
     out = pd.DataFrame({"file": df["path"].astype(str), "patient": df["patient_id"].astype(str)})
@@ -231,7 +230,7 @@ def _scores_of(run: str | Path) -> tuple[pd.DataFrame, str, list[str], str, int,
     if is_cv_run(p):
         from medtl.evaluate.cv import merge_cv
 
-        cv = read_json(p / "cv.json")
+        cv = read_json(p / CV_FILE)
         oof = p / OOF_FILE
         markers = [fold_dir(p, f) / FOLD_DONE for f in range(int(cv["folds"]))]
         newest = max((m.stat().st_mtime for m in markers if m.exists()), default=0.0)
@@ -239,11 +238,11 @@ def _scores_of(run: str | Path) -> tuple[pd.DataFrame, str, list[str], str, int,
             merge_cv(p)  # pool the folds finished since the last merge
         df = pd.read_csv(oof, dtype={"file": str, "patient": str})
         task, classes = cv["task"], list(cv["classes"])
-        cfg = load_resolved(p / "config.yaml")
+        cfg = load_resolved(p / CONFIG_FILE)
         n_boot, seed = cfg.evaluate.bootstrap, cfg.seed
-    elif (p / "metrics.json").is_file() and (p / "predictions.csv").is_file():
-        df = pd.read_csv(p / "predictions.csv", dtype={"file": str, "patient": str})
-        m = read_json(p / "metrics.json")
+    elif (p / METRICS_FILE).is_file() and (p / PREDICTIONS_FILE).is_file():
+        df = pd.read_csv(p / PREDICTIONS_FILE, dtype={"file": str, "patient": str})
+        m = read_json(p / METRICS_FILE)
         task = m.get("task") or ("binary" if "score" in df.columns else "unknown")
         classes = list(m.get("classes") or ["negative", "positive"])
         n_boot, seed = 1000, 0

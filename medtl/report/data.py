@@ -1,8 +1,8 @@
 """Everything the report shows, read from a run folder into one :class:`ReportData`.
 
 :func:`collect_report_data` is the only place that knows the run-folder formats (see
-:mod:`medtl.evaluate.runs` for a cross-validation run and :mod:`medtl.train.trainer` for a
-training run); the template only sees the dataclasses below, with images as PNG bytes.
+:mod:`medtl.run.layout` for the layouts of cross-validation and training
+runs); the template only sees the dataclasses below, with images as PNG bytes.
 
 No raw patient id or file path goes into a :class:`ReportData`: patients and images appear as
 salted hashes (:mod:`medtl.report.deid`), and the salt stays in the run folder.
@@ -28,9 +28,18 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from medtl.evaluate.tables import interval_warning, table_metrics
+from medtl.io.atomic import read_json
 from medtl.report import plots
 from medtl.report.deid import read_phi, run_salt
 from medtl.report.gallery import Case, class_views, read_overlays, render_gallery, select_cases
+from medtl.run.files import (
+    label_columns, read_postprocess, score_columns, scores_from_frame, targets_from_frame, threshold_columns,
+)
+from medtl.run.layout import (
+    CONFIG_FILE, CV_FILE, FOLDS_FILE, HISTORY_FILE, METRICS_FILE, MODEL_FILE, MODEL_INFO_FILE, OOF_FILE,
+    POSTPROCESS_FILE, VAL_PREDICTIONS, fold_dir, is_cv_run,
+)
 
 __all__ = ["Plot", "Cell", "MetricsTable", "Case", "ReportData", "collect_report_data", "METRIC_NAMES"]
 
@@ -148,24 +157,23 @@ def _fold_label(f: Any) -> str:
 
 
 def _cv_source(run: Path, cfg: Any) -> _Source:
-    from medtl.evaluate import runs
     from medtl.evaluate.cv import format_thresholds
 
-    metrics_path = run / runs.METRICS_FILE
-    if not (run / runs.OOF_FILE).is_file() or not metrics_path.is_file():
-        raise FileNotFoundError(f"{run}: no {runs.OOF_FILE} / {runs.METRICS_FILE} yet; pool the finished "
+    metrics_path = run / METRICS_FILE
+    if not (run / OOF_FILE).is_file() or not metrics_path.is_file():
+        raise FileNotFoundError(f"{run}: no {OOF_FILE} / {METRICS_FILE} yet; pool the finished "
                                 f"folds first with: medtl cv --merge {run}")
-    m = runs.read_json(metrics_path)
+    m = read_json(metrics_path)
     task, classes = m["task"], list(m["classes"])
-    oof = pd.read_csv(run / runs.OOF_FILE, dtype={"file": str, "patient": str})
+    oof = pd.read_csv(run / OOF_FILE, dtype={"file": str, "patient": str})
     suffix = "_calibrated" if m.get("score", "score").startswith("score_calibrated") else ""
-    decision = runs.score_columns(task, classes, suffix)
-    tcols = runs.threshold_columns(task, classes)
-    preds = oof[["file", "patient", "fold", *runs.label_columns(task, classes), *tcols]].copy()
-    for raw, col in zip(runs.score_columns(task, classes), decision):
+    decision = score_columns(task, classes, suffix)
+    tcols = threshold_columns(task, classes)
+    preds = oof[["file", "patient", "fold", *label_columns(task, classes), *tcols]].copy()
+    for raw, col in zip(score_columns(task, classes), decision):
         preds[raw] = oof[col].to_numpy(dtype=np.float64)  # decision scale, under the plain name
     preds["group"] = [_fold_label(f) for f in preds["fold"]]
-    preds["model_dir"] = [str(runs.fold_dir(run, f)) for f in preds["fold"]]
+    preds["model_dir"] = [str(fold_dir(run, f)) for f in preds["fold"]]
     done = [int(f) for f in m["finished_folds"]]
     groups = [_fold_label(f) for f in done]
 
@@ -174,18 +182,18 @@ def _cv_source(run: Path, cfg: Any) -> _Source:
     for f, g in zip(done, groups):
         part = preds[preds["fold"] == f]
         t = part[tcols].to_numpy(dtype=np.float64) if tcols else None
-        _, ci = runs.table_metrics(task, classes, runs.targets_from_frame(part, task, classes),
-                                   runs.scores_from_frame(part, task, classes), t,
+        _, ci = table_metrics(task, classes, targets_from_frame(part, task, classes),
+                                   scores_from_frame(part, task, classes), t,
                                    part["patient"].to_numpy(dtype=object), n_boot=n_boot, seed=cfg.seed)
         group_metrics[g] = (m["per_fold"][str(f)], ci)  # points as merged; intervals per fold here
 
     histories = {}
     for f, g in zip(done, groups):
-        h = runs.fold_dir(run, f) / "history.csv"
+        h = fold_dir(run, f) / HISTORY_FILE
         if h.is_file():
             histories[g] = pd.read_csv(h)
-    folds = pd.read_csv(run / runs.FOLDS_FILE, dtype={"file": str, "patient": str})
-    cv = runs.read_json(run / runs.CV_FILE)
+    folds = pd.read_csv(run / FOLDS_FILE, dtype={"file": str, "patient": str})
+    cv = read_json(run / CV_FILE)
     notes = []
     if m.get("missing_folds"):
         notes.append(f"Only {len(done)} of {m['folds']} folds have finished (missing: "
@@ -216,28 +224,26 @@ def _cv_source(run: Path, cfg: Any) -> _Source:
 
 
 def _train_source(run: Path, cfg: Any) -> _Source:
-    from medtl.evaluate import runs
     from medtl.evaluate.cv import format_thresholds
-    from medtl.stats.postprocess import POSTPROCESS_FILE, PostProcess
 
-    val_path = run / "val_predictions.csv"
+    val_path = run / VAL_PREDICTIONS
     if not val_path.is_file():
         raise FileNotFoundError(f"{run}: neither a cross-validation run (no cv.json) nor a finished training "
                                 "run (no val_predictions.csv); pass the folder printed by medtl cv or medtl train")
-    info_path = run / "model_info.json"
+    info_path = run / MODEL_INFO_FILE
     info = json.loads(info_path.read_text()) if info_path.is_file() else {}
     task = info.get("task", cfg.task)
     classes = list(info.get("classes") or cfg.data.classes or [])
     val = pd.read_csv(val_path, dtype={"path": str, "patient_id": str})
     preds = val.rename(columns={"path": "file", "patient_id": "patient"})
-    tcols = runs.threshold_columns(task, classes)
+    tcols = threshold_columns(task, classes)
     t = info.get("threshold")
     notes = []
     calibration, rule = "none", info.get("threshold_rule") or "default"
     pp_path = run / POSTPROCESS_FILE
     if pp_path.is_file():  # what medtl predict applies to this run: calibrated scores, their threshold
-        pp = PostProcess.from_dict(runs.read_json(pp_path))
-        cols = runs.score_columns(task, classes)
+        pp = read_postprocess(run)
+        cols = score_columns(task, classes)
         preds[cols] = pp.calibrate(preds[cols].to_numpy(dtype=np.float64))
         t, calibration, rule = pp.thresholds, pp.calibration, f"{pp.rule} on the validation split"
         if calibration != "none":
@@ -251,18 +257,18 @@ def _train_source(run: Path, cfg: Any) -> _Source:
             preds[col] = float(v)
     preds["group"] = "validation"
     preds["model_dir"] = str(run)
-    y = runs.targets_from_frame(preds, task, classes, where=str(val_path))
-    s = runs.scores_from_frame(preds, task, classes, where=str(val_path))
+    y = targets_from_frame(preds, task, classes, where=str(val_path))
+    s = scores_from_frame(preds, task, classes, where=str(val_path))
     tt = preds[tcols].to_numpy(dtype=np.float64) if tcols else None
-    res = runs.table_metrics(task, classes, y, s, tt, preds["patient"].to_numpy(dtype=object),
+    res = table_metrics(task, classes, y, s, tt, preds["patient"].to_numpy(dtype=object),
                              n_boot=int(cfg.evaluate.bootstrap), seed=cfg.seed)
     notes.append("A single training run: the figures describe its validation split, which also chose the "
                  "checkpoint; run medtl cv for an unbiased estimate.")
-    few = runs.interval_warning(task, classes, y, preds["patient"].to_numpy(dtype=object))
+    few = interval_warning(task, classes, y, preds["patient"].to_numpy(dtype=object))
     if few:
         notes.append(f"Warning, validation split: {few}.")
-    hist = {"training": pd.read_csv(run / "history.csv")} if (run / "history.csv").is_file() else {}
-    tm = json.loads((run / "metrics.json").read_text()) if (run / "metrics.json").is_file() else {}
+    hist = {"training": pd.read_csv(run / HISTORY_FILE)} if (run / HISTORY_FILE).is_file() else {}
+    tm = json.loads((run / METRICS_FILE).read_text()) if (run / METRICS_FILE).is_file() else {}
     label_names = ([classes[int(i)] for i in preds["label"]] if "label" in preds and classes
                    else ["-"] * len(preds))
     counts = pd.DataFrame({"file": preds["file"], "patient": preds["patient"], "label": label_names})
@@ -385,12 +391,11 @@ def _data_table(counts: pd.DataFrame) -> list[dict[str, Any]]:
 
 
 def _curve_plots(src: _Source) -> list[Plot]:
-    from medtl.evaluate import runs
 
     p = src.preds
     task, classes = src.task, src.classes
-    y = runs.targets_from_frame(p, task, classes)
-    s = runs.scores_from_frame(p, task, classes)
+    y = targets_from_frame(p, task, classes)
+    s = scores_from_frame(p, task, classes)
     out: list[Plot] = []
     if task == "binary":
         curves = {g: (y[(p["group"] == g).to_numpy(), 0], s[(p["group"] == g).to_numpy(), 0]) for g in src.groups}
@@ -455,7 +460,7 @@ def _versions(run: Path, model_dirs: list[str]) -> dict[str, str]:
             out[dist] = "not installed"
     out["python"] = platform.python_version()
     for d in model_dirs:
-        model = Path(d) / "model.keras" if Path(d).is_dir() else Path(d)
+        model = Path(d) / MODEL_FILE if Path(d).is_dir() else Path(d)
         if model.is_file() and zipfile.is_zipfile(model):
             try:
                 with zipfile.ZipFile(model) as zf:
@@ -470,7 +475,7 @@ def _versions(run: Path, model_dirs: list[str]) -> dict[str, str]:
 def _stage_rows(cfg: Any, run: Path, model_dirs: list[str]) -> list[dict[str, Any]]:
     ran: dict[int, list[int]] = {}
     for d in dict.fromkeys(model_dirs):
-        p = Path(d) / "metrics.json"
+        p = Path(d) / METRICS_FILE
         if p.is_file():
             for st in json.loads(p.read_text()).get("stages", []):
                 ran.setdefault(int(st["stage"]), []).append(int(st.get("epochs_run", 0)))
@@ -485,10 +490,10 @@ def _stage_rows(cfg: Any, run: Path, model_dirs: list[str]) -> list[dict[str, An
 
 
 def _second_method(compare: str | None, cam: str) -> str | None:
-    from medtl.config import CAM_METHODS
+    from medtl.registry import map_methods
 
-    if compare is not None and compare not in CAM_METHODS:
-        raise ValueError(f"compare: invalid value {compare!r}; expected {', '.join(CAM_METHODS)}")
+    if compare is not None and compare not in map_methods():
+        raise ValueError(f"compare: invalid value {compare!r}; expected {', '.join(map_methods())}")
     if compare == cam:
         raise ValueError(f"compare: {compare!r} is the run's report.cam already; choose another method")
     return compare
@@ -514,12 +519,11 @@ def collect_report_data(run_dir: str | Path, compute_cams: bool = True, n_cases:
         'ROC AUC'
     """
     from medtl.config import load_resolved
-    from medtl.evaluate.runs import is_cv_run
 
     run = Path(run_dir)
-    if not (run / "config.yaml").is_file():
+    if not (run / CONFIG_FILE).is_file():
         raise FileNotFoundError(f"{run}: no config.yaml; pass a run folder made by medtl cv or medtl train")
-    cfg = load_resolved(run / "config.yaml")
+    cfg = load_resolved(run / CONFIG_FILE)
     src = _cv_source(run, cfg) if is_cv_run(run) else _train_source(run, cfg)
     salt = run_salt(run)
     model_dirs = list(dict.fromkeys(src.preds["model_dir"]))
@@ -555,7 +559,7 @@ def collect_report_data(run_dir: str | Path, compute_cams: bool = True, n_cases:
         backbone=cfg.model.backbone,
         weights=cfg.model.weights,
         stages=_stage_rows(cfg, run, model_dirs),
-        config_yaml=(run / "config.yaml").read_text(),
+        config_yaml=(run / CONFIG_FILE).read_text(),
         versions=_versions(run, model_dirs),
         data_table=_data_table(src.counts),
         fold_table=src.fold_rows,

@@ -26,8 +26,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from medtl.registry import is_perturbation, map_methods, method_kind
 from medtl.report.deid import hash_patient_id, scrub_text
 from medtl.report.plots import image_png
+from medtl.run.layout import MODEL_FILE
 
 NOT_COMPUTED = "CAM not computed (compute=False and no precomputed overlay)"
 
@@ -64,6 +66,13 @@ class Case:
     second_reason: str = ""
     peak_gap: float | None = None  # the two maps' peaks apart, share of the film's longer side
 
+    @property
+    def method_kind(self) -> str:
+        """The first map's kind in :mod:`medtl.registry` ("gradient" or "perturbation"); ''
+        without a map or for a precomputed one by a method medtl does not know."""
+        # The template asks this, not the name, so a new gradient method gets the same notes.
+        return method_kind(self.method) if self.method in map_methods() else ""
+
 
 def class_views(preds: pd.DataFrame, task: str, classes: Sequence[str]) -> list[pd.DataFrame]:
     """One-against-the-rest tables for :func:`select_cases`, one per class the gallery shows.
@@ -78,15 +87,15 @@ def class_views(preds: pd.DataFrame, task: str, classes: Sequence[str]) -> list[
         >>> [v["target"].iloc[0] for v in class_views(oof, "multilabel", ["effusion", "mass"])]
         ['effusion', 'mass']
     """
-    from medtl.evaluate import runs
+    from medtl.run.files import scores_from_frame, targets_from_frame, threshold_columns
 
     if task == "binary":
         return [preds.assign(target="")]
-    y = runs.targets_from_frame(preds, task, classes)
-    s = runs.scores_from_frame(preds, task, classes)  # the report's tables hold the decision scale
+    y = targets_from_frame(preds, task, classes)
+    s = scores_from_frame(preds, task, classes)  # the report's tables hold the decision scale
     names = np.asarray(list(classes), dtype=object)
     if task == "multilabel":
-        t = preds[runs.threshold_columns(task, classes)].to_numpy(dtype=np.float64)
+        t = preds[threshold_columns(task, classes)].to_numpy(dtype=np.float64)
         called = s >= t
         truth = [";".join(names[row == 1]) or "none" for row in y]
         said = [";".join(names[row]) or "none" for row in called]
@@ -197,7 +206,7 @@ def cam_overlays(model_dir: str | Path, files: Sequence[str], method: str = "gra
         on the letterbox padding (None for a film that was not padded), the map float (H, W)
         in [0, 1])}, the method used, a str carrying ``.reason``).
     """
-    model_path = Path(model_dir) / "model.keras"
+    model_path = Path(model_dir) / MODEL_FILE
     if not model_path.is_file():  # checked before TensorFlow is imported, for a quick clear note
         raise FileNotFoundError(f"{model_path}: no saved model; the run folder is incomplete")
     from medtl.explain.cam import MethodChoice
@@ -313,8 +322,8 @@ def render_gallery(
                 continue
             try:
                 got, choice = cam_overlays(
-                    model_dir, files, name, None if name == "occlusion" else target_layer,
-                    class_name=target or None, **(dict(occlusion or {}) if name == "occlusion" else {}))
+                    model_dir, files, name, None if is_perturbation(name) else target_layer,
+                    class_name=target or None, **(dict(occlusion or {}) if is_perturbation(name) else {}))
             except Exception as exc:  # noqa: BLE001 - the reason is shown on each case
                 reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
                 # Paths may carry names: the report names images by hash only.

@@ -33,9 +33,8 @@ import numpy as np
 from medtl.stats.calibration import calibrator_from_dict, fit_platt, fit_temperature
 from medtl.stats.thresholds import choose_threshold
 
-__all__ = ["PostProcess", "POSTPROCESS_FILE"]
+__all__ = ["PostProcess"]
 
-POSTPROCESS_FILE = "postprocess.json"
 CALIBRATIONS = ("none", "temperature", "platt")
 
 

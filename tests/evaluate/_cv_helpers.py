@@ -103,7 +103,7 @@ class FakeTrainer:
         self.quality, self.fail_on, self.salt = quality, fail_on, salt
 
     def __call__(self, cfg, manifest, train_idx, val_idx, fdir: Path, progress: bool):
-        from medtl.train.predict import write_model_info
+        from medtl.run.files import write_model_info
 
         self.calls.append({"fold": fdir.name, "train": np.asarray(train_idx).copy(),
                            "val": np.asarray(val_idx).copy()})

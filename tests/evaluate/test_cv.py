@@ -22,7 +22,7 @@ from medtl.config import ConfigError
 from medtl.evaluate import binary_metrics, choose_threshold
 from medtl.stats import postprocess
 from medtl.evaluate.cv import FoldBusyError, format_cv, format_thresholds, merge_cv, run_cv, run_folder
-from medtl.evaluate.runs import create_once, read_json
+from medtl.io.atomic import create_once, read_json
 from tests.evaluate._cv_helpers import FakeTrainer, install_fakes, make_cfg, make_png_set
 from tests.train.conftest import crash_after_epoch
 
@@ -430,7 +430,7 @@ def test_format_thresholds_names_multilabel_values_only():
 
 
 def test_import_evaluate_loads_no_tensorflow():
-    code = ("import sys, medtl.evaluate, medtl.evaluate.cv, medtl.evaluate.external, medtl.evaluate.runs; "
+    code = ("import sys, medtl.evaluate, medtl.evaluate.cv, medtl.evaluate.external, medtl.evaluate.tables, medtl.run; "
             "bad = [m for m in ('tensorflow', 'keras') if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert res.returncode == 0, res.stdout + res.stderr
@@ -446,7 +446,7 @@ def test_real_cv_end_to_end(tmp_path):
     from medtl.config import config_from_dict
     from medtl.data.synthetic import make_sample_data
     from medtl.evaluate.external import EXTERNAL_KEYS, compare_runs, evaluate_external
-    from medtl.evaluate.runs import RunPredictor
+    from medtl.run.predictor import Predictor
 
     csv_path = make_sample_data(tmp_path / "ds", n_patients=16, seed=5, image_size=(64, 64), prevalence=0.4)
     cfg = config_from_dict({
@@ -480,7 +480,7 @@ def test_real_cv_end_to_end(tmp_path):
     pred = pd.read_csv(out / "predictions.csv")
     assert np.allclose(pred["score"], (pred["score_fold0"] + pred["score_fold1"]) / 2)
     some = pred["file"].tolist()[:3]
-    direct = RunPredictor(run).predict_paths(some)
+    direct = Predictor(run).predict_paths(some)
     assert np.allclose(direct["score"], pred["score"][:3], atol=1e-5)
     r = compare_runs(run, run)
     assert r["diff"] == 0.0 and r["delong"]["p_value"] == pytest.approx(1.0)
@@ -542,7 +542,7 @@ def test_retrain_final_model_after_all_folds_only(data, tmp_path, monkeypatch, c
 
     from medtl.data.manifest import load_manifest
     from medtl.data.pipeline import ImagePipeline
-    from medtl.evaluate.runs import RunPredictor
+    from medtl.run.predictor import Predictor
 
     cfg = _retrain_cfg(data, tmp_path / "work")
     install_fakes(monkeypatch, trainer=_HistoryTrainer())
@@ -555,7 +555,7 @@ def test_retrain_final_model_after_all_folds_only(data, tmp_path, monkeypatch, c
     assert not m["final"]["finished"] and m["final"]["epochs_per_stage"] == [2, 1]
     assert "NOT TRAINED YET" in format_cv(m)
     with pytest.raises(FileNotFoundError, match=r"not finished yet.*medtl cv CONFIG --run"):
-        RunPredictor(run)
+        Predictor(run)
 
     # Killed after the final model's first epoch; the next medtl cv resumes it.
     with crash_after_epoch(monkeypatch, 1):
@@ -597,7 +597,7 @@ def test_retrain_final_model_after_all_folds_only(data, tmp_path, monkeypatch, c
     assert "Final model" in capsys.readouterr().out and (fin / "model.keras").stat().st_mtime_ns == mtime
 
     # predict/evaluate use the final model with its threshold.
-    pred = RunPredictor(run)
+    pred = Predictor(run)
     assert pred.members == [fin] and pred.thresholds == [pytest.approx(t)]
     assert "median of the fold thresholds" in pred.threshold_source
     m_all = load_manifest(cfg)

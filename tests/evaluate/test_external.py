@@ -19,7 +19,8 @@ from medtl.evaluate import external
 from medtl.evaluate.cv import run_cv
 from medtl.evaluate.external import EXTERNAL_KEYS, compare_runs, evaluate_external, format_compare, format_external
 from medtl.stats.postprocess import PostProcess
-from medtl.evaluate.runs import RunPredictor, read_json
+from medtl.io.atomic import read_json
+from medtl.run.predictor import Predictor
 from tests.evaluate._cv_helpers import FakePredict, FakeTrainer, fake_scores, install_fakes, make_cfg, make_png_set
 
 
@@ -96,7 +97,7 @@ def test_external_with_one_fold_model_and_a_yaml_config(data, tmp_path, monkeypa
 
 def test_plain_training_run_without_threshold_uses_half(data, tmp_path, monkeypatch):
     from medtl.data.manifest import load_manifest
-    from medtl.train.predict import write_model_info
+    from medtl.run.files import write_model_info
 
     cfg = make_cfg(data, tmp_path / "w")
     run = tmp_path / "train_run"
@@ -104,7 +105,7 @@ def test_plain_training_run_without_threshold_uses_half(data, tmp_path, monkeypa
     write_model_info(run, cfg, load_manifest(cfg))
     (run / "config.yaml").write_text(cfg.to_yaml())
     _fake_score(monkeypatch)
-    p = RunPredictor(run)
+    p = Predictor(run)
     assert p.thresholds == [0.5] and "0.5" in p.threshold_source
     m = evaluate_external(run, data, tmp_path / "ext", progress=False)
     assert m["threshold"] == 0.5

@@ -74,7 +74,8 @@ def make_fake_cv_run(root: Path, n_patients: int = 24, k: int = 3, seed: int = 0
     from medtl.config import config_from_dict
     from medtl.evaluate.cv import merge_cv
     from medtl.stats.postprocess import PostProcess
-    from medtl.evaluate.runs import fold_dir, write_csv, write_json
+    from medtl.io.atomic import write_csv, write_json
+    from medtl.run.layout import fold_dir
 
     rng = np.random.default_rng(seed)
     run, images = root / "run", root / "images"

@@ -1,0 +1,304 @@
+"""ONE predictor for every run kind: a training run folder, a fold folder, a ``.keras`` file
+with ``model_info.json`` beside it, a cross-validation run (the ensemble of its finished folds)
+and a CV run with a retrained final model (``evaluate.final_model: retrain``).
+
+``medtl predict``, :func:`medtl.predict_paths`, ``medtl evaluate``, ``medtl explain`` and the
+report all score films through :class:`Predictor`, so they cannot disagree. The image pipeline
+is rebuilt from ``model_info.json``, so prediction preprocesses exactly as training did.
+
+TensorFlow is loaded only when models are (on the first prediction).
+
+Example:
+    >>> from medtl.run import collect_paths, predict_paths
+    >>> df = predict_paths("runs/demo/cv-1a2b3c4d5e", collect_paths(["new_films/"]))
+    >>> df[["path", "score", "prediction", "error"]].head()
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from medtl.io.atomic import read_json
+from medtl.io.image import is_image_file
+from medtl.run.files import ensemble_thresholds, pipeline_config, read_model_info, read_postprocess, score_columns
+from medtl.run.layout import (
+    CONFIG_FILE, CV_FILE, FINAL_DONE, MODEL_FILE, MODEL_INFO_FILE, POSTPROCESS_FILE, final_dir, finished_folds,
+    fold_dir, is_cv_run,
+)
+from medtl.stats.postprocess import PostProcess
+
+__all__ = ["Predictor", "predict_paths", "collect_paths"]
+
+
+class Predictor:
+    """Scores images with a finished run: a CV run (its final model), one fold folder, a
+    training run folder, or a ``.keras`` file with ``model_info.json`` beside it.
+
+    A CV run's final model is, by default, the ensemble of its fold models: each model's score
+    is calibrated with its fold's calibrator (if any), the ensemble score is the mean over folds
+    and its threshold :func:`~medtl.run.files.ensemble_thresholds`. With
+    ``evaluate.final_model: retrain`` it is the one model in ``RUN/final`` with the threshold
+    saved there. A single model uses the ``postprocess.json`` beside it (threshold and
+    calibrator chosen on its validation split); without one, the ``model_info.json``
+    threshold, or 0.5.
+
+    Attributes:
+        task, classes: of the models.
+        thresholds: decision threshold per score column (None for multiclass).
+        threshold_source: where the threshold came from.
+        members: the model folders/files used.
+        folds: the fold of each member of an ensemble (empty for one model).
+        info: the first member's model_info.json.
+
+    Example:
+        >>> p = Predictor("runs/demo/cv-1a2b3c4d5e")
+        >>> p.predict_paths(["a.dcm", "b.png"]).prediction.tolist()
+        ['lesion', 'normal']
+    """
+
+    def __init__(self, run_or_model: str | Path) -> None:
+        p = Path(run_or_model)
+        if not p.exists():
+            raise FileNotFoundError(f"{p}: not found; pass a medtl run folder (CV or training) or a .keras file")
+        self.path = p
+        if is_cv_run(p) and read_json(p / CV_FILE).get("final_model", "ensemble") == "retrain":
+            self._use_final(p)
+        elif is_cv_run(p):
+            self._use_folds(p)
+        else:
+            self._use_model(p)
+        infos = [read_model_info(m) for m in self.members]
+        first = infos[0]
+        for m, info in zip(self.members[1:], infos[1:]):
+            if info["preprocessing"] != first["preprocessing"] or info["classes"] != first["classes"]:
+                raise ValueError(f"{m}: preprocessing or classes differ from {self.members[0]}; "
+                                 "the folds of one run must share them")
+        self.info = first
+        self.task: str = first["task"]
+        self.classes: list[str] = list(first["classes"])
+        self._models: list | None = None
+
+    def _use_folds(self, run: Path) -> None:
+        """The ensemble of a CV run's finished folds."""
+        cv = read_json(run / CV_FILE)
+        done = finished_folds(run, int(cv["folds"]))
+        if not done:
+            raise FileNotFoundError(f"{run}: no finished fold yet; run medtl cv first")
+        self.members = [fold_dir(run, f) for f in done]
+        self.folds = done
+        self.pps: list[PostProcess | None] = [read_postprocess(m) for m in self.members]
+        self.thresholds = ensemble_thresholds(self.pps)  # type: ignore[arg-type]
+        rule = self.pps[0].rule  # type: ignore[union-attr]
+        self.threshold_source = (f"median of the validation-chosen ({rule}) thresholds of folds "
+                                 f"{', '.join(map(str, done))}" if self.thresholds is not None
+                                 else "arg-max (multiclass)")
+        if len(done) < int(cv["folds"]):
+            self.threshold_source += f" (only {len(done)} of {cv['folds']} folds finished)"
+
+    def _use_final(self, run: Path) -> None:
+        """The retrained final model of a CV run (``evaluate.final_model: retrain``)."""
+        fin = final_dir(run)
+        if not (fin / FINAL_DONE).is_file():
+            raise FileNotFoundError(
+                f"{run}: evaluate.final_model is retrain and the final model in {fin} is not finished yet "
+                f"({FINAL_DONE} missing); run `medtl cv CONFIG --run {run}` with the config it was started "
+                f"with ({run / CONFIG_FILE}) to finish the folds and retrain it")
+        pp = read_postprocess(fin)
+        self.members, self.folds, self.pps = [fin], [], [pp]
+        self.thresholds = pp.thresholds
+        rule = pp.extra.get("threshold_rule") or ("arg-max (multiclass)" if pp.thresholds is None else pp.rule)
+        self.threshold_source = f"{rule}; final model retrained on all data, {fin}"
+
+    def _use_model(self, p: Path) -> None:
+        """One model: a training run or fold folder, or a .keras file."""
+        if p.is_dir() and not (p / MODEL_FILE).is_file() and not (p / MODEL_INFO_FILE).is_file():
+            # Neither file: not a run folder at all. With model_info.json only, the missing model
+            # is reported when it is loaded (the folder is an unfinished run).
+            raise FileNotFoundError(f"{p}: no {MODEL_FILE} in this folder; pass a training run folder, "
+                                    "a CV run folder or a .keras model file")
+        if p.is_file() and p.suffix != ".keras":
+            raise ValueError(f"{p}: not a .keras model file; pass a run folder or a .keras file")
+        folder = p if p.is_dir() else p.parent
+        self.members, self.folds = [p], []
+        pp_file = folder / POSTPROCESS_FILE
+        if pp_file.is_file():
+            pp = read_postprocess(folder)
+            self.pps = [pp]
+            self.thresholds = pp.thresholds
+            self.threshold_source = f"chosen on the validation split ({pp.rule}), {pp_file}"
+            return
+        # No post-processing saved (e.g. a bare model file): the raw-scale threshold of model_info.json.
+        info = read_model_info(p)
+        self.pps = [None]
+        t = info.get("threshold")
+        k = 1 if info["task"] == "binary" else len(info["classes"])
+        if info["task"] == "multiclass":
+            self.thresholds = None
+            self.threshold_source = "arg-max (multiclass)"
+        elif t is None:
+            self.thresholds = [0.5] * k
+            self.threshold_source = "0.5 (no threshold saved with the model)"
+        else:
+            self.thresholds = [float(v) for v in np.broadcast_to(np.asarray(t, dtype=float), (k,))]
+            self.threshold_source = f"model_info.json ({info.get('threshold_rule') or 'saved'})"
+
+    # ----------------------------------------------------------------------------------------
+
+    def _load(self) -> list:
+        if self._models is None:
+            # medtl's loader (TensorFlow, so not at import): it registers medtl's layers, which a
+            # fresh `medtl predict` has not imported
+            from medtl.models.classifier import load_model
+
+            paths = [m / MODEL_FILE if m.is_dir() else m for m in self.members]
+            for mp in paths:
+                if not mp.is_file():
+                    raise FileNotFoundError(f"{mp}: model file missing; the run folder is incomplete")
+            self._models = [load_model(mp) for mp in paths]
+        return self._models
+
+    def models(self) -> list:
+        """The member models, loaded once (medtl's loader, so medtl's layers are registered)."""
+        return self._load()
+
+    def pipeline_config(self, like=None):
+        """A Config reproducing the training-time preprocessing (cache/workers/on_error from ``like``)."""
+        cfg = pipeline_config(self.info)
+        if like is not None:
+            cfg.data.cache_dir = like.data.cache_dir
+            cfg.data.workers = like.data.workers
+            cfg.data.on_error = like.data.on_error
+        return cfg
+
+    def combine(self, raw: Sequence[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
+        """(ensemble decision-scale scores, per-member decision-scale scores) from raw scores."""
+        members = [pp.calibrate(r) if pp is not None else np.asarray(r, dtype=np.float64)
+                   for pp, r in zip(self.pps, raw)]
+        return np.mean(members, axis=0), members
+
+    def decide(self, s: np.ndarray) -> np.ndarray:
+        """Decisions for decision-scale scores: (N, K) 0/1, or (N,) class index for multiclass."""
+        if self.task == "multiclass":
+            return s.argmax(axis=1)
+        return (s >= np.asarray(self.thresholds)[None, :]).astype(np.int8)
+
+    def raw_scores(self, x: np.ndarray) -> list[np.ndarray]:
+        """Each member model's raw scores (N, K) for a batch of model inputs (N, H, W, 1)."""
+        return [np.asarray(m.predict_on_batch(x), dtype=np.float64) for m in self._load()]
+
+    def predict_dataset(self, ds) -> list[np.ndarray]:
+        """Each member model's raw scores (N, K) over a ``tf.data`` dataset of (x, y)."""
+        xs = ds.map(lambda x, y: x)
+        return [np.asarray(m.predict(xs, verbose=0), dtype=np.float64) for m in self._load()]
+
+    def labels(self, decisions: np.ndarray) -> list[str]:
+        """Readable prediction per row: class name (binary, multiclass) or ';'-joined labels."""
+        if self.task == "multiclass":
+            return [self.classes[int(i)] for i in decisions]
+        if self.task == "binary":
+            return [self.classes[int(d)] for d in decisions[:, 0]]
+        return [";".join(c for c, v in zip(self.classes, row) if v) for row in decisions]
+
+    def predict_paths(self, paths: Sequence[str | Path], batch_size: int = 16) -> pd.DataFrame:
+        """One row per path, in order: ``path``, score column(s) on the decision scale,
+        ``score_fold<k>`` for an ensemble, ``prediction`` and ``error`` (unreadable files get a
+        reason and no scores).
+        """
+        # The pipeline imports TensorFlow, so not at module import.
+        from medtl.data.pipeline import ImagePipeline
+
+        pipe = ImagePipeline(self.pipeline_config())
+        cols = score_columns(self.task, self.classes)
+        rows: list[dict] = [{"path": str(p), "error": ""} for p in paths]
+        ok: list[int] = []
+        batch: list[np.ndarray] = []
+
+        def flush() -> None:
+            idx = ok[len(ok) - len(batch):]
+            x = np.stack(batch)
+            if len(x) < batch_size:
+                # Pad the last batch: one input shape means one traced predict function per model.
+                x = np.concatenate([x, np.zeros((batch_size - len(x), *x.shape[1:]), x.dtype)])
+            s, members = self.combine([r[:len(batch)] for r in self.raw_scores(x)])
+            labels = self.labels(self.decide(s))
+            for r, i in enumerate(idx):
+                rows[i].update(zip(cols, s[r].tolist()))
+                if len(self.members) > 1:
+                    for f, ms in zip(self.folds, members):
+                        rows[i].update({f"{c}_fold{f}": v for c, v in zip(cols, ms[r].tolist())})
+                rows[i]["prediction"] = labels[r]
+            batch.clear()
+
+        for i, p in enumerate(paths):
+            try:
+                x, _ = pipe.load(str(p))
+            except Exception as exc:  # noqa: BLE001 - every failure becomes a listed error row
+                rows[i]["error"] = str(exc).strip().replace("\n", " ") or type(exc).__name__
+                continue
+            ok.append(i)
+            batch.append(np.asarray(x, dtype=np.float32))
+            if len(batch) == batch_size:
+                flush()
+        if batch:
+            flush()
+        extra = [f"{c}_fold{f}" for f in self.folds for c in cols] if len(self.members) > 1 else []
+        df = pd.DataFrame(rows, columns=["path", *cols, *extra, "prediction", "error"])
+        df["prediction"] = df["prediction"].fillna("")
+        return df
+
+
+def predict_paths(run_or_model: str | Path, paths: Sequence[str | Path], batch_size: int = 16) -> pd.DataFrame:
+    """Predict on image files with a finished run or model, as ``medtl predict`` does.
+
+    Args:
+        run_or_model: a training run folder, a fold folder, a ``.keras`` file with
+            model_info.json beside it, or a cross-validation run folder (the ensemble of its
+            finished folds, or its retrained final model).
+        paths: DICOM/PNG/JPEG files (see :func:`collect_paths` to expand folders).
+        batch_size: images per forward pass.
+
+    Returns:
+        One row per path, in order: ``path``, ``score`` (binary: probability of the positive
+        class) or ``score_<class>`` columns (calibrated when a calibrator was fitted), for an
+        ensemble ``score_fold<k>`` per fold, ``prediction`` (class name at the run's threshold;
+        multilabel: names joined with ';') and ``error`` (empty, or why the file could not be
+        read; such rows have no scores).
+
+    Example:
+        >>> predict_paths("runs/demo/cv-1a2b3c4d5e", ["a.dcm"]).loc[0, "score"]
+        0.93
+    """
+    return Predictor(run_or_model).predict_paths(paths, batch_size=batch_size)
+
+
+def collect_paths(files_or_folders: Iterable[str | Path]) -> list[str]:
+    """Expand files and folders into the image files to predict on.
+
+    Folders are searched recursively for DICOM, PNG, JPEG, TIFF and BMP files (by suffix, or
+    by the DICOM magic bytes whatever the name, as for PACS exports named by UID); hidden
+    files are ignored. Files given by name are kept whatever their suffix, so that an unreadable
+    one shows up as an error row instead of vanishing.
+
+    Raises:
+        FileNotFoundError: a given path does not exist.
+
+    Example:
+        >>> collect_paths(["scans/", "extra.dcm"])
+        ['scans/a/1.dcm', 'scans/b.png', 'extra.dcm']
+    """
+    out: list[str] = []
+    for item in files_or_folders:
+        p = Path(item)
+        if p.is_dir():
+            found = [f for f in p.rglob("*") if f.is_file() and is_image_file(f)
+                     and not any(part.startswith(".") for part in f.relative_to(p).parts)]
+            out += sorted(str(f) for f in found)
+        elif p.exists():
+            out.append(str(p))
+        else:
+            raise FileNotFoundError(f"{p}: no such file or folder; check the path")
+    return list(dict.fromkeys(out))
