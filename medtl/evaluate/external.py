@@ -24,9 +24,12 @@ import numpy as np
 import pandas as pd
 
 from medtl.config import Config, ConfigError, config_from_dict, load_config, load_resolved
+from medtl.data.manifest import load_manifest
 from medtl.stats.bootstrap import bootstrap_ci, bootstrap_paired_difference
 from medtl.stats.compare import delong_test
 from medtl.stats.metrics import roc_auc
+from medtl.evaluate.formatting import format_compare, format_external
+from medtl.evaluate.pooling import merge_cv
 from medtl.evaluate.tables import interval_warning, table_metrics
 from medtl.io.atomic import jsonable, read_json, write_csv, write_json
 from medtl.run.files import decision_suffix, label_columns, score_columns, scores_from_frame, targets_from_frame
@@ -35,6 +38,8 @@ from medtl.run.layout import (
 )
 from medtl.run.predictor import Predictor
 
+# format_external and format_compare live with the other console text; re-exported here, where
+# callers have always found them.
 __all__ = ["evaluate_external", "format_external", "compare_runs", "format_compare", "EXTERNAL_KEYS"]
 
 EXTERNAL_KEYS = ("roc_auc", "roc_auc_ci", "pr_auc", "accuracy", "balanced_accuracy", "sensitivity",
@@ -74,8 +79,6 @@ def evaluate_external(run_or_model: str | Path, data_manifest_or_config: str | P
         >>> sorted(m) == sorted(EXTERNAL_KEYS)
         True
     """
-    from medtl.data.manifest import load_manifest
-
     pred = Predictor(run_or_model)
     cfg = _data_config(run_or_model, data_manifest_or_config)
     if cfg.task != pred.task:
@@ -129,7 +132,7 @@ def evaluate_external(run_or_model: str | Path, data_manifest_or_config: str | P
 def _score(pred: Predictor, cfg: Config, manifest):
     """Decode the external set with the training-time preprocessing and run every member model:
     (rows scored, raw scores per member, skipped (path, reason))."""
-    from medtl.data.pipeline import ImagePipeline
+    from medtl.data.pipeline import ImagePipeline  # why: loads TensorFlow (tf.data)
 
     pipe = ImagePipeline(pred.pipeline_config(like=cfg))
     used = pipe.prepare(manifest)
@@ -186,39 +189,6 @@ def _prediction_table(used, s: np.ndarray, members: list[np.ndarray], pred: Pred
     return out
 
 
-def format_external(metrics: dict[str, Any], title: str = "External test") -> str:
-    """A readable table of :func:`evaluate_external`'s metrics.
-
-    Example:
-        >>> print(format_external(evaluate_external(run, "site2/labels.csv", "eval/site2")))
-    """
-    def f(v: Any, d: int = 3) -> str:
-        if v is None:
-            return "-"
-        if isinstance(v, list):
-            return ", ".join(f(x, d) for x in v)
-        return f"{v:.{d}f}" if isinstance(v, float) else str(v)
-
-    from medtl.evaluate.cv import format_thresholds
-
-    ci = metrics.get("roc_auc_ci") or [None, None]
-    task = metrics.get("task", "binary")
-    thr = metrics["threshold"]
-    decision = "decision arg-max" if thr is None else (
-        f"threshold {format_thresholds(thr, metrics.get('classes'))} (saved with the model)")
-    lines = [f"{title}: {metrics['n']} images, {metrics['n_patients']} patients; {decision}"]
-    if task != "binary":
-        lines.append(f"macro averages over the {len(metrics.get('classes') or [])} "
-                     f"{'labels' if task == 'multilabel' else 'classes'}; per class in per_class.json")
-    lines += [f"WARNING {w}" for w in metrics.get("warnings") or []]
-    lines.append(f"{'roc_auc':<18} {f(metrics['roc_auc'])} [95% CI {f(ci[0])}, {f(ci[1])}] "
-                 "(BCa bootstrap over patients)")
-    for k in ("pr_auc", "accuracy", "balanced_accuracy", "sensitivity", "specificity", "ppv", "npv", "f1",
-              "brier", "ece"):
-        lines.append(f"{k:<18} {f(metrics.get(k))}")
-    return "\n".join(lines)
-
-
 # --------------------------------------------------------------------------------------------
 # Comparing two runs
 
@@ -228,8 +198,6 @@ def _scores_of(run: str | Path) -> tuple[pd.DataFrame, str, list[str], str, int,
     task; classes; score columns used; n_boot; seed) of a run."""
     p = Path(run)
     if is_cv_run(p):
-        from medtl.evaluate.cv import merge_cv
-
         cv = read_json(p / CV_FILE)
         oof = p / OOF_FILE
         markers = [fold_dir(p, f) / FOLD_DONE for f in range(int(cv["folds"]))]
@@ -347,40 +315,3 @@ def compare_runs(run_a: str | Path, run_b: str | Path, n_boot: int | None = None
                      "n_pos": None, "delong": None,
                      "bootstrap": _boot_dict(boot, seed),
                      "per_class": per})
-
-
-def format_compare(result: dict[str, Any]) -> str:
-    """A readable summary of :func:`compare_runs`.
-
-    Example:
-        >>> print(format_compare(compare_runs("runs/a/cv-1", "runs/b/cv-2")))
-    """
-    def f(v: Any, d: int = 4) -> str:
-        return "-" if v is None else (f"{v:.{d}f}" if isinstance(v, float) else str(v))
-
-    dl, bs = result["delong"], result["bootstrap"]
-    per = result.get("per_class")
-    pos = f"{result['n_pos']} positive, " if result.get("n_pos") is not None else ""
-    lines = [
-        f"A: {result['run_a']} ({result['score_a']})",
-        f"B: {result['run_b']} ({result['score_b']})",
-        f"{result['n_common']} common images ({pos}{result['n_patients']} patients)"
-        + (f"; {result['n_only_a']} only in A, {result['n_only_b']} only in B (left out)"
-           if result["n_only_a"] or result["n_only_b"] else ""),
-        f"{'macro ROC AUC' if per else 'ROC AUC'}  A {f(result['auc_a'])}   B {f(result['auc_b'])}   "
-        f"A - B {f(result['diff'])}",
-    ]
-    if dl is not None:
-        lines.append(f"DeLong:               95% CI [{f(dl['ci_low'])}, {f(dl['ci_high'])}], z {f(dl['z'], 2)}, "
-                     f"p = {f(dl['p_value'])} (images treated as independent)")
-    lines.append(f"patient bootstrap:    95% CI [{f(bs['low'])}, {f(bs['high'])}] ({bs['n_boot']} replicates; "
-                 "trust this one when patients have several films)")
-    if per:
-        width = max(len(c) for c in per)
-        lines.append(f"per class (one against the rest):\n  {'class':<{width}}  AUC A   AUC B   A - B    "
-                     "DeLong p  patient bootstrap 95% CI")
-        for c, r in per.items():
-            lines.append(f"  {c:<{width}}  {f(r['auc_a'], 3)}   {f(r['auc_b'], 3)}   {r['diff']:+.3f}   "
-                         f"{f(r['delong']['p_value'])}    [{f(r['bootstrap']['low'], 3)}, "
-                         f"{f(r['bootstrap']['high'], 3)}]")
-    return "\n".join(lines)

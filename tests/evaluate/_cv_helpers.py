@@ -95,7 +95,7 @@ def _val_frame(m, scores: np.ndarray) -> pd.DataFrame:
 
 
 class FakeTrainer:
-    """Stands in for ``medtl.evaluate.cv._train_fold``: records its calls, writes model_info.json
+    """Stands in for ``medtl.evaluate.folds._train_fold``: records its calls, writes model_info.json
     (as the real trainer does) and returns validation predictions of the fake model."""
 
     def __init__(self, quality: float = 1.0, fail_on: tuple[str, ...] = (), salt: str = "") -> None:
@@ -116,7 +116,7 @@ class FakeTrainer:
 
 
 class FakePredict:
-    """Stands in for ``medtl.evaluate.cv._predict_fold``: the fake model on the test fold."""
+    """Stands in for ``medtl.evaluate.folds._predict_fold``: the fake model on the test fold."""
 
     def __init__(self, quality: float = 1.0, salt: str = "") -> None:
         self.calls: list[str] = []
@@ -133,11 +133,11 @@ def _label_view(m) -> pd.DataFrame:
 
 
 def install_fakes(monkeypatch, trainer: FakeTrainer | None = None, predict: FakePredict | None = None):
-    """Patch the cv module's training and test-prediction steps; returns (trainer, predict)."""
-    from medtl.evaluate import cv
+    """Patch the fold runner's training and test-prediction steps; returns (trainer, predict)."""
+    from medtl.evaluate import folds
 
     trainer = trainer or FakeTrainer()
     predict = predict or FakePredict()
-    monkeypatch.setattr(cv, "_train_fold", trainer)
-    monkeypatch.setattr(cv, "_predict_fold", predict)
+    monkeypatch.setattr(folds, "_train_fold", trainer)
+    monkeypatch.setattr(folds, "_predict_fold", predict)
     return trainer, predict

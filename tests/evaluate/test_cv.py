@@ -21,7 +21,7 @@ import pytest
 from medtl.config import ConfigError
 from medtl.evaluate import binary_metrics, choose_threshold
 from medtl.stats import postprocess
-from medtl.evaluate.cv import FoldBusyError, format_cv, format_thresholds, merge_cv, run_cv, run_folder
+from medtl.evaluate.cv import FoldBusyError, format_cv, merge_cv, run_cv, run_folder
 from medtl.io.atomic import create_once, read_json
 from tests.evaluate._cv_helpers import FakeTrainer, install_fakes, make_cfg, make_png_set
 from tests.train.conftest import crash_after_epoch
@@ -284,26 +284,6 @@ def test_run_folder_is_derived_from_the_config(cfg, data, tmp_path):
     assert run_folder(other) != run_folder(cfg)
 
 
-def test_run_folder_names_survive_new_config_keys():
-    """A run folder is named by a digest of the config; adding a config key must not rename the
-    folders of existing configs, or `medtl cv CONFIG` would start an interrupted run anew.
-    Digests as of 2026-11-29; a new key with a default goes into cv._ADDED_KEYS."""
-    import yaml
-
-    from medtl.config import config_from_dict
-    from medtl.evaluate.cv import config_digest
-
-    def digest(name: str, **data) -> str:
-        raw = yaml.safe_load(Path(f"configs/{name}.yaml").read_text())
-        raw["data"].update(manifest="/data/labels.csv", **data)  # the manifest path is part of it
-        return config_digest(config_from_dict(raw))
-
-    assert digest("demo") == "1c071f54de"
-    assert digest("pneumonia_resnet50") == "293cb854ef"
-    assert digest("multilabel_chestxray", label_column="Finding Labels", label_separator="|",
-                  classes=["a", "b"]) != digest("multilabel_chestxray")
-
-
 def test_different_config_in_existing_run_is_refused(cfg, data, tmp_path, monkeypatch):
     install_fakes(monkeypatch)
     run = run_cv(cfg, run_dir=tmp_path / "run", fold=0, progress=False)
@@ -423,12 +403,6 @@ def test_multilabel_cv(tmp_path, monkeypatch):
     assert f"threshold a {t[0]:.4f}, b {t[1]:.4f}" in text
 
 
-def test_format_thresholds_names_multilabel_values_only():
-    assert format_thresholds(None) == "arg-max"
-    assert format_thresholds(0.25, ["normal", "lesion"]) == "0.2500"  # binary: one rule, no name
-    assert format_thresholds([0.1, 0.33333], ["x", "y"]) == "x 0.1000, y 0.3333"
-
-
 def test_import_evaluate_loads_no_tensorflow():
     code = ("import sys, medtl.evaluate, medtl.evaluate.cv, medtl.evaluate.external, medtl.evaluate.tables, medtl.run; "
             "bad = [m for m in ('tensorflow', 'keras') if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)")
@@ -527,12 +501,6 @@ def _retrain_cfg(data: Path, work: Path):
                              {"unfreeze": "all", "epochs": 2, "lr": 1e-3}]},
         "evaluate": {"folds": 2, "bootstrap": 20, "final_model": "retrain"},
     })
-
-
-def test_retrain_schedule_rounds_half_up_and_trains_every_stage():
-    from medtl.evaluate.cv import _retrain_schedule
-
-    assert _retrain_schedule([0.0, 0.49, 0.5, 1.5, 2.5, 3.0]) == [1, 1, 1, 2, 3, 3]
 
 
 def test_retrain_final_model_after_all_folds_only(data, tmp_path, monkeypatch, capsys):
