@@ -8,7 +8,7 @@ from scipy.special import expit, logit
 from sklearn.metrics import roc_curve
 
 from medtl.stats.metrics import binary_metrics
-from medtl.stats.thresholds import choose_threshold, parse_threshold_rule
+from medtl.stats.thresholds import choose_threshold, parse_threshold_rule, threshold_interval
 
 
 def _mid(lo, hi):
@@ -97,7 +97,9 @@ def test_fixed_and_logits():
 
 
 @pytest.mark.parametrize(
-    "rule", ["youden:1", "sens:0.9", "sensitivity:1.5", "sensitivity:", "specificity:-0.1", "fixed:abc", "", "f1"]
+    "rule", ["youden:1", "sens:0.9", "sensitivity:1.5", "sensitivity:", "specificity:-0.1", "fixed:abc", "", "f1",
+             "youden:centre", "youden-centre:0.5", "prevalence:", "prevalence:1", "prevalence:0", "calibrated",
+             "calibrated:1.0", "calibrated:-0.2"]
 )
 def test_bad_rules_list_the_allowed_forms(rule):
     with pytest.raises(ValueError, match="allowed forms: 'youden', 'sensitivity:0.9'"):
@@ -130,7 +132,7 @@ def test_temperature_or_platt_calibration_does_not_change_the_decisions():
     new = expit(rng.normal(size=400) * 2)
     for a, b in ((1 / 2.5, 0.0), (0.7, -0.4)):
         cal = lambda p: expit(a * logit(p) + b)  # noqa: E731
-        for rule in ("youden", "sensitivity:0.9", "specificity:0.9"):
+        for rule in ("youden", "youden-centre", "prevalence", "prevalence:0.2", "sensitivity:0.9", "specificity:0.9"):
             t_raw, t_cal = choose_threshold(y, raw, rule), choose_threshold(y, cal(raw), rule)
             assert ((new >= t_raw) == (cal(new) >= t_cal)).all()
 
@@ -142,3 +144,133 @@ def test_rules_need_their_class():
         choose_threshold([1, 1], [0.1, 0.2], "specificity:0.9")
     # Sensitivity only needs positives.
     assert choose_threshold([1, 1], [0.1, 0.2], "sensitivity:1.0") == 0.1
+
+
+# --- rules for operating points that survive shift (issue 19) --------------------------------
+
+
+def test_parse_new_rules():
+    assert parse_threshold_rule("Youden-Centre") == ("youden-centre", None)
+    assert parse_threshold_rule("prevalence") == ("prevalence", None)
+    assert parse_threshold_rule("prevalence:0.2") == ("prevalence", 0.2)
+    assert parse_threshold_rule("calibrated:0.5") == ("calibrated", 0.5)
+    with pytest.raises(ValueError, match="strictly between 0 and 1.*'youden-centre'.*'calibrated:0.5'"):
+        parse_threshold_rule("calibrated:1")
+
+
+def test_youden_centre_on_separable_data_is_the_middle_of_the_gap():
+    # Any cut in (.1, .9] is perfect here; the centre of the gap in logit space is logit 0.
+    y = [0, 0, 0, 1, 1]
+    s = [0.01, 0.02, 0.1, 0.9, 0.95]
+    assert choose_threshold(y, s, "youden-centre") == pytest.approx(0.5)
+
+
+def test_youden_centre_with_one_best_cut_is_youden():
+    y = [0, 0, 0, 0, 1, 1, 1, 1]
+    s = [0.1, 0.2, 0.3, 0.6, 0.4, 0.5, 0.7, 0.8]
+    assert choose_threshold(y, s, "youden-centre") == choose_threshold(y, s, "youden") == pytest.approx(_mid(0.3, 0.4))
+
+
+def test_youden_centre_spans_tied_best_cuts():
+    # labels in score order 0 0 1 0 1 1: J = 2/3 both for cuts in (.2, .3] and in (.4, .5].
+    # youden takes the lower; the centre of (.2, .5] in logit space is expit(logit(.2) / 2) = 1/3.
+    y = [0, 0, 1, 0, 1, 1]
+    s = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6]
+    assert choose_threshold(y, s, "youden") == pytest.approx(_mid(0.2, 0.3))
+    assert choose_threshold(y, s, "youden-centre") == pytest.approx(1 / 3)
+    # the same on logits: midway between -2 and 1
+    assert choose_threshold(y, [-3.0, -2.0, -1.0, 0.0, 1.0, 2.0], "youden-centre") == pytest.approx(-0.5)
+
+
+def test_prevalence_rule_known_answers():
+    # 2 positives of 5: the top two scores (.6, .8) are called positive.
+    y = [0, 0, 1, 0, 1]
+    s = [0.1, 0.2, 0.3, 0.6, 0.8]
+    assert choose_threshold(y, s, "prevalence") == pytest.approx(_mid(0.3, 0.6))
+    assert choose_threshold(y, s, "prevalence:0.2") == pytest.approx(_mid(0.6, 0.8))  # one film
+    assert choose_threshold(y, s, "prevalence:0.5") == pytest.approx(_mid(0.2, 0.3))  # 2.5 films: ties go low
+    # tied scores: 2 of 5 cannot be called; calling 1 (|.2 - .4|) is nearer than 4 (|.8 - .4|)
+    assert choose_threshold(y, [0.1, 0.5, 0.5, 0.5, 0.9], "prevalence") == pytest.approx(_mid(0.5, 0.9))
+    # an explicit prevalence needs no labels; the data's own prevalence needs both classes
+    assert choose_threshold([0] * 5, s, "prevalence:0.2") == pytest.approx(_mid(0.6, 0.8))
+    with pytest.raises(ValueError, match="0 positive and 5 negative"):
+        choose_threshold([0] * 5, s, "prevalence")
+
+
+def test_prevalence_rule_calls_the_prevalence_share():
+    rng = np.random.default_rng(4)
+    y = (rng.random(400) < 0.2).astype(int)
+    s = expit(rng.normal(size=400) + 2 * y)
+    t = choose_threshold(y, s, "prevalence")
+    assert np.sum(s >= t) == y.sum()
+
+
+def test_calibrated_rule_without_a_calibrator_is_fixed():
+    assert choose_threshold([0, 0, 1], [0.1, 0.2, 0.9], "calibrated:0.3") == 0.3
+    assert choose_threshold([0, 0, 0], [0.1, 0.2, 0.9], "calibrated:0.3") == 0.3  # no labels needed
+
+
+# --- the threshold's own bootstrap interval ----------------------------------------------------
+
+
+def _width(ci):
+    return float(logit(ci[1]) - logit(ci[0]))
+
+
+def test_threshold_interval_wide_for_a_small_separable_split_narrow_for_a_large_one():
+    # 6 + 6 films with a wide gap: where in the gap the cut lands depends on which films were drawn.
+    y = [0] * 6 + [1] * 6
+    s = expit(np.array([-6.0, -5, -4, -3, -2, -1, 1, 2, 3, 4, 5, 6]))
+    small = threshold_interval(y, s, "youden", n_boot=500)
+    assert small[0] < 0.5 < small[1] and _width(small) > 1.5
+    rng = np.random.default_rng(5)
+    y_big = (rng.random(20000) < 0.5).astype(int)
+    s_big = expit(rng.normal(size=20000) + 2 * y_big)  # best cut: logit 1
+    big = threshold_interval(y_big, s_big, "prevalence", n_boot=200)
+    assert _width(big) < 0.15 and big[0] < expit(1) < big[1]
+
+
+def test_threshold_interval_is_reproducible_and_resamples_patients():
+    rng = np.random.default_rng(6)
+    y1 = (rng.random(60) < 0.4).astype(int)
+    s1 = expit(rng.normal(size=60) + 1.5 * y1)
+    y, s = np.repeat(y1, 4), np.repeat(s1, 4)  # 60 patients, 4 identical films each
+    groups = np.repeat(np.arange(60), 4)
+    a = threshold_interval(y, s, "prevalence", groups=groups, n_boot=300, seed=1)
+    assert a == threshold_interval(y, s, "prevalence", groups=groups, n_boot=300, seed=1)
+    assert a != threshold_interval(y, s, "prevalence", groups=groups, n_boot=300, seed=2)
+    # resampling films as if independent pretends to 240 patients: a narrower interval
+    films = threshold_interval(y, s, "prevalence", n_boot=300, seed=1)
+    assert _width(films) < 0.75 * _width(a)
+
+
+def test_threshold_interval_fixed_undefined_and_too_few():
+    assert threshold_interval([0, 1], [0.2, 0.8], "fixed:0.4") == (0.4, 0.4)
+    assert threshold_interval([0, 1], [0.2, 0.8], "calibrated:0.3") == (0.3, 0.3)
+    with pytest.raises(ValueError, match="0 positive"):
+        threshold_interval([0, 0, 0], [0.1, 0.2, 0.3], "youden")
+
+    def fails_with_film_zero(y, s):  # usable only on replicates without the film scoring .01: ~35%
+        if np.any(s == 0.01):
+            raise ValueError("undefined")
+        return 0.5
+
+    y = [0, 1] * 5
+    s = [0.01] + [0.1 * i for i in range(1, 10)]
+    assert threshold_interval(y, s, "youden", n_boot=500, choose=lambda yy, ss: 0.5) == (0.5, 0.5)
+    with pytest.raises(ValueError, match="undefined"):  # on the full data it fails loudly
+        threshold_interval(y, s, "youden", n_boot=500, choose=fails_with_film_zero)
+
+
+def test_threshold_interval_none_when_most_replicates_are_unusable():
+    y = [0, 1] * 5
+    s = [0.1 * i for i in range(1, 11)]
+    calls = []
+
+    def usable_without_top_film(yy, ss):
+        calls.append(1)
+        if len(calls) > 1 and np.any(ss == 1.0):  # the full data (first call) pass
+            raise ValueError("undefined")
+        return 0.5
+
+    assert threshold_interval(y, s, "youden", n_boot=500, choose=usable_without_top_film) is None
