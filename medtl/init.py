@@ -27,6 +27,12 @@ from typing import Any
 import pandas as pd
 import yaml
 
+from medtl.config import config_from_dict
+# The column guesses and the listing are medtl inspect's, so init and inspect agree.
+from medtl.data import inspect as insp
+from medtl.data.manifest import dicom_header_ids, is_integer_value, load_manifest
+from medtl.io import is_dicom
+
 __all__ = ["DatasetSurvey", "survey_dataset", "starter_config", "write_starter_config"]
 
 # Class names that mean "no finding"; in a binary task that class is put first (negative), so
@@ -112,9 +118,6 @@ def survey_dataset(data: str | os.PathLike, columns: dict[str, Any] | None = Non
         >>> s.task, s.classes, s.patient_column
         ('binary', ['normal', 'lesion'], 'patient_id')
     """
-    # The column guesses and the listing are medtl inspect's, so init and inspect agree.
-    from medtl.data import inspect as insp
-
     target = Path(data)
     if not target.exists():
         raise FileNotFoundError(f"{target}: not found; give a labels CSV or a folder with one sub-folder per class")
@@ -168,8 +171,6 @@ def survey_dataset(data: str | os.PathLike, columns: dict[str, Any] | None = Non
 
 def _multilabel_listing(csv: Path, cfg: Any):
     """A listing for a CSV whose labels are several 0/1 columns (one per finding)."""
-    from medtl.data import inspect as insp
-
     df = pd.read_csv(csv)
     skip = {cfg.data.path_column, cfg.data.patient_column}
     binary = [str(c) for c in df.columns if c not in skip and _is_01(df[c])]
@@ -199,8 +200,6 @@ def _is_01(col: pd.Series) -> bool:
 
 
 def _count_dicom(paths: list[str]) -> int:
-    from medtl.io import is_dicom
-
     n = 0
     for p in paths:
         try:
@@ -212,8 +211,6 @@ def _count_dicom(paths: list[str]) -> int:
 
 def _dicom_patients(survey: DatasetSurvey, paths: list[str]) -> list[str] | None:
     """Patient ids from the DICOM headers when every file is DICOM and names its PatientID."""
-    from medtl.data.manifest import dicom_header_ids
-
     if not paths or survey.n_dicom < len(paths):
         return None
     ids = dicom_header_ids(paths, "PatientID", survey.source, strict=False)
@@ -242,8 +239,6 @@ def _count(survey: DatasetSurvey, labels: list, patients: list[str]) -> None:
 
 def _int_labels(csv: Path, label_column: Any) -> bool:
     """True when the CSV's labels are class indices (their order is then fixed by the data)."""
-    from medtl.data.manifest import is_integer_value
-
     if not isinstance(label_column, str) or not csv.is_file():
         return False
     values = pd.read_csv(csv, usecols=[label_column])[label_column].dropna()
@@ -540,9 +535,6 @@ def write_starter_config(data: str | os.PathLike, out: str | os.PathLike = "conf
         >>> write_starter_config("sample_data", "sample.yaml")
         PosixPath('sample.yaml')
     """
-    from medtl.config import config_from_dict
-    from medtl.data.manifest import load_manifest
-
     path = Path(out)
     if path.exists() and not force:
         raise FileExistsError(f"{path}: already exists; pass --force (force=True) to overwrite it, or choose another --out")

@@ -92,7 +92,8 @@ def import_tensorflow() -> None:
         return
     quiet = os.environ.get("TF_CPP_MIN_LOG_LEVEL", "").strip() not in ("", "0")
     with filtered_stderr() if quiet else contextlib.nullcontext():
+        # In the function, not at module level: TensorFlow loads only when called, its noise filtered
         import keras  # noqa: F401 - loads TensorFlow's libraries too
-        import tensorflow as tf
+        import tensorflow as tf  # in the function for the same reason
 
         tf.config.list_physical_devices("GPU")  # the cuInit line comes with the first query

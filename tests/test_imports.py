@@ -1,12 +1,19 @@
 """medtl's parts import one another in one direction only (DESIGN.md, "The flow of data").
 
 The graph counts module-level and in-function imports alike: an import hidden in a function
-still ties the two parts together, it only delays the failure.
+still ties the two parts together, it only delays the failure. Imports sit at module level;
+one stays in a function only to keep TensorFlow (or another heavy or optional dependency) from
+loading early, and says why in a comment. The TF-free entry points are checked to stay so.
 """
 
 from __future__ import annotations
 
 import ast
+import io
+import re
+import subprocess
+import sys
+import tokenize
 from pathlib import Path
 
 import pytest
@@ -25,6 +32,7 @@ LAYERS: list[set[str]] = [
     {"train"},
     {"evaluate", "explain"},
     {"report", "init"},
+    {"api"},
     {"cli"},
 ]
 
@@ -156,3 +164,106 @@ def test_imports_follow_the_layers() -> None:
 def test_bottom_parts_import_nothing_of_medtl(part: str) -> None:
     out = [f"{b}: {w[0]}" for (a, b), w in import_edges().items() if a == part]
     assert not out, f"{part} must import nothing else of medtl: {out}"
+
+
+# -- imports inside functions -----------------------------------------------------------------
+
+# Linter pragmas are not reasons: "# noqa: F401" alone does not say why an import is deferred.
+_PRAGMA = re.compile(r"noqa(:\s*[A-Z]+[0-9]+(\s*,\s*[A-Z]+[0-9]+)*)?|type:\s*ignore(\[[^]]*\])?|pragma:[^#]*|pylint:[^#]*")
+
+
+def _comments(source: str) -> tuple[dict[int, str], set[int]]:
+    """``({line: comment text}, {lines holding only a comment})``."""
+    text: dict[int, str] = {}
+    alone: set[int] = set()
+    for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+        if tok.type == tokenize.COMMENT:
+            line = tok.start[0]
+            text[line] = text.get(line, "") + tok.string.lstrip("#")
+            if not tok.line[: tok.start[1]].strip():
+                alone.add(line)
+    return text, alone
+
+
+def _is_reason(comment: str) -> bool:
+    return re.search(r"[A-Za-z]{3}", _PRAGMA.sub("", comment)) is not None
+
+
+def imports_in_functions(package: Path = PACKAGE) -> list[tuple[str, bool]]:
+    """``[("medtl/x.py:12", has_reason), ...]`` for every import inside a function body.
+
+    The reason is a comment on the import's own line(s), or a comment-only line directly above.
+    """
+    found: list[tuple[str, bool]] = []
+    for path in sorted(package.rglob("*.py")):
+        source = path.read_text(encoding="utf-8")
+        text, alone = _comments(source)
+
+        def visit(node: ast.AST, in_function: bool) -> None:
+            for child in ast.iter_child_nodes(node):
+                if in_function and isinstance(child, (ast.Import, ast.ImportFrom)):
+                    lines = range(child.lineno, (child.end_lineno or child.lineno) + 1)
+                    own = any(_is_reason(text.get(n, "")) for n in lines)
+                    above = child.lineno - 1 in alone and _is_reason(text[child.lineno - 1])
+                    found.append((f"{path.relative_to(package.parent)}:{child.lineno}", own or above))
+                visit(child, in_function or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)))
+
+        visit(ast.parse(source), False)
+    return found
+
+
+def test_reason_finder_reads_comments(tmp_path: Path) -> None:
+    pkg = tmp_path / "medtl"
+    pkg.mkdir()
+    (pkg / "m.py").write_text(
+        "import os\n"
+        "def a():\n"
+        "    import keras  # TensorFlow loads only when a model is used\n"
+        "def b():\n"
+        "    # TensorFlow loads only when called\n"
+        "    import tensorflow\n"
+        "def c():\n"
+        "    import json\n"
+        "def d():\n"
+        "    import keras  # noqa: F401\n"
+        "def e():\n"
+        "    x = 1  # a comment about x, not the import below\n"
+        "    import yaml\n"
+        "class K:\n"
+        "    def f(self):\n"
+        "        if True:\n"
+        "            from medtl import (  # heavy: loaded on first use\n"
+        "                thing,\n"
+        "            )\n"
+    )
+    assert imports_in_functions(pkg) == [
+        ("medtl/m.py:3", True), ("medtl/m.py:6", True), ("medtl/m.py:8", False),
+        ("medtl/m.py:10", False), ("medtl/m.py:13", False), ("medtl/m.py:17", True),
+    ]
+
+
+def test_imports_in_functions_say_why() -> None:
+    missing = [where for where, ok in imports_in_functions() if not ok]
+    assert not missing, (
+        "imports inside functions without a reason comment (move them to module level, or say on "
+        "the line or the line above why they must wait, e.g. '# TensorFlow loads only when a model "
+        "is used'):\n  " + "\n  ".join(missing)
+    )
+
+
+# -- entry points that must not load TensorFlow -----------------------------------------------
+
+TF_FREE = ["medtl", "medtl.config", "medtl.registry", "medtl.stats", "medtl.io", "medtl.run",
+           "medtl.evaluate", "medtl.data.cache", "medtl.data.pool", "medtl.data.inspect"]
+
+
+def test_tf_free_entry_points_load_no_tensorflow() -> None:
+    code = (
+        "import sys\n"
+        f"import {', '.join(TF_FREE)}\n"
+        "print(sorted(m for m in ('tensorflow', 'keras', 'tensorflow_hub', 'tf_keras') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         cwd=PACKAGE.parent)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "[]", f"importing {', '.join(TF_FREE)} loaded {out.stdout.strip()}"

@@ -31,9 +31,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from medtl import __version__
 from medtl.data.pool import run_chunked
+from medtl.io import read_image
 from medtl.io.atomic import write_bytes
-from medtl.io.dicom import DEFAULT_MAX_PIXELS
+from medtl.io.dicom import DEFAULT_MAX_PIXELS, open_file
 from medtl.data.resize import Geometry, letterbox, plan
 
 CACHE_FORMAT = 2  # 2: one flat folder per settings (1 had a sub-folder per first hash byte)
@@ -214,8 +216,6 @@ class ImageCache:
         frame: int | None = None,
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
     ):
-        from medtl import __version__
-
         self.root = Path(cache_dir)
         self.image_size = (int(image_size[0]), int(image_size[1]))
         self.keep_aspect = bool(keep_aspect)
@@ -297,8 +297,6 @@ class ImageCache:
         Returns float32 (H, W) values rounded through float16 like the cache, so a model sees
         the same numbers at prediction time as in training.
         """
-        from medtl.io import read_image
-
         img = read_image(path, window=self.window, frame=self.frame, max_pixels=self.max_pixels)
         out, geo = letterbox(np.asarray(img, np.float32), self.image_size, self.keep_aspect)
         return out.astype(np.float16).astype(np.float32), geo
@@ -324,9 +322,6 @@ def _crashed(item: tuple[str, str | None], reason: str) -> CacheResult:
 
 def _fill_chunk(items: list[tuple[str, str | None]], spec: dict[str, Any]) -> list[CacheResult]:
     """Worker: hash, decode, resize and store a chunk of files."""
-    from medtl.io import read_image
-    from medtl.io.dicom import open_file
-
     cache = ImageCache(**spec)
     out = []
     for path, sha in items:

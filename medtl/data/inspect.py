@@ -27,8 +27,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pydicom.uid import UID
+
+from medtl.config import Config, ConfigError, load_config
 from medtl.data.cache import describe_error, file_sha256
+from medtl.data.manifest import DataError, load_manifest, read_csv_table
 from medtl.data.pool import run_chunked
+from medtl.io import is_dicom, read_header, read_image
+from medtl.io.dicom import DEFAULT_MAX_PIXELS
+from medtl.io.errors import ImageReadWarning
+from medtl.io.image import is_image_file
 
 HEADER_FIELDS = (
     "Modality", "BodyPartExamined", "ViewPosition", "PhotometricInterpretation", "BitsStored",
@@ -86,15 +94,12 @@ class InspectReport:
 
 
 # --------------------------------------------------------------------------------------------
-# Probing files (runs in worker processes: keep this module's imports light)
+# Probing files (runs in worker processes, forked from a server that has this module loaded)
 
 
 def _probe_chunk(paths: list[str], read: dict[str, Any] | str) -> list[dict[str, Any]]:
     """Worker: decode each file (``read``: read_image's window, frame, max_pixels; or just the
     window) and read its header; never raises for a bad file."""
-    from medtl.io import is_dicom, read_header, read_image
-    from medtl.io.errors import ImageReadWarning
-
     if isinstance(read, str):
         read = {"window": read}
 
@@ -149,15 +154,11 @@ class _Listing:
 
     def read_args(self) -> dict[str, Any]:
         """Keyword arguments of read_image, as training would call it."""
-        from medtl.io.dicom import DEFAULT_MAX_PIXELS
-
         max_pixels = self.max_pixels if self.read_set else DEFAULT_MAX_PIXELS
         return {"window": self.window, "frame": self.frame, "max_pixels": max_pixels}
 
 
 def _from_manifest(cfg: Any) -> _Listing:
-    from medtl.data.manifest import load_manifest
-
     m = load_manifest(cfg, check_files=False)
     pc = cfg.data.patient_column
     psrc = f"column {pc!r}" if pc and pc.lower() != "none" and not pc.startswith("dicom:") else (
@@ -180,9 +181,6 @@ def _guess_config(csv_path: Path, columns: dict[str, Any] | None = None) -> tupl
     ``columns`` names columns the caller knows (``path_column``, ``label_column`` (a list for
     several 0/1 finding columns), ``patient_column``); they replace the guesses.
     """
-    from medtl.config import Config
-    from medtl.data.manifest import DataError, read_csv_table
-
     cols = [str(c) for c in read_csv_table(csv_path, nrows=0).columns]
     given = {k: v for k, v in (columns or {}).items() if v}
     sep = given.pop("label_separator", None)
@@ -247,12 +245,7 @@ def _names_for_ints(df: Any, label_col: str) -> list[str] | None:
 
 
 def _listing_for(target: Path, cfg: Any) -> _Listing:
-    from medtl.config import Config
-    from medtl.io.image import is_image_file
-
     if target.suffix.lower() in (".yaml", ".yml"):
-        from medtl.config import load_config
-
         return _from_manifest(load_config(target))
     if target.is_dir() and (target / "labels.csv").is_file():
         target = target / "labels.csv"
@@ -284,9 +277,6 @@ def _bare_csv_listing(target: Path) -> _Listing:
     ``medtl train`` with the guessed columns would refuse it. A guessed patient column that
     does not fit (e.g. ids given for one class only) is dropped with a note instead, since
     nobody chose it."""
-    from medtl.config import ConfigError
-    from medtl.data.manifest import DataError
-
     cfg, notes = _guess_config(target)
     if not cfg.data.label_column:
         raise DataError(
@@ -378,8 +368,6 @@ def _show(key: str, value: str | None) -> str:
         return "(missing)"
     if key == "TransferSyntaxUID":
         try:
-            from pydicom.uid import UID
-
             name = UID(value).name
             return f"{name} ({value})" if name != value else value
         except Exception:  # an odd UID is shown as it is

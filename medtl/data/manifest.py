@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from medtl.config import Config, ConfigError
+from medtl.io import read_header
 from medtl.io.image import is_image_file
 from medtl.io.pseudonyms import hash_patient_id, run_salt
 
@@ -452,7 +453,6 @@ def dicom_header_ids(paths: list[str], tag: str, src: Path, strict: bool = True)
         DataError: (``strict``) files without the field; ``strict=False`` gives each of them its
             own id ``file:<path>`` instead.
     """
-    from medtl.io import read_header  # pydicom only; imported here to keep manifest light
 
     out, bad = [], []
     for p in paths:

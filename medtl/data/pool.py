@@ -31,8 +31,10 @@ import multiprocessing as mp
 import os
 import sys
 import threading
+from multiprocessing import forkserver
 from typing import Any, Callable, Iterator, Sequence
 
+import cv2
 
 
 def default_workers(workers: int | None = None) -> int:
@@ -47,8 +49,9 @@ def default_workers(workers: int | None = None) -> int:
 
 # Imported once by the fork server, so each worker starts with the decoders already loaded.
 # Workers unpickle by reference this module (the initializer) and the worker functions
-# (cache's _fill_chunk; inspect's _probe_chunk imports medtl.io, preloaded here too).
-_PRELOAD = ["medtl.data.pool", "medtl.data.cache", "medtl.io", "pylibjpeg", "openjpeg", "libjpeg", "rle"]
+# (cache's _fill_chunk; inspect's _probe_chunk, whose module also loads config and manifest).
+_PRELOAD = ["medtl.data.pool", "medtl.data.cache", "medtl.data.inspect", "medtl.io",
+            "pylibjpeg", "openjpeg", "libjpeg", "rle"]
 _LAUNCH_LOCK = threading.Lock()
 
 
@@ -74,8 +77,6 @@ def start_decoder_server() -> None:
     """
     if not (sys.platform.startswith("linux") and "forkserver" in mp.get_all_start_methods()):
         return
-    from multiprocessing import forkserver
-
     _context()  # sets the modules the server imports
     try:
         with _main_not_reimported():
@@ -86,8 +87,6 @@ def start_decoder_server() -> None:
 
 def _worker_init() -> None:
     """Runs once in each worker process, before its first chunk."""
-    import cv2
-
     cv2.setNumThreads(1)  # one process per core already; OpenCV's own threads would oversubscribe
 
 

@@ -4,6 +4,7 @@ and the warning type for a file it reads but changes on the way (alpha dropped, 
 from __future__ import annotations
 
 import os
+import warnings
 
 _DEFAULT_FIX = "check or re-export the file, or leave it out of the manifest"
 
@@ -61,6 +62,4 @@ class ImageReadWarning(UserWarning):
 
 def warn_image(path: str | os.PathLike[str], what: str, fix: str) -> None:
     """Issue an :class:`ImageReadWarning` in the one-line ``path: what; fix`` form."""
-    import warnings
-
     warnings.warn(f"{os.fspath(path)}: {one_line(what)}; {one_line(fix)}", ImageReadWarning, stacklevel=3)

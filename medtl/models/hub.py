@@ -63,7 +63,7 @@ def load_hub_module(handle: str) -> Any:
         obj = tf.saved_model.load(str(path))
     else:
         try:
-            import tensorflow_hub as hub
+            import tensorflow_hub as hub  # loads tf_keras (Keras 2, 0.3 s): only hub handles need it
         except ImportError as exc:
             raise ImportError(f"{where}: tensorflow-hub is needed for hub handles; pip install tensorflow-hub") from exc
         try:

@@ -150,8 +150,7 @@ class Predictor:
 
     def _load(self) -> list:
         if self._models is None:
-            # medtl's loader (TensorFlow, so not at import): it registers medtl's layers, which a
-            # fresh `medtl predict` has not imported
+            # medtl's loader registers medtl's layers; in a function so TensorFlow loads only when a model is used
             from medtl.models.classifier import load_model
 
             paths = [m / MODEL_FILE if m.is_dir() else m for m in self.members]
@@ -208,8 +207,7 @@ class Predictor:
         ``score_fold<k>`` for an ensemble, ``prediction`` and ``error`` (unreadable files get a
         reason and no scores).
         """
-        # The pipeline imports TensorFlow, so not at module import.
-        from medtl.data.pipeline import ImagePipeline
+        from medtl.data.pipeline import ImagePipeline  # imports TensorFlow: loaded only when predicting
 
         pipe = ImagePipeline(self.pipeline_config())
         cols = score_columns(self.task, self.classes)

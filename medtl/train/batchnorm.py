@@ -21,13 +21,13 @@ from collections.abc import Iterable
 import keras
 import numpy as np
 
+from medtl.models.backbones import walk_layers
+
 __all__ = ["trainable_batchnorm", "recalibrate_batchnorm"]
 
 
 def trainable_batchnorm(model: keras.Model) -> list[keras.layers.BatchNormalization]:
     """The BatchNormalization layers of ``model`` that run in training mode when it trains."""
-    from medtl.models.backbones import walk_layers
-
     return [layer for layer in walk_layers(model)
             if isinstance(layer, keras.layers.BatchNormalization) and layer.trainable]
 

@@ -14,6 +14,10 @@ import time
 from typing import TextIO
 
 import keras
+import tensorflow as tf
+from tensorflow.core.framework import summary_pb2
+
+from medtl.train.batchnorm import recalibrate_batchnorm
 
 __all__ = ["EpochProgress", "EpochSummaries", "RecalibrateBatchNorm", "format_logs"]
 
@@ -92,16 +96,11 @@ class EpochSummaries(keras.callbacks.Callback):
         self._writers: dict = {}
 
     def _writer(self, name: str):
-        import tensorflow as tf
-
         if name not in self._writers:
             self._writers[name] = tf.summary.create_file_writer(os.path.join(self.log_dir, name))
         return self._writers[name]
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        import tensorflow as tf
-        from tensorflow.core.framework import summary_pb2
-
         meta = summary_pb2.SummaryMetadata()
         meta.plugin_data.plugin_name = "scalars"
         logs = dict(logs or {})
@@ -150,8 +149,6 @@ class RecalibrateBatchNorm(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
         if batch == self.steps - 1:
-            from medtl.train.batchnorm import recalibrate_batchnorm
-
             if self.batches is None:
                 raise RuntimeError("RecalibrateBatchNorm: set .batches before fit")
             recalibrate_batchnorm(self.target, self.batches, self.max_batches)

@@ -25,6 +25,7 @@ import keras
 import numpy as np
 
 from medtl.io.atomic import write_atomic, write_json
+from medtl.models.backbones import walk_layers
 from medtl.run.layout import STATE_FILE
 from medtl.train.state import RunState
 
@@ -142,8 +143,6 @@ def load_optimizer(model: keras.Model, path: Path) -> None:
 def changing_variables(model: keras.Model) -> list:
     """The variables a stage can change: trainable weights, plus the moving statistics of
     BatchNormalization layers that train (a backbone trained from random weights)."""
-    from medtl.models.backbones import walk_layers
-
     found = list(model.trainable_weights)
     for layer in walk_layers(model):
         if isinstance(layer, keras.layers.BatchNormalization) and layer.trainable:

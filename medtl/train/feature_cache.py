@@ -18,6 +18,7 @@ from typing import Callable
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 __all__ = ["FeatureCache", "use_feature_cache", "split_head", "feature_dataset"]
 
@@ -120,8 +121,6 @@ def split_head(model: keras.Model) -> tuple[keras.Model, keras.Model]:
 
 def feature_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, order: np.ndarray | None = None):
     """Batches of cached features; a tf.data input costs Keras far less per fit than numpy."""
-    import tensorflow as tf
-
     if order is not None:
         x, y = x[order], y[order]
     return tf.data.Dataset.from_tensor_slices((x, y)).batch(batch_size)
