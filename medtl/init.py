@@ -479,7 +479,8 @@ def starter_config(data: str | os.PathLike, config_dir: str | os.PathLike = ".",
     out.lines.append("")
     out.key("evaluate", section=True)
     out.key("folds", p.folds, p.why_folds, indent=1)
-    thr_why = ("chosen on each fold's validation split; try sensitivity:0.9 for screening"
+    thr_why = ("chosen on each fold's validation split; try sensitivity:0.9 for screening, or "
+               "youden-centre, prevalence or calibrated:0.5 (with calibration) for other sites"
                if s.task != "multiclass" else "not used for multiclass (arg-max)")
     out.key("threshold", "youden", thr_why, indent=1)
     out.key("calibration", "none", "temperature or platt to make scores usable as probabilities", indent=1)

@@ -214,7 +214,10 @@ def save_postprocess(cfg: Any, classes: Sequence[str], val_df: pd.DataFrame, out
     where = where or str(out / VAL_PREDICTIONS)
     y = targets_from_frame(val_df, cfg.task, classes, where=where)
     s = scores_from_frame(val_df, cfg.task, classes, where=where)
-    pp = PostProcess.fit(cfg.task, list(classes), y, s, cfg.evaluate.threshold, cfg.evaluate.calibration)
+    # The threshold's own interval resamples patients: films of one patient move together.
+    groups = val_df["patient_id"].to_numpy(dtype=object) if "patient_id" in val_df.columns else None
+    pp = PostProcess.fit(cfg.task, list(classes), y, s, cfg.evaluate.threshold, cfg.evaluate.calibration,
+                         groups=groups, n_boot=cfg.evaluate.bootstrap, seed=cfg.seed)
     write_postprocess(out, pp)
     if pp.raw_thresholds is not None and (out / MODEL_INFO_FILE).exists():
         # The model alone sees raw scores, so it gets the raw-scale threshold.

@@ -39,7 +39,7 @@ from medtl.stats.metrics import (
     roc_auc,
     summarize_folds,
 )
-from medtl.stats.thresholds import choose_threshold, parse_threshold_rule
+from medtl.stats.thresholds import choose_threshold, parse_threshold_rule, threshold_interval
 
 __all__ = [
     "BINARY_METRICS",
@@ -68,4 +68,5 @@ __all__ = [
     "resample_weights",
     "roc_auc",
     "summarize_folds",
+    "threshold_interval",
 ]
