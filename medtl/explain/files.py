@@ -21,10 +21,15 @@ from typing import Sequence
 
 import numpy as np
 import pandas as pd
+import yaml
 
+from medtl.io.image import IMAGE_SUFFIXES, read_image
+from medtl.io.pseudonyms import hash_patient_id, run_salt
 from medtl.registry import DEFAULT_METHOD, PERTURBATION, is_perturbation, map_methods
+from medtl.run.files import score_columns
+from medtl.run.predictor import Predictor
 
-__all__ = ["FileMaps", "maps_for_files", "explain_paths", "OFF_FILM_NOTE"]
+__all__ = ["FileMaps", "maps_for_files", "explain_paths", "overlay_stem", "OFF_FILM_NOTE"]
 
 #: From this share of a map's heat on the padding on, ``medtl explain`` and the report say so.
 OFF_FILM_NOTE = 0.25
@@ -94,18 +99,20 @@ def maps_for_files(
     Returns:
         A :class:`FileMaps`; unreadable files are listed in ``errors``, never dropped.
     """
-    from medtl.data.pipeline import ImagePipeline
-    from medtl.run.files import score_columns
-    from medtl.run.predictor import Predictor
-    from medtl.explain.cam import compute_cam, explain_for_original, method_for_model, off_film_share
-    from medtl.io import read_image
+    from medtl.data.pipeline import ImagePipeline  # why: loads TensorFlow, which only computing maps needs
+    from medtl.explain.cam import (  # why: loads TensorFlow, which only computing maps needs
+        compute_cam, explain_for_original, method_for_model, off_film_share,
+    )
 
     predictor = Predictor(run_or_model)
     if class_name not in (None, "predicted", *predictor.classes):
         raise ValueError(f"class {class_name!r}: not a class of this model; choose one of "
                          f"{', '.join(predictor.classes)}")
     pipe = ImagePipeline(predictor.pipeline_config())
-    window = predictor.info.get("preprocessing", {}).get("window", "auto")
+    # The film under the map is read as the model read it: same window, same frame of a
+    # multi-frame file, same pixel limit (older runs saved no frame / max_pixels: the defaults).
+    prep = predictor.info.get("preprocessing", {})
+    read = {k: prep[k] for k in ("window", "frame", "max_pixels") if k in prep}
     loaded, errors = {}, {}
     for p in map(str, paths):
         try:
@@ -138,7 +145,7 @@ def maps_for_files(
     films, out, off, padded = {}, {}, {}, {}
     for i, p in enumerate(ok):
         m, geo = total[i] / len(predictor.members), loaded[p][1]
-        films[p] = read_image(p, window=window)
+        films[p] = read_image(p, **read)
         out[p] = explain_for_original(m, geo)
         off[p] = off_film_share(m, geo)
         padded[p] = (geo.new_h, geo.new_w) != (geo.target_h, geo.target_w)
@@ -161,8 +168,14 @@ def explain_paths(
     save_maps: bool = False,
     patch: float | None = None,
     stride: float | None = None,
+    keep_names: bool = False,
 ) -> pd.DataFrame:
     """Write a heat-map overlay PNG per file and ``explanations.csv`` into ``out_dir``.
+
+    Overlays are named ``<hash>_<method>.png``, the hash a salted hash of the input path keyed
+    by the run's salt (``deid.salt``), because file names often carry a patient's name or
+    record number; ``keep_names`` names them after the input files instead. The ``path``
+    column of ``explanations.csv`` links the two, so that table stays local.
 
     Args:
         run_or_model: a CV run, a fold or training run folder, or a ``.keras`` file.
@@ -176,12 +189,15 @@ def explain_paths(
             (see :func:`medtl.explain.overlay.write_map_png`), named in the map_png column.
         patch, stride: occlusion patch and step (fractions of the image side); default the
             run's ``report.occlusion_patch`` and ``report.occlusion_stride``.
+        keep_names: name the PNGs after the input files (``DOE_JOHN.dcm`` ->
+            ``DOE_JOHN_gradcam.png``) instead of by salted hash; not for sharing.
 
     Returns:
         One row per file: path, png, map_png ('' unless ``save_maps``), method, map_class (the
         class the map is for), heat_off_film (share of the map's heat on the letterbox padding,
         which the overlay cannot show), error, score column(s), prediction.
     """
+    # why: the overlay module loads OpenCV and matplotlib, which only drawing needs
     from medtl.explain.overlay import overlay, write_map_png, write_png
 
     run_cfg = _run_report_settings(run_or_model)
@@ -199,12 +215,13 @@ def explain_paths(
                         class_name=class_name, patch=patch, stride=stride)
     rows = []
     used: set[str] = set()
+    salt = None if keep_names else run_salt(_run_folder(run_or_model))
     for i, p in enumerate(map(str, paths)):
         row = {"path": p, "png": "", "map_png": "", "method": fm.method, "map_class": fm.classes.get(p, ""),
                "heat_off_film": round(fm.off_film[p], 4) if p in fm.off_film else np.nan,
                "error": fm.errors.get(p, "")}
         if p in fm.films:
-            name = _unique(_file_stem(p), used) + f"_{fm.method.replace('+', 'p')}"
+            name = _unique(overlay_stem(p, salt), used) + f"_{fm.method.replace('+', 'p')}"
             write_png(overlay(fm.films[p], fm.maps[p]), out / f"{name}.png")
             row["png"] = f"{name}.png"
             if save_maps:
@@ -220,10 +237,11 @@ def explain_paths(
     return df
 
 
-def _file_stem(path: str) -> str:
-    """The file name without an image suffix; a UID-named DICOM keeps its whole name."""
-    from medtl.io.image import IMAGE_SUFFIXES
-
+def overlay_stem(path: str, salt: bytes | None) -> str:
+    """The stem of a file's overlay: the salted hash of its path, or with ``salt`` None the
+    file name without an image suffix (a UID-named DICOM keeps its whole name)."""
+    if salt is not None:
+        return hash_patient_id(str(path), salt)
     name = Path(path).name
     base, ext = os.path.splitext(name)
     return base if ext.lower() in IMAGE_SUFFIXES else name
@@ -238,10 +256,14 @@ def _unique(stem: str, used: set[str]) -> str:
     return name
 
 
+def _run_folder(run_or_model: str | Path) -> Path:
+    """The folder whose salt names the overlays: the run folder, or a ``.keras`` file's folder."""
+    p = Path(run_or_model)
+    return p if p.is_dir() else p.parent
+
+
 def _run_report_settings(run_or_model: str | Path) -> dict:
     """``report`` settings of the run's saved config, if there is one."""
-    import yaml
-
     p = Path(run_or_model)
     folder = p if p.is_dir() else p.parent
     for cand in (folder / "config.yaml", folder.parent / "config.yaml"):

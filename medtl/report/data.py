@@ -18,7 +18,6 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import platform
-import re
 import zipfile
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -28,10 +27,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from medtl.config import load_resolved
+from medtl.evaluate.formatting import NO_PATIENTS_NOTE, format_thresholds
 from medtl.evaluate.tables import interval_warning, table_metrics
 from medtl.io.atomic import read_json
+from medtl.registry import map_methods
 from medtl.report import plots
-from medtl.report.deid import read_phi, run_salt
+from medtl.report.deid import build_deid_index, guard_strings, identifying_strings, run_salt, shareable_config
 from medtl.report.gallery import Case, class_views, read_overlays, render_gallery, select_cases
 from medtl.run.files import (
     label_columns, read_postprocess, score_columns, scores_from_frame, targets_from_frame, threshold_columns,
@@ -157,8 +159,6 @@ def _fold_label(f: Any) -> str:
 
 
 def _cv_source(run: Path, cfg: Any) -> _Source:
-    from medtl.evaluate.cv import format_thresholds
-
     metrics_path = run / METRICS_FILE
     if not (run / OOF_FILE).is_file() or not metrics_path.is_file():
         raise FileNotFoundError(f"{run}: no {OOF_FILE} / {METRICS_FILE} yet; pool the finished "
@@ -224,8 +224,6 @@ def _cv_source(run: Path, cfg: Any) -> _Source:
 
 
 def _train_source(run: Path, cfg: Any) -> _Source:
-    from medtl.evaluate.cv import format_thresholds
-
     val_path = run / VAL_PREDICTIONS
     if not val_path.is_file():
         raise FileNotFoundError(f"{run}: neither a cross-validation run (no cv.json) nor a finished training "
@@ -490,8 +488,6 @@ def _stage_rows(cfg: Any, run: Path, model_dirs: list[str]) -> list[dict[str, An
 
 
 def _second_method(compare: str | None, cam: str) -> str | None:
-    from medtl.registry import map_methods
-
     if compare is not None and compare not in map_methods():
         raise ValueError(f"compare: invalid value {compare!r}; expected {', '.join(map_methods())}")
     if compare == cam:
@@ -518,8 +514,6 @@ def collect_report_data(run_dir: str | Path, compute_cams: bool = True, n_cases:
         >>> data.metrics.rows[0][0]
         'ROC AUC'
     """
-    from medtl.config import load_resolved
-
     run = Path(run_dir)
     if not (run / CONFIG_FILE).is_file():
         raise FileNotFoundError(f"{run}: no config.yaml; pass a run folder made by medtl cv or medtl train")
@@ -528,8 +522,11 @@ def collect_report_data(run_dir: str | Path, compute_cams: bool = True, n_cases:
     salt = run_salt(run)
     model_dirs = list(dict.fromkeys(src.preds["model_dir"]))
 
-    gallery, gallery_note = [], ""
-    forbidden = _forbidden(src.preds)
+    # Every film and patient of the run, not only the gallery's: a value can reach the page
+    # from anywhere (the config, a class name, a note).
+    forbidden = guard_strings(identifying_strings(
+        [*src.counts["file"], *src.preds["file"]], [*src.counts["patient"], *src.preds["patient"]], src.classes))
+    build_deid_index(run, forbidden)  # for deid_check, which the report runs before it is written
     n = n_cases if n_cases is not None else cfg.report.cases
     cases = pd.concat([select_cases(v, n) for v in class_views(src.preds, src.task, src.classes)],
                       ignore_index=True)
@@ -537,14 +534,11 @@ def collect_report_data(run_dir: str | Path, compute_cams: bool = True, n_cases:
         cases, salt, classes=src.classes, method=cfg.report.cam, target_layer=cfg.report.target_layer,
         overlays=read_overlays(run), compute=compute_cams,
         occlusion={"patch": cfg.report.occlusion_patch, "stride": cfg.report.occlusion_stride},
-        compare=_second_method(compare or cfg.report.compare, cfg.report.cam))
-    for f in dict.fromkeys(cases["file"]):
-        forbidden += [f, *(v for v in read_phi(f, parts=False) if len(v) >= 4)]
+        compare=_second_method(compare or cfg.report.compare, cfg.report.cam),
+        read={"window": cfg.data.window, "frame": cfg.data.frame, "max_pixels": cfg.data.max_pixels})
 
     notes = list(src.notes)
-    from medtl.evaluate.cv import NO_PATIENTS_NOTE, has_patient_ids
-
-    if not has_patient_ids(cfg):
+    if not _has_patient_ids(cfg):
         notes.insert(0, NO_PATIENTS_NOTE + ".")
     now = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
     return ReportData(
@@ -559,7 +553,7 @@ def collect_report_data(run_dir: str | Path, compute_cams: bool = True, n_cases:
         backbone=cfg.model.backbone,
         weights=cfg.model.weights,
         stages=_stage_rows(cfg, run, model_dirs),
-        config_yaml=(run / CONFIG_FILE).read_text(),
+        config_yaml=shareable_config((run / CONFIG_FILE).read_text()),
         versions=_versions(run, model_dirs),
         data_table=_data_table(src.counts),
         fold_table=src.fold_rows,
@@ -573,12 +567,11 @@ def collect_report_data(run_dir: str | Path, compute_cams: bool = True, n_cases:
         gallery=gallery,
         gallery_note=gallery_note,
         notes=notes,
-        forbidden=list(dict.fromkeys(forbidden)),
+        forbidden=forbidden,
     )
 
 
-def _forbidden(preds: pd.DataFrame) -> list[str]:
-    """Raw patient ids that cannot occur in the page by chance: 4+ characters with a digit and
-    not only hex digits (those could be part of a salted hash or a number)."""
-    ids = preds["patient"].astype(str).str.strip().unique()
-    return [i for i in ids if len(i) >= 4 and re.search(r"\d", i) and not re.fullmatch(r"[0-9a-fA-F.\-]+", i)]
+def _has_patient_ids(cfg: Any) -> bool:
+    """False when ``data.patient_column`` is none (every image counted as its own patient)."""
+    pc = cfg.data.patient_column
+    return bool(pc) and str(pc).lower() != "none"

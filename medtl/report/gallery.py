@@ -18,6 +18,7 @@ Example:
 
 from __future__ import annotations
 
+import io
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,10 +26,15 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from PIL import Image
 
+from medtl.explain.files import maps_for_files
+from medtl.explain.overlay import overlay
+from medtl.io import ImageReadError, read_image
 from medtl.registry import is_perturbation, map_methods, method_kind
 from medtl.report.deid import hash_patient_id, scrub_text
 from medtl.report.plots import image_png
+from medtl.run.files import scores_from_frame, targets_from_frame, threshold_columns
 from medtl.run.layout import MODEL_FILE
 
 NOT_COMPUTED = "CAM not computed (compute=False and no precomputed overlay)"
@@ -87,8 +93,6 @@ def class_views(preds: pd.DataFrame, task: str, classes: Sequence[str]) -> list[
         >>> [v["target"].iloc[0] for v in class_views(oof, "multilabel", ["effusion", "mass"])]
         ['effusion', 'mass']
     """
-    from medtl.run.files import scores_from_frame, targets_from_frame, threshold_columns
-
     if task == "binary":
         return [preds.assign(target="")]
     y = targets_from_frame(preds, task, classes)
@@ -177,10 +181,6 @@ def read_overlays(run_dir: str | Path) -> dict[str, tuple[bytes, str]]:
 
 def _reencode(png: bytes) -> bytes:
     """The pixels of a PNG, re-encoded without any metadata chunk and shrunk for the page."""
-    import io
-
-    from PIL import Image
-
     with Image.open(io.BytesIO(png)) as im:
         return image_png(np.asarray(im.convert("RGB")), max_side=FILM_SIDE)
 
@@ -209,9 +209,7 @@ def cam_overlays(model_dir: str | Path, files: Sequence[str], method: str = "gra
     model_path = Path(model_dir) / MODEL_FILE
     if not model_path.is_file():  # checked before TensorFlow is imported, for a quick clear note
         raise FileNotFoundError(f"{model_path}: no saved model; the run folder is incomplete")
-    from medtl.explain.cam import MethodChoice
-    from medtl.explain.files import maps_for_files
-    from medtl.explain.overlay import overlay
+    from medtl.explain.cam import MethodChoice  # why: loads TensorFlow; a report without maps must not wait for it
 
     fm = maps_for_files(model_dir, files, method=method, target_layer=target_layer, class_name=class_name,
                         patch=patch, stride=stride)
@@ -262,6 +260,7 @@ def render_gallery(
     compute: bool = True,
     occlusion: Mapping[str, float | None] | None = None,
     compare: str | None = None,
+    read: Mapping[str, Any] | None = None,
 ) -> tuple[list[Case], str]:
     """Turn chosen cases into gallery entries with film, overlay, score and label.
 
@@ -285,6 +284,9 @@ def render_gallery(
         compute: compute missing overlays with :mod:`medtl.explain` (needs TensorFlow).
         occlusion: ``patch`` and ``stride`` for occlusion maps (``report.occlusion_*``).
         compare: a second method to map each case with (``report.compare``).
+        read: how films shown without a computed map are read: ``window``, ``frame`` and
+            ``max_pixels`` as the run read them (``data.*``), so a multi-frame film shows
+            the frame the model saw.
 
     Returns:
         (cases, a note for the whole gallery, '' when all is well).
@@ -363,18 +365,17 @@ def render_gallery(
         elif (pre or key in computed) and key in failures:
             case.note = failures[key]
         if case.film_png is None:
-            case.film_png, film_note = _film(f)
+            case.film_png, film_note = _film(f, read)
             if film_note:
                 case.note = f"{case.note}; {film_note}" if case.note else film_note
     notes = sorted({c.note for c in shown if c.note.startswith("CAM not computed")})
     return shown, " ".join(notes)
 
 
-def _film(path: str) -> tuple[bytes | None, str]:
-    from medtl.io import ImageReadError, read_image
-
+def _film(path: str, read: Mapping[str, Any] | None = None) -> tuple[bytes | None, str]:
+    """The film as the page shows it, read with the run's settings, or a note saying why not."""
     try:
-        return image_png(read_image(path), FILM_SIDE), ""
+        return image_png(read_image(path, **dict(read or {})), FILM_SIDE), ""
     except FileNotFoundError:
         return None, "film not found where the run read it"
     except ImageReadError as exc:

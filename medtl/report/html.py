@@ -25,7 +25,9 @@ from typing import Any
 import jinja2
 from markupsafe import Markup
 
+from medtl.explain.files import OFF_FILM_NOTE
 from medtl.report.data import Cell, ReportData, collect_report_data
+from medtl.report.deid import deid_check, find_in_text
 from medtl.report.gallery import NOT_COMPUTED
 from medtl.report.plots import data_uri
 
@@ -93,8 +95,6 @@ def render_html(data: ReportData) -> str:
     Raises:
         ExternalResourceError: the page would fetch an external resource.
     """
-    from medtl.explain.files import OFF_FILM_NOTE  # no TensorFlow in that module's import
-
     page = _environment().get_template(TEMPLATE).render(d=data, off_film_note=OFF_FILM_NOTE)
     bad = _EXTERNAL.search(_DATA_URI.sub("data:", page))
     if bad:
@@ -104,13 +104,11 @@ def render_html(data: ReportData) -> str:
 
 
 def _check_phi(page: str, forbidden: list[str]) -> None:
-    text = _DATA_URI.sub("data:", page).lower()
-    escaped = _html.unescape(text)
-    for s in forbidden:
-        if s and (s.lower() in text or s.lower() in escaped):
-            raise PHIError("the rendered report contains a raw patient id, file path or DICOM PHI value of "
-                           "a shown case (not printed here); it was not written. Check the config text and "
-                           "class names for identifying data")
+    text = _DATA_URI.sub("data:", page)
+    if find_in_text(text, forbidden) or find_in_text(_html.unescape(text), forbidden):
+        raise PHIError("the rendered report contains a raw patient id, film name, identifying folder name or "
+                       "DICOM PHI value of the run (not printed here); it was not written. Check the config "
+                       "name and class names for identifying data")
 
 
 def write_report(run_dir: str | Path, out_path: str | Path, pdf: bool = False,
@@ -151,6 +149,13 @@ def write_report(run_dir: str | Path, out_path: str | Path, pdf: bool = False,
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     tmp.write_text(page, encoding="utf-8")
+    # The written bytes, checked against the run's salted index as `medtl deid-check` would.
+    hits = deid_check([tmp], run_dir)
+    if hits:
+        tmp.unlink()
+        raise PHIError(f"the rendered report matches the run's de-identification index at {len(hits)} place(s) "
+                       f"({hits[0][1]}); it was not written. Check the config name and class names for "
+                       "identifying data")
     os.replace(tmp, out)
     if pdf:
         export_pdf(out, out.with_suffix(".pdf"))

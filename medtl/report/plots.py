@@ -25,6 +25,7 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
+from PIL import Image
 
 from medtl.stats.metrics import (
     as_binary_labels,
@@ -102,8 +103,6 @@ def image_png(image: np.ndarray, max_side: int | None = 512) -> bytes:
         image: the pixels.
         max_side: shrink (area interpolation, aspect kept) so the longer side is at most this.
     """
-    from PIL import Image
-
     a = np.asarray(image)
     if a.dtype != np.uint8:
         a = np.clip(np.rint(np.asarray(a, np.float64) * 255.0), 0, 255).astype(np.uint8)

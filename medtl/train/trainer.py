@@ -63,18 +63,26 @@ import numpy as np
 import pandas as pd
 
 from medtl.config import Config, ConfigError, load_resolved, save_config
+from medtl.data.manifest import load_manifest
+from medtl.data.pipeline import ImagePipeline
+from medtl.data.splits import assert_no_leakage, patient_holdout
 from medtl.io.atomic import write_atomic, write_csv, write_json
-from medtl.run.files import score_columns, write_model_info
+from medtl.models import build_model, set_trainable
+from medtl.run.files import read_model_info, save_postprocess, score_columns, write_model_info
 from medtl.run.layout import (
     CKPT_DIR, CONFIG_FILE, HISTORY_FILE, METRICS_FILE, MODEL_FILE, STATE_FILE, VAL_PREDICTIONS,
 )
+from medtl.run.refusal import removed_if_refused
 from medtl.run.resume import check_same_config, training_key_is_free
+from medtl.train.batchnorm import trainable_batchnorm
 from medtl.train.callbacks import RecalibrateBatchNorm
 from medtl.train.checkpoint import Checkpointer
 from medtl.train.early_stopping import EarlyStopping, monitor_mode
 from medtl.train.feature_cache import FeatureCache, use_feature_cache
+from medtl.train.losses import compute_class_weights, make_loss
 from medtl.train.run_log import RunLog
 from medtl.train.runtime import runtime_for
+from medtl.train.stages import is_pretrained
 from medtl.train.state import RunState
 
 __all__ = ["train", "TrainResult", "stage_seed", "monitor_mode"]
@@ -151,15 +159,15 @@ def train(
         >>> res = train(cfg)
         >>> res.val_predictions.head()
     """
+    fresh = resume is None and (run_dir is None or not Path(run_dir).exists())  # made by this call
     run_dir, cfg = _open_run(cfg, run_dir, resume)
-    run = _Run(cfg, run_dir, progress, fixed_epochs)
-    res = run.execute(manifest, train_idx, val_idx)
+    with removed_if_refused(run_dir, fresh, run_dir / CKPT_DIR / STATE_FILE):  # refused: no empty folder left
+        run = _Run(cfg, run_dir, progress, fixed_epochs)
+        res = run.execute(manifest, train_idx, val_idx)
     standalone = train_idx is None and val_idx is None and not run.fixed
     if standalone and len(res.val_predictions):
         # A run of its own (not a CV fold, which does this itself): choose evaluate.threshold and
         # fit evaluate.calibration on the validation split, so predict applies them.
-        from medtl.run.files import read_model_info, save_postprocess
-
         try:
             pp = save_postprocess(cfg, read_model_info(res.run_dir)["classes"], res.val_predictions, res.run_dir)
         except ValueError as exc:  # the model is fine; only the threshold rule cannot be applied
@@ -222,8 +230,6 @@ class _Run:
             self.rt = rt
             with rt.scope():
                 keras.utils.set_random_seed(cfg.seed)
-                from medtl.models import build_model
-
                 self.model = build_model(cfg, self.train_m.n_outputs)
             write_model_info(self.dir, cfg, self.train_m, policy=rt.policy)
             self.checkpoint.restore(self.model, self.state.weights)
@@ -239,9 +245,6 @@ class _Run:
     # -- data --------------------------------------------------------------------------------
 
     def _prepare_data(self, manifest, train_idx, val_idx) -> None:
-        from medtl.data.manifest import load_manifest
-        from medtl.data.pipeline import ImagePipeline
-
         cfg = self.cfg
         if self.fixed is not None and val_idx is not None:
             raise ValueError("train(): fixed_epochs trains without a validation split; pass val_idx=None")
@@ -267,8 +270,6 @@ class _Run:
                                      self.log)
 
     def _split_data(self, manifest, train_idx, val_idx) -> None:
-        from medtl.data.splits import assert_no_leakage, patient_holdout
-
         if train_idx is None:
             manifest = self.pipeline.prepare(manifest)
             train_idx, val_idx = patient_holdout(manifest, self.cfg.data.val_fraction, self.cfg.seed)
@@ -340,9 +341,6 @@ class _Run:
 
     def _set_trainable(self, s: int) -> bool:
         """Unfreeze what stage ``s`` trains; True if it trains on cached backbone features."""
-        from medtl.models import set_trainable
-        from medtl.train.stages import is_pretrained
-
         st = self.cfg.train.stages[s]
         set_trainable(self.model, st.unfreeze)
         if st.unfreeze != "all" and not is_pretrained(self.model):
@@ -364,8 +362,6 @@ class _Run:
 
     def _compile(self, fit_model: keras.Model, s: int, steps: int) -> None:
         """Compile for stage ``s``: a fresh optimizer (restored when resuming mid-stage)."""
-        from medtl.train.losses import compute_class_weights, make_loss
-
         cfg, st = self.cfg, self.cfg.train.stages[s]
         if self.fixed is not None:
             # A fixed run keeps the stage's schedule length, so a cosine decay follows the same
@@ -386,8 +382,6 @@ class _Run:
     def _recalibration(self, cached: bool, steps: int) -> RecalibrateBatchNorm | None:
         """A backbone trained from random weights: its BatchNormalization statistics are
         re-estimated for each epoch's weights before validation (see medtl.train.batchnorm)."""
-        from medtl.train.batchnorm import trainable_batchnorm
-
         if cached or not trainable_batchnorm(self.model):
             return None
         return RecalibrateBatchNorm(self.model, steps)

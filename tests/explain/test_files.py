@@ -70,7 +70,9 @@ def test_cli_explain_writes_overlays_and_lists_bad_files(trained_run, tmp_path, 
     err = capsys.readouterr().err
     assert "1 unreadable file" in err and "broken.dcm" in err  # names the file on the console too
 
-    # A folder of PACS exports named by SOP Instance UID: none skipped, each PNG names its file.
+    # A folder of PACS exports named by SOP Instance UID: none skipped. By default each PNG is
+    # named by a salted hash of its input (a UID or a name is identifying); keep_names names it
+    # after the whole file name.
     pacs = tmp_path / "pacs"
     pacs.mkdir()
     uid = "1.2.840.10008.99.850819"
@@ -78,7 +80,12 @@ def test_cli_explain_writes_overlays_and_lists_bad_files(trained_run, tmp_path, 
     rc = main(["explain", str(run), str(pacs), "--out", str(tmp_path / "pp"), "--method", "gradcam++"])
     assert rc == 0
     df = pd.read_csv(tmp_path / "pp" / "explanations.csv", keep_default_na=False)
-    assert df["png"].tolist() == [f"{uid}_gradcampp.png"] and df["map_png"].tolist() == [""]
+    assert df["png"].str.fullmatch(r"[0-9a-f]{12}_gradcampp\.png").all() and df["map_png"].tolist() == [""]
+    assert not any("850819" in p.name for p in (tmp_path / "pp").iterdir())
+    from medtl.explain.files import explain_paths
+
+    df = explain_paths(run, [str(pacs / uid)], tmp_path / "kept", method="gradcam++", keep_names=True)
+    assert df["png"].tolist() == [f"{uid}_gradcampp.png"]
 
 
 def test_occlusion_patch_and_stride_reach_the_maps(trained_run, tmp_path, capsys):
@@ -244,7 +251,7 @@ def test_ensemble_members_map_the_class_the_ensemble_predicts(trained_run, tmp_p
             super().__init__(members[0])
             self.members, self.folds, self.pps = members, [0, 1], [None, None]
 
-    monkeypatch.setattr(predictor_mod, "Predictor", TwoMembers)
+    monkeypatch.setattr("medtl.explain.files.Predictor", TwoMembers)  # the name maps_for_files uses
     yy, xx = np.mgrid[0:96, 0:96]
     bright = np.exp(-((yy - 30) ** 2 + (xx - 30) ** 2) / (2 * 12.0**2))
     dark = np.exp(-((yy - 66) ** 2 + (xx - 66) ** 2) / (2 * 12.0**2))

@@ -47,7 +47,7 @@ def _png_with_text(path: Path, pixels: np.ndarray, text: dict[str, str]) -> None
     Image.fromarray(pixels).save(path, pnginfo=info)
 
 
-def _write_dicom(path: Path, pixels: np.ndarray, patient_id: str) -> None:
+def _write_dicom(path: Path, pixels: np.ndarray, patient_id: str, preamble: bool = True) -> None:
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
@@ -65,12 +65,17 @@ def _write_dicom(path: Path, pixels: np.ndarray, patient_id: str) -> None:
     ds.PatientBirthDate = PHI_BIRTH
     ds.InstitutionName = "Planted General Hospital"
     ds.set_pixel_data(pixels.astype(np.uint16) * 16, "MONOCHROME2", 12)
-    ds.save_as(path, enforce_file_format=True)
+    ds.save_as(path, enforce_file_format=preamble)  # False: no preamble, no 'DICM' (some PACS exports)
 
 
 def make_fake_cv_run(root: Path, n_patients: int = 24, k: int = 3, seed: int = 0,
-                     overlays: bool = True) -> FakeRun:
-    """Write a merged fake CV run under ``root / 'run'`` and its films under ``root / 'images'``."""
+                     overlays: bool = True, planted: bool = False) -> FakeRun:
+    """Write a merged fake CV run under ``root / 'run'`` and its films under ``root / 'images'``.
+
+    With ``planted``, PHI sits where PACS exports put it: patient ids are 8-digit record numbers,
+    each patient's films are in a folder named by that number, film names carry a person's name
+    and birth date, and the DICOM film has no preamble.
+    """
     from medtl.config import config_from_dict
     from medtl.evaluate.cv import merge_cv
     from medtl.stats.postprocess import PostProcess
@@ -83,10 +88,13 @@ def make_fake_cv_run(root: Path, n_patients: int = 24, k: int = 3, seed: int = 0
     images.mkdir()
     files, patients, labels = [], [], []
     for p in range(n_patients):
-        pid = f"PAT-{p:04d}-X"
+        pid = f"4071{p:04d}" if planted else f"PAT-{p:04d}-X"
         y = int(p % 3 == 0)
+        folder = images / pid if planted else images
+        folder.mkdir(exist_ok=True)
         for film in range(2):
-            files.append(str(images / f"img_{p:03d}_{film}.png"))
+            stem = f"SMITH_ANNA_19{p:02d}0{film + 1}01" if planted else f"img_{p:03d}_{film}"
+            files.append(str(folder / f"{stem}.png"))
             patients.append(pid)
             labels.append(y)
     labels = np.array(labels)
@@ -100,7 +108,7 @@ def make_fake_cv_run(root: Path, n_patients: int = 24, k: int = 3, seed: int = 0
         pixels = (rng.random((48, 40)) * 255).astype(np.uint8)
         if i == best_tp:
             files[i] = f = f[:-4] + ".dcm"
-            _write_dicom(Path(f), pixels, patients[i])
+            _write_dicom(Path(f), pixels, patients[i], preamble=not planted)
         else:
             _png_with_text(Path(f), pixels, {"Author": PHI_NAME, "Description": PHI_TEXT})
 

@@ -151,3 +151,91 @@ def test_find_phi_ignores_ids_spelt_by_chance_in_base64_text(tmp_path):
     assert find_phi(page, ["P0009"]) == [(str(page), "P0009")]
     page.write_text(f'<img src="data:text/plain;base64,{hidden}">')
     assert find_phi(page, ["P0009"]) == [(f"{page}!<data-uri 0>", "P0009")]
+
+
+def _dicom(path, name="DOE^JOHN", pid="12345678", preamble=True):
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Modality, ds.PatientName, ds.PatientID, ds.PatientBirthDate = "DX", name, pid, "19600101"
+    ds.set_pixel_data(np.zeros((8, 8), np.uint16), "MONOCHROME2", 12)
+    ds.save_as(path, enforce_file_format=preamble)
+    return path
+
+
+def test_read_phi_reads_a_dicom_file_without_preamble(tmp_path):
+    bare = _dicom(tmp_path / "bare.dcm", preamble=False)
+    assert bare.read_bytes()[128:132] != b"DICM"
+    assert {"DOE^JOHN", "12345678", "19600101"} <= set(read_phi(bare, parts=False))
+    (tmp_path / "text.dcm").write_text("not a DICOM file at all, just words")
+    assert read_phi(tmp_path / "text.dcm") == []
+
+
+def test_guard_finds_numbers_and_plain_ids_only_as_whole_tokens():
+    from medtl.report.deid import find_in_text, guard_strings, looks_identifying
+
+    assert guard_strings(["12345678", "1234", "P01", "ab12cd", "Doe", "Smith", "0001.png"]) == \
+        ["12345678", "ab12cd", "Smith", "0001.png"]
+    text = "MRN 12345678 and hash 3f12345678ab; Smithson"
+    assert find_in_text(text, ["12345678", "Smith", "ab12cd"]) == ["12345678"]
+    assert find_in_text("hash 3f12345678ab", ["12345678"]) == []
+    assert find_in_text("x/P0001_a.png", ["P0001"]) == ["P0001"]  # letters and digits: anywhere
+    assert [looks_identifying(n) for n in ("12345678", "P0001", "DOE^JOHN", "Doe_John", "images", "train_set",
+                                           "normal")] == [True, True, True, True, False, False, False]
+
+
+def test_identifying_strings_cover_names_stems_folders_and_every_header(tmp_path):
+    from medtl.report.deid import identifying_strings
+
+    (tmp_path / "DOE_JOHN").mkdir()
+    (tmp_path / "normal").mkdir()
+    a = _dicom(tmp_path / "DOE_JOHN" / "DOE_JOHN_19600101.dcm", preamble=False)
+    b = tmp_path / "normal" / "x.png"
+    Image.new("L", (4, 4)).save(b)
+    got = identifying_strings([str(a), str(b)], ["12345678"], classes=["normal"])
+    assert {"12345678", "DOE_JOHN_19600101.dcm", "DOE_JOHN_19600101", "DOE_JOHN", "DOE^JOHN", "19600101"} <= set(got)
+    assert "normal" not in got  # a class folder is not an identifier
+
+
+def test_shareable_config_cuts_paths_to_names():
+    from medtl.report.deid import shareable_config
+
+    text = "name: x\ndata:\n  manifest: /data/DOE_JOHN/labels.csv\n  root: C:\\\\pacs\\\\12345678\n" \
+           "model:\n  backbone: https://tfhub.dev/google/x/1\n"
+    out = shareable_config(text)
+    assert "DOE_JOHN" not in out and "labels.csv" in out and "12345678" in out.split("root:")[1]
+    assert "pacs" not in out and "https://tfhub.dev/google/x/1" in out
+
+
+def test_deid_check_finds_the_runs_phi_by_salted_hash_only(tmp_path):
+    from medtl.report.deid import INDEX_FILE, build_deid_index, deid_check
+
+    run = tmp_path / "run"
+    run.mkdir()
+    build_deid_index(run, ["DOE^JOHN", "12345678", "/data/DOE_JOHN_19600101.dcm", "1.2.840.10008.99.850819"])
+    index = (run / INDEX_FILE).read_text()
+    assert "doe" not in index.lower() and "12345678" not in index and "850819" not in index  # hashes only
+    share = tmp_path / "share"
+    (share / "sub").mkdir(parents=True)
+    (share / "DOE_JOHN_19600101_gradcam.png").write_bytes(_png_bytes("tEXt"))  # a stem in a file name
+    (share / "notes.txt").write_text("Patient John Doe, MRN: 12345678.")  # reversed name order, the MRN
+    (share / "sub" / "log.gz").write_bytes(gzip.compress(b"read 1.2.840.10008.99.850819 ok"))
+    (share / "clean.txt").write_text("hash 3f12345678ab, 0.123, doe or not")
+    (share / "folds.csv").write_text("file\n/data/DOE_JOHN_19600101.dcm\n")  # a local table: skipped
+    hits = deid_check([share], run)
+    where = {(p.replace(str(share), ""), w.split(" at ")[0]) for p, w in hits}
+    assert ("/DOE_JOHN_19600101_gradcam.png", "file name") in where
+    assert ("/notes.txt", "text") in where and sum(p.endswith("notes.txt") for p, _ in hits) == 2
+    assert ("/sub/log.gz!<gunzip>", "text") in where
+    assert not any("clean.txt" in p or "folds.csv" in p for p, _ in hits)
+    assert any("folds.csv" in p for p, _ in deid_check([share], run, include_local=True))
+    assert not any("john" in w.lower() or "1234" in w for _, w in hits)  # hits name places, not values
+    with pytest.raises(FileNotFoundError, match="not found"):
+        deid_check([tmp_path / "nope"], run)

@@ -454,3 +454,37 @@ def test_cli_report_warns_and_exits_1_when_gallery_cases_are_incomplete(fake_cv_
     assert "warning:" in err and "1 of 6 gallery case(s) incomplete" in err, err
     assert shown["file"].iloc[0] not in err  # the console keeps the report's de-identification
     assert (tmp_path / "moved.html").is_file()  # written all the same, with the case's note
+
+
+def test_planted_phi_in_names_folders_mrns_and_a_bare_dicom_reaches_no_shareable_output(tmp_path):
+    """Issue 23, point 5: PHI planted in film names, patient folders, numeric record numbers and
+    a preamble-less DICOM header is in no shareable output: the report, and the run folder's
+    files other than the local tables that list the user's own films."""
+    from medtl.report.deid import LOCAL_FILES, deid_check, read_phi
+
+    from .conftest import make_fake_cv_run
+
+    fake = make_fake_cv_run(tmp_path / "planted", overlays=False, planted=True)
+    assert read_phi(fake.dicom_file, parts=False)[:2] == [PHI_NAME, fake.patients[fake.files.index(fake.dicom_file)]]
+    out = write_report(fake.run, tmp_path / "share" / "report.html", compute_cams=False)
+    films = [Path(f) for f in fake.files]
+    planted = sorted({*fake.phi, *fake.patients, *(f.name for f in films), *(f.stem for f in films),
+                      *(f.parent.name for f in films), *fake.files})
+    assert find_phi(out, planted) == []
+    assert "SMITH" not in out.read_text() and "4071" not in out.read_text()
+    assert deid_check([out], fake.run) == []
+    shareable = [p for p in fake.run.rglob("*") if p.is_file() and p.name not in LOCAL_FILES]
+    assert shareable and [h for p in shareable for h in find_phi(p, planted)] == []
+    assert deid_check([fake.run], fake.run) == []
+    # The local tables do name the films: deid_check says so when asked to look at them.
+    assert deid_check([fake.run], fake.run, include_local=True)
+
+    # A record number or a film stem typed into the config stops the report.
+    cfg_path = fake.run / "config.yaml"
+    for leak in (fake.patients[0], films[3].stem):
+        raw = yaml.safe_load(cfg_path.read_text())
+        raw["name"] = f"study {leak}"
+        cfg_path.write_text(yaml.safe_dump(raw))
+        with pytest.raises(PHIError, match="not written"):
+            write_report(fake.run, tmp_path / "r.html", compute_cams=False)
+        assert not (tmp_path / "r.html").exists()
