@@ -110,8 +110,10 @@ def run_cv(cfg: Config, run_dir: str | Path | None = None, fold: int | None = No
     k = cfg.evaluate.folds
     if fold is not None and not (isinstance(fold, (int, np.integer)) and 0 <= int(fold) < k):
         raise ValueError(f"fold: invalid value {fold!r}; expected 0 .. {k - 1} (evaluate.folds is {k})")
-    run, cfg = open_run(cfg, run_dir)
+    # The data are checked before the run folder exists, so a refused run leaves no folder.
+    # The run's saved config may differ only in keys that do not touch the manifest.
     manifest = load_manifest(cfg)
+    run, cfg = open_run(cfg, run_dir)
     assign = fold_assignment(run, cfg, manifest)
     # Guard every fold before training any, so a tampered split refuses to start at all.
     splits = {f: fold_split(run, cfg, manifest, assign, f) for f in range(k)}

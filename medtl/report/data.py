@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from medtl.config import load_resolved
+from medtl.evaluate.cv_folder import has_patient_ids
 from medtl.evaluate.formatting import NO_PATIENTS_NOTE, format_thresholds
 from medtl.evaluate.tables import interval_warning, table_metrics
 from medtl.io.atomic import read_json
@@ -538,7 +539,7 @@ def collect_report_data(run_dir: str | Path, compute_cams: bool = True, n_cases:
         read={"window": cfg.data.window, "frame": cfg.data.frame, "max_pixels": cfg.data.max_pixels})
 
     notes = list(src.notes)
-    if not _has_patient_ids(cfg):
+    if not has_patient_ids(cfg):
         notes.insert(0, NO_PATIENTS_NOTE + ".")
     now = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
     return ReportData(
@@ -569,9 +570,3 @@ def collect_report_data(run_dir: str | Path, compute_cams: bool = True, n_cases:
         notes=notes,
         forbidden=forbidden,
     )
-
-
-def _has_patient_ids(cfg: Any) -> bool:
-    """False when ``data.patient_column`` is none (every image counted as its own patient)."""
-    pc = cfg.data.patient_column
-    return bool(pc) and str(pc).lower() != "none"

@@ -589,3 +589,13 @@ def test_cv_with_few_patients_in_a_class_warns_about_its_intervals(tmp_path, mon
     big = make_cfg(make_png_set(tmp_path / "ds2", n_patients=24), tmp_path / "w2")  # 8 and 16
     m = read_json(run_cv(big, progress=False) / "metrics.json")
     assert not any(w.startswith("pooled: only") for w in m.get("warnings", []))
+
+
+def test_cv_refused_by_data_validation_leaves_no_run_folder(tmp_path):
+    manifest = tmp_path / "labels.csv"
+    manifest.write_text("file,label,patient_id\nmissing_1.png,0,p1\nmissing_2.png,1,p2\n")
+    cfg = make_cfg(manifest, tmp_path / "work")
+    with pytest.raises(Exception, match="missing_1.png"):  # noqa: B017 - whichever refusal the data layer raises
+        run_cv(cfg, progress=False)
+    runs = tmp_path / "work" / "runs"
+    assert not runs.exists() or not any(runs.rglob("*")), sorted(runs.rglob("*"))
