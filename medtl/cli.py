@@ -1,4 +1,5 @@
-"""The ``medtl`` command: a thin layer over the public API.
+"""The ``medtl`` command: a thin layer over the public API (:mod:`medtl.api`, one function per
+subcommand, with the same arguments): each subcommand calls its function and prints the result.
 
 Every subcommand has ``--help`` with an example. Errors print one line and exit non-zero;
 ``--debug`` shows the full traceback instead.
@@ -7,6 +8,7 @@ Every subcommand has ``--help`` with an example. Errors print one line and exit 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import shlex
@@ -14,10 +16,10 @@ import sys
 import textwrap
 import warnings
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence, TextIO
 
+from medtl import __version__, api  # api imports nothing heavy until a command runs
 from medtl.registry import map_methods, method_label
-from medtl.tfimport import import_tensorflow  # imports nothing heavy until called
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -34,52 +36,40 @@ class _NoRetracingNotice(logging.Filter):
 logging.getLogger("tensorflow").addFilter(_NoRetracingNotice())
 
 
-class CommandError(Exception):
-    """A user-facing failure: printed as one line, exit status 1."""
+@contextlib.contextmanager
+def _plain_warnings(category: type[Warning]) -> Iterator[None]:
+    """Inside: warnings of ``category`` are printed at once as their bare message on standard
+    error, the one-line form the command uses; other warnings are shown as usual."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", category)
+        shown = warnings.showwarning
+
+        def show(message: Warning | str, cat: type[Warning], filename: str, lineno: int,
+                 file: TextIO | None = None, line: str | None = None) -> None:
+            if issubclass(cat, category):
+                print(message, file=sys.stderr)
+            else:
+                shown(message, cat, filename, lineno, file, line)
+
+        warnings.showwarning = show
+        yield
 
 
-def _not_yet(name: str, issue: int) -> Callable[[argparse.Namespace], int]:
-    def run(args: argparse.Namespace) -> int:
-        raise CommandError(f"'medtl {name}' is not implemented yet (tracked in issue {issue})")
-
-    return run
-
-
-def _load_cfg(args: argparse.Namespace):
-    from medtl.config import load_config
-
-    return load_config(args.config, overrides=args.set or ())
-
-
-def _start_up() -> None:
-    """Start the decoder processes' server (it imports pydicom while this process imports
-    TensorFlow), then import TensorFlow without its C++ start-up lines."""
-    from medtl.data.pool import start_decoder_server
-
-    start_decoder_server()
-    import_tensorflow()
-
-
-# --- subcommands -----------------------------------------------------------------------------
+# --- subcommands: each calls its function of medtl.api and prints what it returns ------------
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from medtl.data.inspect import format_report, inspect_data
+    from medtl.data.inspect import format_report  # loads when a command runs: `medtl --help` stays quick
 
-    report = inspect_data(args.target)
+    report = api.inspect(args.target)
     print(format_report(report))
     return 0 if report.ok else 1
 
 
 def cmd_init(args: argparse.Namespace) -> int:
-    from medtl.init import write_starter_config
-
-    label = args.label_column
-    if label and "," in label:  # several 0/1 finding columns: a multilabel config
-        label = [c.strip() for c in label.split(",")]
-    columns = {"path_column": args.path_column, "patient_column": args.patient_column, "label_column": label,
-               "label_separator": args.label_separator}
-    path = write_starter_config(args.data, args.out, force=args.force, columns=columns)
+    path = api.init(args.data, args.out, force=args.force, path_column=args.path_column,
+                    label_column=args.label_column, patient_column=args.patient_column,
+                    label_separator=args.label_separator)
     header = []
     for line in path.read_text().splitlines():
         if not line.startswith("#"):
@@ -91,92 +81,69 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    cfg = _load_cfg(args)  # before the TensorFlow import: config errors come back at once
-    _start_up()
-    from medtl.evaluate.cv import NO_PATIENTS_WARNING, has_patient_ids
-
-    if not has_patient_ids(cfg):
-        print(NO_PATIENTS_WARNING, file=sys.stderr)  # the validation split may share patients with training
-    from medtl.train.trainer import train
-
-    result = train(cfg, resume=args.resume, progress=not args.quiet)
+    # The no-patient-ids warning comes before training starts, as one line.
+    with _plain_warnings(api.NoPatientIdsWarning):
+        result = api.train(args.config, overrides=args.set, resume=args.resume, progress=not args.quiet)
     print(f"run folder: {result.run_dir}")
     return 0
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from medtl.run.predictor import collect_paths
-
-    paths = collect_paths(args.inputs)
-    if not paths:
-        raise CommandError(f"no DICOM/PNG/JPEG files found in {' '.join(args.inputs)}")
-    _start_up()
-    from medtl.run.predictor import Predictor
-
-    predictor = Predictor(args.model)
-    df = predictor.predict_paths(paths, batch_size=args.batch_size)
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    df.to_csv(out, index=False)
+    df = api.predict(args.model, args.inputs, out=out, batch_size=args.batch_size)
     n_err = int((df["error"].fillna("") != "").sum()) if "error" in df.columns else 0
-    print(f"wrote {len(df)} rows to {out} (threshold: {predictor.threshold_source})")
+    print(f"wrote {len(df)} rows to {out} (threshold: {df.attrs['threshold_source']})")
     if n_err:
         print(f"{n_err} unreadable file(s); their reasons are in the error column", file=sys.stderr)
     return 1 if n_err else 0
 
 
 def cmd_cv(args: argparse.Namespace) -> int:
+    from medtl.evaluate.cv import format_cv  # loads when a command runs: `medtl --help` stays quick
+
     if args.merge:
-        from medtl.evaluate.cv import format_cv, merge_cv
-
-        print(format_cv(merge_cv(args.merge)))
+        print(format_cv(api.cv(merge=args.merge)))
         return 0
-    if not args.config:
-        raise CommandError("give a config (medtl cv CONFIG) or a run to pool (medtl cv --merge RUN)")
-    cfg = _load_cfg(args)
-    _start_up()
-    from medtl.evaluate.cv import format_cv, merge_cv, run_cv
-
-    run = run_cv(cfg, run_dir=args.run, fold=args.fold, progress=not args.quiet)
+    run = api.cv(args.config, overrides=args.set, fold=args.fold, run=args.run, progress=not args.quiet)
     if args.fold is not None:
         print(f"fold {args.fold} done in {run}; pool finished folds with: medtl cv --merge {run}")
-        if cfg.evaluate.final_model == "retrain":
+        from medtl.config import load_config  # loads when a command runs: `medtl --help` stays quick
+
+        if load_config(args.config, overrides=args.set or ()).evaluate.final_model == "retrain":
             again = shlex.join(["medtl", "cv", args.config, *[a for s in args.set or () for a in ("--set", s)],
                                 "--run", str(run)])
             print(f"evaluate.final_model is retrain: once every fold is done, `{again}` "
                   "trains the final model on all images")
     elif args.quiet:
-        print(format_cv(merge_cv(run)))
+        print(format_cv(api.cv(merge=run)))
     print(f"run folder: {run}")
     return 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    _start_up()
-    from medtl.evaluate.external import evaluate_external, format_external
+    from medtl.evaluate.external import format_external  # loads when a command runs: `medtl --help` stays quick
 
-    metrics = evaluate_external(args.model, args.data, args.out, progress=not args.quiet)
+    metrics = api.evaluate(args.model, args.data, args.out, progress=not args.quiet)
     print(format_external(metrics))
     print(f"wrote {Path(args.out) / 'metrics.json'} and {Path(args.out) / 'predictions.csv'}")
     return 0
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from medtl.evaluate.external import compare_runs, format_compare
+    from medtl.evaluate.external import format_compare  # loads when a command runs: `medtl --help` stays quick
 
-    print(format_compare(compare_runs(args.run_a, args.run_b)))
+    print(format_compare(api.compare(args.run_a, args.run_b)))
     return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from medtl.report.html import ReportWarning, write_report
+    from medtl.report.html import ReportWarning  # loads when a command runs: `medtl --help` stays quick
 
-    out = Path(args.out) if args.out else Path(args.run) / "report.html"
-    if not args.no_cams:  # the fold models are loaded for the heat maps
-        import_tensorflow()
+    # The API warns for each gallery case it could not make; the command prints each as one
+    # line and exits 1, so a script sees an incomplete report.
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ReportWarning)
-        path = write_report(args.run, out, pdf=args.pdf, compute_cams=not args.no_cams, compare=args.compare)
+        path = api.report(args.run, args.out, pdf=args.pdf, cams=not args.no_cams, compare=args.compare)
     print(f"report: {path}")
     if args.pdf:
         print(f"pdf: {path.with_suffix('.pdf')}")
@@ -190,19 +157,10 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    from medtl.explain.files import OFF_FILM_NOTE, explain_paths
-    from medtl.run.predictor import collect_paths
+    from medtl.explain.files import OFF_FILM_NOTE  # loads when a command runs: `medtl --help` stays quick
 
-    for flag, value in (("--patch", args.patch), ("--stride", args.stride)):
-        if value is not None and not 0.0 < value <= 1.0:
-            raise CommandError(f"{flag} {value}: expected a fraction of the image side, 0 < F <= 1 (e.g. 0.125)")
-    paths = collect_paths(args.inputs)
-    if not paths:
-        raise CommandError(f"no DICOM/PNG/JPEG files found in {' '.join(args.inputs)}")
-    import_tensorflow()
-    df = explain_paths(args.model, paths, args.out, method=args.method, target_layer=args.target_layer,
-                       class_name=args.class_name, save_maps=args.save_maps, patch=args.patch,
-                       stride=args.stride)
+    df = api.explain(args.model, args.inputs, args.out, method=args.method, target_layer=args.target_layer,
+                     class_name=args.class_name, save_maps=args.save_maps, patch=args.patch, stride=args.stride)
     n_err = int((df["error"].fillna("") != "").sum())
     shown = sorted(set(df["map_class"].fillna("").astype(str)) - {""})
     print(f"wrote {len(df) - n_err} overlays and explanations.csv to {args.out} "
@@ -249,8 +207,6 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
-    from medtl import __version__
-
     parser.add_argument("--version", action="version", version=f"medtl {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 

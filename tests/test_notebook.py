@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 from pathlib import Path
 
@@ -15,6 +16,28 @@ def test_notebook_is_stored_without_outputs():
     nb = json.loads(NOTEBOOK.read_text())
     code = [c for c in nb["cells"] if c["cell_type"] == "code"]
     assert code and all(not c.get("outputs") and c.get("execution_count") is None for c in code)
+
+
+def test_notebook_uses_only_the_public_api():
+    # The notebook is what users copy: every medtl name it uses must be one medtl promises to
+    # keep (medtl.__all__), never a sub-module that may move.
+    import medtl
+
+    code = "\n".join("".join(c["source"]) for c in json.loads(NOTEBOOK.read_text())["cells"]
+                     if c["cell_type"] == "code")
+    code = "\n".join(line for line in code.splitlines() if not line.lstrip().startswith(("%", "!")))
+    tree = ast.parse(code)
+    wrong = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            wrong += [a.name for a in node.names if a.name.startswith("medtl.")]
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "medtl":
+            wrong.append(f"from {node.module} import ...")
+        elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "medtl":
+            if node.attr not in medtl.__all__:
+                wrong.append(f"medtl.{node.attr}")
+    assert not wrong, f"the notebook uses names outside medtl.__all__: {sorted(set(wrong))}"
+    assert "medtl.cv(" in code and "medtl.report(" in code and "medtl.init(" in code
 
 
 @pytest.mark.slow

@@ -27,7 +27,9 @@ def test_import_is_lazy_and_every_public_name_resolves():
         print(sorted(medtl.__all__))
     """)
     for name in ("run_cv", "merge_cv", "format_cv", "write_report", "compute_cam", "make_sample_data",
-                 "write_starter_config", "train", "load_config", "load_manifest", "build_model"):
+                 "write_starter_config", "train", "load_config", "load_manifest", "build_model",
+                 "inspect", "init", "cv", "predict", "evaluate", "compare", "explain", "report",
+                 "explain_for_original", "overlay"):
         assert f"'{name}'" in out
 
 

@@ -27,14 +27,16 @@ import numpy as np
 import pandas as pd
 
 from medtl.config import Config, DataConfig
-from medtl.io.atomic import read_json, write_json
-from medtl.run.layout import MODEL_INFO_FILE, POSTPROCESS_FILE, VAL_PREDICTIONS
+from medtl.io.atomic import read_json, write_atomic, write_json
+from medtl.run.layout import FEATURE_SUMMARY_FILE, MODEL_INFO_FILE, POSTPROCESS_FILE, VAL_PREDICTIONS
 from medtl.stats.postprocess import PostProcess
+from medtl.stats.shift import FeatureSummary
 
 __all__ = [
     "write_model_info", "read_model_info", "set_threshold", "pipeline_config", "model_info_path",
     "label_columns", "score_columns", "threshold_columns", "targets_from_frame", "scores_from_frame",
     "decision_suffix", "read_postprocess", "write_postprocess", "save_postprocess", "ensemble_thresholds",
+    "write_feature_summary", "read_feature_summary",
 ]
 
 INFO_FORMAT = 1
@@ -238,3 +240,35 @@ def ensemble_thresholds(pps: Sequence[PostProcess]) -> list[float] | None:
         return None
     t = np.array([pp.thresholds for pp in pps], dtype=np.float64)
     return [float(v) for v in np.median(t, axis=0)]
+
+
+# --------------------------------------------------------------------------------------------
+# feature_summary.npz
+
+
+def write_feature_summary(folder: str | Path, summary: FeatureSummary) -> Path:
+    """Save ``summary`` as ``folder/feature_summary.npz`` (numbers only: no paths, no ids).
+
+    Example:
+        >>> write_feature_summary(run_dir, build_summary(features, groups, seed=7))
+    """
+    def save(tmp: str) -> None:
+        with open(tmp, "wb") as fh:  # a file object: np.savez would append .npz to a name
+            np.savez(fh, **summary.to_arrays())
+
+    return write_atomic(Path(folder) / FEATURE_SUMMARY_FILE, save)
+
+
+def read_feature_summary(run_or_model: str | Path) -> FeatureSummary | None:
+    """The feature summary beside a model (run folder or ``.keras`` file); None when the run has
+    none (trained before medtl kept one, or its model has no pooled features).
+
+    Example:
+        >>> s = read_feature_summary("runs/demo/20250101-120000")
+    """
+    p = Path(run_or_model)
+    path = (p if p.is_dir() else p.parent) / FEATURE_SUMMARY_FILE
+    if not path.is_file():
+        return None
+    with np.load(path, allow_pickle=False) as a:
+        return FeatureSummary.from_arrays(a)

@@ -11,6 +11,9 @@ A training run (made by :func:`medtl.train.trainer.train`)::
         val_predictions.csv  the best model's scores on the validation split
         postprocess.json     threshold(s) and calibrator fitted on the validation split
         skipped.csv          files skipped as unreadable (data.on_error: skip)
+        feature_summary.npz  training films in the model's pooled feature space (float16 vectors,
+                             projection, reference k-NN distances; no pixels, paths or ids): what
+                             the shift measures of evaluate/predict compare new films with
         ckpt/                state.json, the last epoch's weights and optimizer state and the
                              best weights so far: what --resume continues from
 
@@ -53,7 +56,7 @@ __all__ = [
     "CONFIG_FILE", "MODEL_FILE", "MODEL_INFO_FILE", "METRICS_FILE", "VAL_PREDICTIONS", "HISTORY_FILE",
     "SKIPPED_FILE", "POSTPROCESS_FILE", "CKPT_DIR", "STATE_FILE", "TENSORBOARD_DIR",
     "CV_FILE", "FOLDS_FILE", "SPLIT_FILE", "FOLD_DONE", "TEST_PREDICTIONS", "TEST_SKIPPED", "LOCK_FILE",
-    "OOF_FILE", "ENSEMBLE_FILE", "FINAL_DIR", "FINAL_DONE", "PREDICTIONS_FILE",
+    "OOF_FILE", "ENSEMBLE_FILE", "FINAL_DIR", "FINAL_DONE", "PREDICTIONS_FILE", "FEATURE_SUMMARY_FILE",
     "history_stage_file", "is_cv_run", "fold_dir", "final_dir", "finished_folds",
 ]
 
@@ -69,6 +72,7 @@ POSTPROCESS_FILE = "postprocess.json"
 CKPT_DIR = "ckpt"
 STATE_FILE = "state.json"  # inside CKPT_DIR
 TENSORBOARD_DIR = "tensorboard"
+FEATURE_SUMMARY_FILE = "feature_summary.npz"  # see medtl.stats.shift
 
 # A cross-validation run.
 CV_FILE = "cv.json"

@@ -24,14 +24,17 @@ import pandas as pd
 
 from medtl.io.atomic import read_json
 from medtl.io.image import is_image_file
-from medtl.run.files import ensemble_thresholds, pipeline_config, read_model_info, read_postprocess, score_columns
+from medtl.run.files import (
+    ensemble_thresholds, pipeline_config, read_feature_summary, read_model_info, read_postprocess, score_columns,
+)
 from medtl.run.layout import (
     CONFIG_FILE, CV_FILE, FINAL_DONE, MODEL_FILE, MODEL_INFO_FILE, POSTPROCESS_FILE, final_dir, finished_folds,
     fold_dir, is_cv_run,
 )
 from medtl.stats.postprocess import PostProcess
+from medtl.stats.shift import FeatureSummary, ShiftResult, assess_shift
 
-__all__ = ["Predictor", "predict_paths", "collect_paths"]
+__all__ = ["Predictor", "predict_paths", "collect_paths", "with_ood_columns"]
 
 
 class Predictor:
@@ -81,6 +84,7 @@ class Predictor:
         self.task: str = first["task"]
         self.classes: list[str] = list(first["classes"])
         self._models: list | None = None
+        self._dual = None
 
     def _use_folds(self, run: Path) -> None:
         """The ensemble of a CV run's finished folds."""
@@ -194,6 +198,50 @@ class Predictor:
         xs = ds.map(lambda x, y: x)
         return [np.asarray(m.predict(xs, verbose=0), dtype=np.float64) for m in self._load()]
 
+    # -- shift ---------------------------------------------------------------------------------
+
+    def feature_summary(self) -> FeatureSummary | None:
+        """The training-film summary the shift is measured against: the first member's (an
+        ensemble is measured with its first fold model's features and that fold's summary, as
+        each fold model has its own feature space); None for runs without one."""
+        return read_feature_summary(self.members[0])
+
+    def _dual_model(self):
+        """The first member, returning [scores, pooled features] in one pass (built once)."""
+        if self._dual is None:
+            # why: medtl.models loads TensorFlow; only reached when a model is already in use
+            from medtl.models.pooled import with_pooled_features
+
+            self._dual = with_pooled_features(self._load()[0])
+        return self._dual
+
+    def predict_dataset_with_features(self, ds) -> tuple[list[np.ndarray], np.ndarray]:
+        """(each member's raw scores (N, K), the first member's pooled features (N, D)) over a
+        ``tf.data`` dataset of (x, y); the first member's features come from the same forward
+        pass as its scores.
+
+        Example:
+            >>> raw, feats = Predictor(run).predict_dataset_with_features(ds)
+        """
+        xs = ds.map(lambda x, y: x)
+        s0, feats = self._dual_model().predict(xs, verbose=0)
+        raw = [np.asarray(s0, dtype=np.float64)]
+        raw += [np.asarray(m.predict(xs, verbose=0), dtype=np.float64) for m in self._load()[1:]]
+        return raw, np.asarray(feats, dtype=np.float32)
+
+    def shift(self, features: np.ndarray, groups: Sequence[str] | None = None, seed: int = 0) -> ShiftResult | None:
+        """Shift of films with these pooled features from the training films (medtl.stats.shift);
+        None when the run kept no feature summary.
+
+        Example:
+            >>> df, feats = p.predict_paths(paths, features=True)
+            >>> r = p.shift(feats); r.domain_auc, r.share_ood
+        """
+        summary = self.feature_summary()
+        if summary is None:
+            return None
+        return assess_shift(summary, features, groups=groups, seed=seed)
+
     def labels(self, decisions: np.ndarray) -> list[str]:
         """Readable prediction per row: class name (binary, multiclass) or ';'-joined labels."""
         if self.task == "multiclass":
@@ -202,10 +250,14 @@ class Predictor:
             return [self.classes[int(d)] for d in decisions[:, 0]]
         return [";".join(c for c, v in zip(self.classes, row) if v) for row in decisions]
 
-    def predict_paths(self, paths: Sequence[str | Path], batch_size: int = 16) -> pd.DataFrame:
+    def predict_paths(self, paths: Sequence[str | Path], batch_size: int = 16,
+                      features: bool = False) -> pd.DataFrame | tuple[pd.DataFrame, np.ndarray]:
         """One row per path, in order: ``path``, score column(s) on the decision scale,
         ``score_fold<k>`` for an ensemble, ``prediction`` and ``error`` (unreadable files get a
         reason and no scores).
+
+        With ``features=True``: ``(table, pooled features)``, the features (first member, same
+        forward pass) one row per readable file (``error`` empty), in table order.
         """
         from medtl.data.pipeline import ImagePipeline  # imports TensorFlow: loaded only when predicting
 
@@ -214,6 +266,7 @@ class Predictor:
         rows: list[dict] = [{"path": str(p), "error": ""} for p in paths]
         ok: list[int] = []
         batch: list[np.ndarray] = []
+        feats: list[np.ndarray] = []
 
         def flush() -> None:
             idx = ok[len(ok) - len(batch):]
@@ -221,7 +274,14 @@ class Predictor:
             if len(x) < batch_size:
                 # Pad the last batch: one input shape means one traced predict function per model.
                 x = np.concatenate([x, np.zeros((batch_size - len(x), *x.shape[1:]), x.dtype)])
-            s, members = self.combine([r[:len(batch)] for r in self.raw_scores(x)])
+            if features:
+                s0, f = self._dual_model().predict_on_batch(x)
+                feats.append(np.asarray(f, dtype=np.float32)[:len(batch)])
+                others = [np.asarray(m.predict_on_batch(x), dtype=np.float64) for m in self._load()[1:]]
+                raw = [np.asarray(s0, dtype=np.float64), *others]
+            else:
+                raw = self.raw_scores(x)
+            s, members = self.combine([r[:len(batch)] for r in raw])
             labels = self.labels(self.decide(s))
             for r, i in enumerate(idx):
                 rows[i].update(zip(cols, s[r].tolist()))
@@ -246,6 +306,8 @@ class Predictor:
         extra = [f"{c}_fold{f}" for f in self.folds for c in cols] if len(self.members) > 1 else []
         df = pd.DataFrame(rows, columns=["path", *cols, *extra, "prediction", "error"])
         df["prediction"] = df["prediction"].fillna("")
+        if features:
+            return df, (np.concatenate(feats) if feats else np.zeros((0, 0), np.float32))
         return df
 
 
@@ -271,6 +333,32 @@ def predict_paths(run_or_model: str | Path, paths: Sequence[str | Path], batch_s
         0.93
     """
     return Predictor(run_or_model).predict_paths(paths, batch_size=batch_size)
+
+
+def with_ood_columns(df: pd.DataFrame, result: ShiftResult | None, ok: Sequence[bool] | np.ndarray | None = None
+                     ) -> pd.DataFrame:
+    """``df`` with per-film ``ood_percentile`` (k-NN distance to the training films as a
+    percentile of their own) and ``ood`` (True beyond the 95th) columns; rows not in ``ok``
+    (default: rows whose ``error`` is empty, else all rows) get NaN / False. Unchanged when
+    ``result`` is None (a run without a feature summary).
+
+    Example:
+        >>> df, feats = p.predict_paths(paths, features=True)
+        >>> df = with_ood_columns(df, p.shift(feats))
+    """
+    if result is None:
+        return df
+    if ok is None:
+        ok = (df["error"] == "").to_numpy() if "error" in df.columns else np.ones(len(df), bool)
+    ok = np.asarray(ok, dtype=bool)
+    pct = np.full(len(df), np.nan)
+    pct[ok] = result.ood_percentile
+    out = df.copy()
+    out["ood_percentile"] = np.round(pct, 1)
+    flag = np.zeros(len(df), dtype=bool)
+    flag[ok] = result.ood
+    out["ood"] = flag
+    return out
 
 
 def collect_paths(files_or_folders: Iterable[str | Path]) -> list[str]:

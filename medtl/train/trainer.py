@@ -68,12 +68,14 @@ from medtl.data.pipeline import ImagePipeline
 from medtl.data.splits import assert_no_leakage, patient_holdout
 from medtl.io.atomic import write_atomic, write_csv, write_json
 from medtl.models import build_model, set_trainable
-from medtl.run.files import read_model_info, save_postprocess, score_columns, write_model_info
+from medtl.models.pooled import with_pooled_features
+from medtl.run.files import read_model_info, save_postprocess, score_columns, write_feature_summary, write_model_info
 from medtl.run.layout import (
-    CKPT_DIR, CONFIG_FILE, HISTORY_FILE, METRICS_FILE, MODEL_FILE, STATE_FILE, VAL_PREDICTIONS,
+    CKPT_DIR, CONFIG_FILE, FEATURE_SUMMARY_FILE, HISTORY_FILE, METRICS_FILE, MODEL_FILE, STATE_FILE, VAL_PREDICTIONS,
 )
 from medtl.run.refusal import removed_if_refused
 from medtl.run.resume import check_same_config, training_key_is_free
+from medtl.stats.shift import MAX_VECTORS, build_summary
 from medtl.train.batchnorm import trainable_batchnorm
 from medtl.train.callbacks import RecalibrateBatchNorm
 from medtl.train.checkpoint import Checkpointer
@@ -422,6 +424,7 @@ class _Run:
             raise RuntimeError(f"{self.dir}: no epoch completed; nothing to save")
         self.checkpoint.restore(self.model, state.best_weights)
         _save_model(self.model, self.dir / MODEL_FILE)
+        self._save_feature_summary()
         val = self._val_predictions()
         write_csv(self.dir / VAL_PREDICTIONS, val)
         state.elapsed_s += time.perf_counter() - self.t_mark
@@ -465,6 +468,7 @@ class _Run:
             raise RuntimeError(f"{self.dir}: no epoch completed; nothing to save")
         self.checkpoint.restore(self.model, state.weights)
         _save_model(self.model, self.dir / MODEL_FILE)
+        self._save_feature_summary()
         state.elapsed_s += time.perf_counter() - self.t_mark
         self.t_mark = time.perf_counter()
         last = state.history[-1]
@@ -484,6 +488,31 @@ class _Run:
                  f"validation; saved the last epoch's weights to {self.dir / MODEL_FILE}")
         return TrainResult(self.dir, self.dir / MODEL_FILE, pd.DataFrame(state.history), pd.DataFrame(),
                            metrics, self.model)
+
+    def _save_feature_summary(self) -> None:
+        """Write feature_summary.npz: up to MAX_VECTORS training films (one per patient first) in
+        the saved model's pooled feature space, with training-time preprocessing and no
+        augmentation; what ``medtl evaluate``/``predict`` measure shift against (medtl.stats.shift).
+        A model without pooled features gets no summary, and a note."""
+        m = self.train_m
+        try:
+            dual = with_pooled_features(self.model)
+        except ValueError as exc:
+            self.log.note(f"Note: no {FEATURE_SUMMARY_FILE} ({exc}); evaluate and predict will not measure shift")
+            return
+        idx = _one_film_per_patient_first(m.df["patient_id"].astype(str).to_numpy(), MAX_VECTORS, self.cfg.seed)
+        if len(idx) < 3:
+            self.log.note(f"Note: no {FEATURE_SUMMARY_FILE} (fewer than 3 training films)")
+            return
+        sub = m.subset(np.sort(idx))
+        images = self.pipeline.dataset(sub, training=False).map(lambda x, y: x)
+        feats = np.asarray(dual.predict(images, verbose=0)[1], dtype=np.float32)
+        try:
+            summary = build_summary(feats, sub.df["patient_id"].astype(str).to_numpy(), seed=self.cfg.seed)
+        except ValueError as exc:  # e.g. a single training patient: no reference distances
+            self.log.note(f"Note: no {FEATURE_SUMMARY_FILE} ({exc})")
+            return
+        write_feature_summary(self.dir, summary)
 
     def _val_predictions(self) -> pd.DataFrame:
         ds = self._val_dataset()
@@ -547,6 +576,13 @@ def _current_lr(model: keras.Model) -> float:
 def _save_model(model: keras.Model, path: Path) -> None:
     # The temporary name keeps the .keras suffix, by which Keras chooses the format.
     write_atomic(path, model.save)
+
+
+def _one_film_per_patient_first(patients: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """Up to ``n`` row positions in random order, every patient's first film before any second."""
+    order = np.random.default_rng([seed, 31]).permutation(len(patients))
+    rank = pd.Series(patients[order]).groupby(patients[order]).cumcount().to_numpy()
+    return order[np.argsort(rank, kind="stable")][:n]
 
 
 def _fixed_epochs(given: Sequence[int] | None, state: RunState, cfg: Config, state_path: Path) -> list[int] | None:

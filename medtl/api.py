@@ -1,0 +1,364 @@
+"""The ``medtl`` commands as Python functions: one per subcommand, named after it.
+
+Each function takes the command's arguments (``--set`` is ``overrides``, ``--quiet`` is
+``progress=False``, ``--no-cams`` is ``cams=False``) and returns what the command prints from,
+as a value. ``medtl.cli`` only parses arguments, calls these and prints; errors it shows as one
+line are raised here as exceptions with that line as their message.
+
+This module imports nothing heavy at import time (``import medtl.api`` loads neither
+TensorFlow nor scipy): each function imports the layer it drives when called.
+
+Example:
+    >>> import medtl
+    >>> medtl.init("sample_data/labels.csv", out="sample.yaml", force=True)
+    PosixPath('sample.yaml')
+    >>> run = medtl.cv("sample.yaml", overrides=["evaluate.folds=2"], progress=False)
+    >>> medtl.report(run)
+    PosixPath('runs/sample/cv-1a2b3c4d5e/report.html')
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable, Sequence, Union
+
+from medtl.data.pool import start_decoder_server  # stdlib only
+from medtl.tfimport import import_tensorflow  # imports nothing heavy until called
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from medtl.config import Config
+    from medtl.data.inspect import InspectReport
+    from medtl.train.trainer import TrainResult
+
+__all__ = ["inspect", "init", "train", "cv", "predict", "evaluate", "compare", "explain", "report",
+           "NoPatientIdsWarning"]
+
+PathLike = Union[str, "os.PathLike[str]"]
+ConfigLike = Union[PathLike, "Config"]
+
+
+class NoPatientIdsWarning(UserWarning):
+    """The config has no patient ids (``data.patient_column: none``): splits may share patients."""
+
+
+# --- helpers ---------------------------------------------------------------------------------
+
+
+def _config(config: ConfigLike, overrides: Iterable[str] | str | None) -> Config:
+    """A validated Config from a YAML path or a Config, with ``key=value`` overrides applied."""
+    from medtl.config import Config, config_from_dict, load_config  # why: scipy (threshold rules), 0.7 s
+
+    over = [overrides] if isinstance(overrides, str) else list(overrides or ())
+    if isinstance(config, Config):
+        # Its paths are already resolved, so the overrides are applied without a base folder.
+        return config_from_dict(config.to_dict(), overrides=over) if over else config
+    return load_config(config, overrides=over)
+
+
+def _start_up() -> None:
+    """Start the decoder processes' server (it imports pydicom while this process imports
+    TensorFlow), then import TensorFlow without its C++ start-up lines."""
+    start_decoder_server()
+    import_tensorflow()
+
+
+def _image_paths(inputs: PathLike | Sequence[PathLike]) -> list[str]:
+    """The image files under ``inputs`` (files or folders, searched recursively); at least one."""
+    from medtl.run.predictor import collect_paths  # why: pandas; keeps `import medtl.api` light
+
+    given = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
+    paths = collect_paths(given)
+    if not paths:
+        raise FileNotFoundError(f"no DICOM/PNG/JPEG files found in {' '.join(map(str, given))}")
+    return paths
+
+
+# --- one function per command ----------------------------------------------------------------
+
+
+def inspect(target: PathLike) -> InspectReport:
+    """Summarise a dataset and try to decode every file, as ``medtl inspect`` does.
+
+    Args:
+        target: a labels CSV, a class-per-folder tree, a folder of images, or a run config YAML.
+
+    Returns:
+        The :class:`~medtl.data.inspect.InspectReport`: classes, patients, sizes, DICOM headers;
+        ``report.ok`` is False when a file is unreadable or the dataset has a problem
+        (``report.errors``, ``report.problems``). ``medtl.data.inspect.format_report`` gives the
+        command's text.
+
+    Example:
+        >>> report = medtl.inspect("sample_data/labels.csv")
+        >>> report.ok, report.class_counts
+        (True, {'normal': 96, 'lesion': 24})
+    """
+    from medtl.data.inspect import inspect_data  # why: pandas and the decoders; loaded when used
+
+    return inspect_data(target)
+
+
+def init(data: PathLike, out: PathLike = "config.yaml", force: bool = False, path_column: str | None = None,
+         label_column: str | Sequence[str] | None = None, patient_column: str | None = None,
+         label_separator: str | None = None) -> Path:
+    """Look at a dataset and write a commented starter config for it, as ``medtl init`` does.
+
+    Args:
+        data: a labels CSV, a folder with ``labels.csv``, or a folder with one sub-folder per class.
+        out: the config file to write.
+        force: overwrite ``out`` if it exists.
+        path_column: CSV column with the image paths (default: guessed).
+        label_column: CSV column with the class, or several 0/1 finding columns (a list, or
+            names separated by commas) for a multilabel config (default: guessed).
+        patient_column: CSV column with patient ids, or ``"none"`` (default: guessed).
+        label_separator: the label column holds finding names joined by this, e.g. ``"|"``.
+
+    Returns:
+        The path of the config written.
+
+    Raises:
+        FileExistsError: ``out`` exists and ``force`` is False.
+
+    Example:
+        >>> medtl.init("sample_data/labels.csv", out="sample.yaml")
+        PosixPath('sample.yaml')
+    """
+    from medtl.init import write_starter_config  # why: pandas and the config; loaded when used
+
+    label: Any = label_column
+    if isinstance(label, str) and "," in label:  # several 0/1 finding columns: a multilabel config
+        label = [c.strip() for c in label.split(",")]
+    elif label is not None and not isinstance(label, str):
+        label = list(label)
+    columns = {"path_column": path_column, "patient_column": patient_column, "label_column": label,
+               "label_separator": label_separator}
+    return write_starter_config(data, out, force=force, columns=columns)
+
+
+def train(config: ConfigLike, overrides: Iterable[str] | None = None, resume: PathLike | None = None,
+          progress: bool = True) -> TrainResult:
+    """Fine-tune the config's backbone in stages into a run folder, as ``medtl train`` does.
+
+    Warns (:class:`NoPatientIdsWarning`) before training when the config has no patient ids:
+    the validation split may then share patients with training. For a given manifest, split
+    or run folder, use :func:`medtl.train.trainer.train`.
+
+    Args:
+        config: a run config YAML file or a :class:`~medtl.config.Config`.
+        overrides: ``key=value`` strings applied to it, as ``--set`` takes them.
+        resume: a run folder to continue from its last completed epoch.
+        progress: print stage headers and per-epoch progress.
+
+    Returns:
+        The :class:`~medtl.train.trainer.TrainResult` (``run_dir``, ``model``, ``history``,
+        ``metrics``, ``val_predictions``).
+
+    Raises:
+        ConfigError: the config is missing or has a bad key or value (before TensorFlow loads).
+
+    Example:
+        >>> result = medtl.train("configs/demo.yaml", overrides=["train.stages.0.epochs=2"])
+        >>> result.run_dir
+        PosixPath('runs/demo/20260101-120000')
+    """
+    cfg = _config(config, overrides)  # before the TensorFlow import: config errors come back at once
+    from medtl.evaluate.cv import NO_PATIENTS_WARNING, has_patient_ids  # why: scipy, pandas
+
+    if not has_patient_ids(cfg):
+        warnings.warn(NO_PATIENTS_WARNING, NoPatientIdsWarning, stacklevel=2)
+    _start_up()
+    from medtl.train import trainer  # why: loads TensorFlow; looked up here so tests can replace train
+
+    return trainer.train(cfg, resume=resume, progress=progress)
+
+
+def cv(config: ConfigLike | None = None, overrides: Iterable[str] | None = None, fold: int | None = None,
+       run: PathLike | None = None, merge: PathLike | None = None,
+       progress: bool = True) -> Path | dict[str, Any]:
+    """Patient-grouped, stratified k-fold cross-validation, as ``medtl cv`` does.
+
+    Args:
+        config: a run config YAML file or a :class:`~medtl.config.Config`; not needed with ``merge``.
+        overrides: ``key=value`` strings applied to it, as ``--set`` takes them.
+        fold: run only this fold (0 .. folds-1), e.g. as one job of a cluster array.
+        run: the run folder (default: derived from the config); an existing one is continued.
+        merge: instead of running, pool the finished folds of this run folder.
+        progress: print fold headers, the trainer's progress and the final table.
+
+    Returns:
+        The run folder; with ``merge``, the pooled metrics dict (``pooled``, ``pooled_ci``,
+        ``per_fold`` ...; ``medtl.format_cv`` makes the command's table of it).
+
+    Raises:
+        ValueError: neither ``config`` nor ``merge`` is given.
+
+    Example:
+        >>> run = medtl.cv("configs/demo.yaml", fold=0, progress=False)   # one job of an array
+        >>> metrics = medtl.cv(merge=run)                                  # pool what is finished
+        >>> metrics["pooled"]["roc_auc"]
+        0.87
+    """
+    if merge:
+        from medtl.evaluate.cv import merge_cv  # why: scipy, pandas; loaded when used
+
+        return merge_cv(merge)
+    if not config:
+        raise ValueError("give a config (medtl cv CONFIG) or a run to pool (medtl cv --merge RUN)")
+    cfg = _config(config, overrides)
+    _start_up()
+    from medtl.evaluate.cv import run_cv  # why: the folds train with TensorFlow
+
+    return run_cv(cfg, run_dir=run, fold=fold, progress=progress)
+
+
+def predict(model: PathLike, inputs: PathLike | Sequence[PathLike], out: PathLike | None = None,
+            batch_size: int = 16) -> pd.DataFrame:
+    """Score image files with a finished run, using its training-time preprocessing, as
+    ``medtl predict`` does.
+
+    Args:
+        model: a CV run, a training run or fold folder, or a ``model.keras`` file.
+        inputs: files or folders (searched recursively), or one of them.
+        out: also write the table to this CSV (folders made as needed); None writes nothing.
+        batch_size: images per model call.
+
+    Returns:
+        One row per file: ``path``, score column(s), ``prediction`` and ``error`` (a reason for
+        unreadable files, which get no scores). ``df.attrs["threshold_source"]`` says where the
+        decision threshold came from.
+
+    Raises:
+        FileNotFoundError: no image file under ``inputs``, or ``model`` does not exist.
+
+    Example:
+        >>> df = medtl.predict("runs/demo/cv-1a2b3c4d5e", ["new_films/"], out="predictions.csv")
+        >>> df[["path", "score", "prediction"]].head(1)
+    """
+    paths = _image_paths(inputs)
+    _start_up()
+    from medtl.run.predictor import Predictor  # why: pandas; the model loads TensorFlow
+
+    predictor = Predictor(model)
+    df = predictor.predict_paths(paths, batch_size=batch_size)
+    df.attrs["threshold_source"] = predictor.threshold_source
+    if out is not None:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        df.to_csv(out, index=False)
+    return df
+
+
+def evaluate(model: PathLike, data: ConfigLike, out: PathLike, progress: bool = True) -> dict[str, Any]:
+    """Score a trained run on an external test set with its saved threshold, as
+    ``medtl evaluate`` does.
+
+    Args:
+        model: a CV run, a training run folder or a ``model.keras`` file.
+        data: the test set: a labels CSV, a class-per-folder tree, or a config (YAML or Config).
+        out: folder for ``metrics.json`` and ``predictions.csv``.
+        progress: print progress.
+
+    Returns:
+        The metrics dict written to ``out/metrics.json`` (``medtl.evaluate.external.format_external``
+        makes the command's table of it).
+
+    Example:
+        >>> metrics = medtl.evaluate("runs/demo/cv-1a2b3c4d5e", "external/labels.csv", "eval/")
+        >>> metrics["roc_auc"]
+        0.84
+    """
+    _start_up()
+    from medtl.evaluate.external import evaluate_external  # why: scipy, pandas; the model loads TensorFlow
+
+    return evaluate_external(model, data, out, progress=progress)
+
+
+def compare(run_a: PathLike, run_b: PathLike) -> dict[str, Any]:
+    """Paired comparison of two runs' pooled ROC AUC (DeLong and patient bootstrap), as
+    ``medtl compare`` does.
+
+    Args:
+        run_a: the first run folder.
+        run_b: the second run folder.
+
+    Returns:
+        The comparison dict (``medtl.evaluate.external.format_compare`` makes the command's text).
+
+    Example:
+        >>> result = medtl.compare("runs/a/cv-1a2b", "runs/b/cv-3c4d")
+        >>> sorted(result)[:2]
+    """
+    from medtl.evaluate.external import compare_runs  # why: scipy, pandas; loaded when used
+
+    return compare_runs(run_a, run_b)
+
+
+def explain(model: PathLike, inputs: PathLike | Sequence[PathLike], out: PathLike, method: str | None = None,
+            target_layer: str | None = None, class_name: str | None = None, save_maps: bool = False,
+            patch: float | None = None, stride: float | None = None) -> pd.DataFrame:
+    """Write heat-map overlays over the original films, as ``medtl explain`` does.
+
+    Args:
+        model: a CV run, a training run folder or a ``model.keras`` file.
+        inputs: files or folders (searched recursively), or one of them.
+        out: folder for the overlay PNGs and ``explanations.csv``.
+        method: a map method (``medtl.registry.map_methods()``); default: the run's ``report.cam``.
+        target_layer: layer for the gradient methods (default: the last feature map).
+        class_name: class to map the evidence for, or ``"predicted"`` (``--class``).
+        save_maps: also write each map at the film's resolution as a 16-bit greyscale PNG.
+        patch: occlusion patch side as a fraction of the image side (0 < patch <= 1).
+        stride: occlusion step as a fraction of the image side (0 < stride <= 1).
+
+    Returns:
+        The explanations table (also written to ``out/explanations.csv``): one row per file
+        with its scores, ``map_class``, ``heat_off_film`` and ``error``.
+
+    Raises:
+        ValueError: ``patch`` or ``stride`` is not in (0, 1].
+        FileNotFoundError: no image file under ``inputs``.
+
+    Example:
+        >>> df = medtl.explain("runs/demo/cv-1a2b3c4d5e", "sample_data/images/P0001_1.dcm", out="cams/")
+        >>> df[["path", "map_class"]]
+    """
+    for flag, value in (("--patch", patch), ("--stride", stride)):
+        if value is not None and not 0.0 < value <= 1.0:
+            raise ValueError(f"{flag} {value}: expected a fraction of the image side, 0 < F <= 1 (e.g. 0.125)")
+    paths = _image_paths(inputs)
+    import_tensorflow()
+    from medtl.explain.files import explain_paths  # why: matplotlib; the models load TensorFlow
+
+    return explain_paths(model, paths, out, method=method, target_layer=target_layer, class_name=class_name,
+                         save_maps=save_maps, patch=patch, stride=stride)
+
+
+def report(run: PathLike, out: PathLike | None = None, pdf: bool = False, cams: bool = True,
+           compare: str | None = None) -> Path:
+    """Write the self-contained, de-identified HTML report of a run, as ``medtl report`` does.
+
+    A gallery film or map that cannot be made is said on the page and warned about
+    (:class:`medtl.report.ReportWarning`); the ``medtl report`` command then exits 1.
+
+    Args:
+        run: a CV run or training run folder.
+        out: the HTML file to write (default: ``RUN/report.html``).
+        pdf: also write ``<out>.pdf`` (needs weasyprint or chromium).
+        cams: draw the heat-map gallery (False is faster: ``--no-cams``).
+        compare: also map each gallery case with this method (default: the run's report.compare).
+
+    Returns:
+        The path of the HTML file written.
+
+    Example:
+        >>> medtl.report("runs/demo/cv-1a2b3c4d5e", out="report.html", cams=False)
+        PosixPath('report.html')
+    """
+    target = Path(out) if out else Path(run) / "report.html"
+    if cams:  # the fold models are loaded for the heat maps
+        import_tensorflow()
+    from medtl.report.html import write_report  # why: matplotlib; loaded when used
+
+    return write_report(run, target, pdf=pdf, compute_cams=cams, compare=compare)
