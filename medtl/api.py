@@ -298,7 +298,7 @@ def compare(run_a: PathLike, run_b: PathLike) -> dict[str, Any]:
 
 def explain(model: PathLike, inputs: PathLike | Sequence[PathLike], out: PathLike, method: str | None = None,
             target_layer: str | None = None, class_name: str | None = None, save_maps: bool = False,
-            patch: float | None = None, stride: float | None = None) -> pd.DataFrame:
+            patch: float | None = None, stride: float | None = None, keep_names: bool = False) -> pd.DataFrame:
     """Write heat-map overlays over the original films, as ``medtl explain`` does.
 
     Args:
@@ -311,6 +311,9 @@ def explain(model: PathLike, inputs: PathLike | Sequence[PathLike], out: PathLik
         save_maps: also write each map at the film's resolution as a 16-bit greyscale PNG.
         patch: occlusion patch side as a fraction of the image side (0 < patch <= 1).
         stride: occlusion step as a fraction of the image side (0 < stride <= 1).
+        keep_names: name overlays after the input files; by default they are named by a salted
+            hash of the input path, so a file name holding a patient's name or id never
+            reaches them.
 
     Returns:
         The explanations table (also written to ``out/explanations.csv``): one row per file
@@ -332,7 +335,7 @@ def explain(model: PathLike, inputs: PathLike | Sequence[PathLike], out: PathLik
     from medtl.explain.files import explain_paths  # why: matplotlib; the models load TensorFlow
 
     return explain_paths(model, paths, out, method=method, target_layer=target_layer, class_name=class_name,
-                         save_maps=save_maps, patch=patch, stride=stride)
+                         save_maps=save_maps, patch=patch, stride=stride, keep_names=keep_names)
 
 
 def report(run: PathLike, out: PathLike | None = None, pdf: bool = False, cams: bool = True,
@@ -362,3 +365,33 @@ def report(run: PathLike, out: PathLike | None = None, pdf: bool = False, cams: 
     from medtl.report.html import write_report  # why: matplotlib; loaded when used
 
     return write_report(run, target, pdf=pdf, compute_cams=cams, compare=compare)
+
+
+def deid_check(run: PathLike, paths: PathLike | Sequence[PathLike], include_local: bool = False) -> list[tuple[str, str]]:
+    """Look for a run's patients in files meant to be shared, as ``medtl deid-check`` does.
+
+    The run's identifying strings (film paths, names and stems, DICOM PHI values, patient ids,
+    id-like folder names) are kept in the run only as salted hashes (``deid_index.json``); the
+    text and the file and folder names under ``paths`` are hashed the same way and compared.
+
+    Args:
+        run: the CV or training run whose patients to look for.
+        paths: files or folders to check (a report, an export, a copy of the run folder), or one.
+        include_local: also check the run's own tables that list the films (folds.csv,
+            predictions CSVs ...), which are meant to stay local and so name them.
+
+    Returns:
+        Sorted (file, where) pairs naming each place a run's identifying string was found,
+        never the value; [] when nothing was found.
+
+    Raises:
+        FileNotFoundError: the run or a path does not exist.
+
+    Example:
+        >>> medtl.deid_check("runs/demo/cv-1a2b3c4d5e", ["share/report.html", "share/overlays/"])
+        []
+    """
+    from medtl.report.deid import deid_check as check  # why: loaded when used, like the report
+
+    items = [paths] if isinstance(paths, (str, Path)) else list(paths)
+    return check(items, run, include_local=include_local)

@@ -160,7 +160,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
     from medtl.explain.files import OFF_FILM_NOTE  # loads when a command runs: `medtl --help` stays quick
 
     df = api.explain(args.model, args.inputs, args.out, method=args.method, target_layer=args.target_layer,
-                     class_name=args.class_name, save_maps=args.save_maps, patch=args.patch, stride=args.stride)
+                     class_name=args.class_name, save_maps=args.save_maps, patch=args.patch, stride=args.stride,
+                     keep_names=args.keep_names)
     n_err = int((df["error"].fillna("") != "").sum())
     shown = sorted(set(df["map_class"].fillna("").astype(str)) - {""})
     print(f"wrote {len(df) - n_err} overlays and explanations.csv to {args.out} "
@@ -176,6 +177,17 @@ def cmd_explain(args: argparse.Namespace) -> int:
         print(f"{n_err} unreadable file(s): {first}{more} in the error column of explanations.csv",
               file=sys.stderr)
     return 1 if n_err else 0
+
+
+def cmd_deid_check(args: argparse.Namespace) -> int:
+    hits = api.deid_check(args.run, args.paths, include_local=args.include_local)
+    for path, where in hits:
+        print(f"{path}: {where} holds an identifying string of a patient of {args.run}")
+    if hits:
+        print(f"{len(hits)} place(s) with PHI; do not share them", file=sys.stderr)
+        return 1
+    print(f"no identifying string of the patients of {args.run} found in {' '.join(args.paths)}")
+    return 0
 
 
 # --- parser ----------------------------------------------------------------------------------
@@ -343,6 +355,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stride", type=float, metavar="F",
                    help="occlusion only: step as a fraction of the image side; smaller is finer and slower "
                         "(default: the run's report.occlusion_stride, half the patch)")
+    p.add_argument("--keep-names", action="store_true",
+                   help="name overlays after the input files (default: a salted hash of each path, so no "
+                        "patient name or id in a file name reaches them)")
+
+    p = add(
+        "deid-check",
+        "look for a run's patients (names, ids, film names, DICOM PHI) in files you mean to share",
+        "medtl deid-check runs/demo/cv-1a2b3c4d5e share/",
+        cmd_deid_check,
+    )
+    p.add_argument("run", help="CV run or training run folder whose patients to look for")
+    p.add_argument("paths", nargs="+", help="files or folders to check")
+    p.add_argument("--include-local", action="store_true",
+                   help="also check the run's own tables that list the films (folds.csv, predictions ...)")
     return parser
 
 

@@ -34,11 +34,11 @@ def _subcommands() -> dict[str, object]:
     return dict(sub.choices)
 
 
-def test_cli_commands_are_the_known_nine():
+def test_cli_commands_are_the_known_ones():
     # A command added to the CLI without its function would fail the next test; this one says
     # which commands the API promises.
     assert sorted(_subcommands()) == sorted(["inspect", "init", "train", "cv", "predict", "evaluate", "compare",
-                                             "explain", "report"])
+                                             "explain", "report", "deid-check"])
 
 
 @pytest.mark.parametrize("command", sorted(_subcommands()))
@@ -174,3 +174,25 @@ def test_cv_merge_returns_the_pooled_metrics(tmp_path):
     metrics = medtl.cv(merge=run)
     assert metrics["folds"] == 2 and "roc_auc" in metrics["pooled"]
     assert medtl.format_cv(metrics).startswith("Cross-validation")
+
+
+def test_deid_check_finds_a_run_film_name_in_shared_files_and_passes_a_clean_folder(tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(FIXTURES / "cv_run", run)  # folds.csv lists films P0001_1.dcm ... of patients P0001 ...
+    share = tmp_path / "share"
+    share.mkdir()
+    (share / "notes.txt").write_text("scores of the external test, all in one table\n")
+    assert medtl.deid_check(run, share) == []
+    assert main(["deid-check", str(run), str(share)]) == 0
+    assert "no identifying string" in capsys.readouterr().out
+
+    (share / "P0001_1_gradcam.png").write_bytes(b"\x89PNG\r\n\x1a\n")  # a film's stem in a file name
+    (share / "table.csv").write_text("case,score\nP0001,0.93\n")  # a patient id in the text
+    hits = medtl.deid_check(run, [share])
+    assert [(Path(p).name, where.split(" at ")[0]) for p, where in hits] == [
+        ("P0001_1_gradcam.png", "file name"), ("table.csv", "text")]
+    assert main(["deid-check", str(run), str(share)]) == 1
+    out = capsys.readouterr()
+    assert "P0001_1_gradcam.png: file name" in out.out and "2 place(s) with PHI" in out.err
+    # The index holds salted hashes only: no film name or patient id in the clear.
+    assert "P0001" not in (run / "deid_index.json").read_text()

@@ -108,13 +108,16 @@ class Manifest:
         )
 
 
-def load_manifest(cfg: Config, check_files: bool = True) -> Manifest:
+def load_manifest(cfg: Config, check_files: bool = True, labels: bool = True) -> Manifest:
     """Read the manifest named by ``cfg.data.manifest`` (a CSV or a class-per-folder tree).
 
     Args:
         cfg: the run config (``data.*`` keys and ``task``).
         check_files: raise when listed files do not exist (``medtl inspect`` turns this off to
             report them with the unreadable ones).
+        labels: False reads a CSV without its label column(s) (films to score, e.g. by
+            ``medtl evaluate`` on unlabelled films): ``label`` is -1 (multilabel: 0 columns)
+            and the classes are ``data.classes`` (or the label column names).
 
     Returns:
         The validated manifest.
@@ -134,7 +137,7 @@ def load_manifest(cfg: Config, check_files: bool = True) -> Manifest:
         df, classes = _read_tree(src, cfg)
         label_columns: list[str] = []
     else:
-        df, classes, label_columns = _read_csv(src, cfg)
+        df, classes, label_columns = _read_csv(src, cfg, labels)
     notes: list[str] = df.attrs.pop("medtl_notes", [])
     if df.empty:
         raise DataError(f"{src}: the manifest has no images; add rows (or class folders with images)")
@@ -206,14 +209,15 @@ def read_csv_table(src: str | os.PathLike[str], **kwargs: Any) -> pd.DataFrame:
         ) from None
 
 
-def _read_csv(src: Path, cfg: Config) -> tuple[pd.DataFrame, list[str], list[str]]:
+def _read_csv(src: Path, cfg: Config, labels: bool = True) -> tuple[pd.DataFrame, list[str], list[str]]:
     d = cfg.data
     cols = [str(c) for c in read_csv_table(src, nrows=0).columns]
     # Paths and ids stay text: "007" must not become 7, nor "12" a float with a gap elsewhere.
     as_text = {c: str for c in (d.path_column, d.patient_column) if c in cols}
     raw = read_csv_table(src, dtype=as_text)
     label_cols = d.label_column if isinstance(d.label_column, list) else [d.label_column]
-    for key, col in [("data.path_column", d.path_column)] + [("data.label_column", c) for c in label_cols]:
+    checked = [("data.label_column", c) for c in label_cols] if labels else []  # unlabelled: none needed
+    for key, col in [("data.path_column", d.path_column)] + checked:
         if col not in cols:
             raise ConfigError(f"{key}: column {col!r} not in {src} (columns: {', '.join(cols)}); set {key} to one of them")
     pc = d.patient_column
@@ -235,6 +239,13 @@ def _read_csv(src: Path, cfg: Config) -> tuple[pd.DataFrame, list[str], list[str
     if blank:
         raise DataError(f"{src}: empty {d.path_column!r} on line(s) {_short(blank)}; give a file path in every row")
     df["path"] = [str(_absolute(root, p)) for p in rel]
+    if not labels:
+        if cfg.task == "multilabel":
+            for c in label_cols:
+                df[c] = 0
+            return df, list(d.classes or label_cols), label_cols
+        df["label"] = -1
+        return df, list(d.classes or []), []
     if cfg.task == "multilabel" and d.label_separator:
         return _separated_labels(df, d.label_column, d.label_separator, list(d.classes or []), src)
     if cfg.task == "multilabel":

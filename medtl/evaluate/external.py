@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from medtl.config import Config, ConfigError, config_from_dict, load_config, load_resolved
-from medtl.data.manifest import load_manifest
+from medtl.data.manifest import load_manifest, read_csv_table
 from medtl.stats.bootstrap import bootstrap_ci, bootstrap_paired_difference
 from medtl.stats.compare import delong_test
 from medtl.stats.metrics import roc_auc
@@ -36,7 +36,8 @@ from medtl.run.files import decision_suffix, label_columns, score_columns, score
 from medtl.run.layout import (
     CONFIG_FILE, CV_FILE, FOLD_DONE, METRICS_FILE, OOF_FILE, PREDICTIONS_FILE, SKIPPED_FILE, fold_dir, is_cv_run,
 )
-from medtl.run.predictor import Predictor
+from medtl.run.predictor import Predictor, with_ood_columns
+from medtl.stats.shift import ShiftResult, shift_warning
 
 # format_external and format_compare live with the other console text; re-exported here, where
 # callers have always found them.
@@ -44,7 +45,7 @@ __all__ = ["evaluate_external", "format_external", "compare_runs", "format_compa
 
 EXTERNAL_KEYS = ("roc_auc", "roc_auc_ci", "pr_auc", "accuracy", "balanced_accuracy", "sensitivity",
                  "specificity", "ppv", "npv", "f1", "brier", "ece", "threshold", "n", "n_patients", "task",
-                 "classes", "warnings")
+                 "classes", "warnings", "labelled", "shift", "score_distribution")
 """The keys of ``DIR/metrics.json`` written by :func:`evaluate_external`, in order."""
 
 # --------------------------------------------------------------------------------------------
@@ -67,7 +68,13 @@ def evaluate_external(run_or_model: str | Path, data_manifest_or_config: str | P
     Returns:
         The metrics, with exactly the keys in :data:`EXTERNAL_KEYS` (``roc_auc_ci`` is the 95%
         patient-bootstrap interval [low, high]). For multiclass and multilabel the values are
-        macro averages, and per-class figures go to ``DIR/per_class.json``.
+        macro averages, and per-class figures go to ``DIR/per_class.json``. ``shift``: how
+        unlike the training films these films are (domain AUC with interval, share of films
+        out of distribution, n; :mod:`medtl.stats.shift`), None for runs without a feature
+        summary; its one-line warning, if any, is in ``warnings`` and predictions.csv gets
+        ``ood_percentile`` and ``ood``. ``score_distribution``: quantiles of each score
+        column. A CSV without the label column(s) (``labelled`` False) gets no label metrics
+        (None), only these.
 
     Raises:
         ConfigError: the dataset's task or classes differ from the model's, or no config can
@@ -84,7 +91,10 @@ def evaluate_external(run_or_model: str | Path, data_manifest_or_config: str | P
     if cfg.task != pred.task:
         raise ConfigError(f"task: the data config says {cfg.task!r} but {run_or_model} was trained for "
                           f"{pred.task!r}; evaluate with a config of the same task")
-    manifest = load_manifest(cfg)
+    cfg, labelled = _unlabelled_ok(cfg)
+    manifest = load_manifest(cfg, labels=labelled)
+    if not labelled:
+        manifest.classes = list(pred.classes)  # no labels to read classes from: the model's
     if list(manifest.classes) != list(pred.classes):
         raise ConfigError(f"data.classes: the external set has classes {manifest.classes} but the model "
                           f"{run_or_model} has {pred.classes}; set data.classes to the model's, in that order")
@@ -92,7 +102,9 @@ def evaluate_external(run_or_model: str | Path, data_manifest_or_config: str | P
     out.mkdir(parents=True, exist_ok=True)
     if progress:
         print(f"Scoring {len(manifest)} images with {len(pred.members)} model(s) from {run_or_model}", flush=True)
-    used, raw, skipped = _score(pred, cfg, manifest)
+    scored = _score(pred, cfg, manifest)
+    used, raw, skipped = scored[:3]
+    features = scored[3] if len(scored) > 3 else None  # stand-in scorers (tests) may give none
     if skipped:
         write_csv(out / SKIPPED_FILE, pd.DataFrame(skipped, columns=["path", "reason"]))
         msg = (f"{len(skipped)} unreadable file(s) left out of the evaluation (data.on_error: skip); "
@@ -101,10 +113,30 @@ def evaluate_external(run_or_model: str | Path, data_manifest_or_config: str | P
         if progress:
             print(msg, flush=True)
     s, members = pred.combine(raw)
-    y = used.targets().astype(np.float64)
     groups = used.df["patient_id"].astype(str).to_numpy(dtype=object)
-    table = _prediction_table(used, s, members, pred)
+    shift = _shift(pred, features, groups, cfg.seed)
+    table = with_ood_columns(_prediction_table(used, s, members, pred, labelled), shift,
+                             ok=np.ones(len(used), bool))
     write_csv(out / PREDICTIONS_FILE, table)
+    extra = {"labelled": labelled, "shift": None if shift is None else shift.as_dict(),
+             "score_distribution": score_distribution(s, score_columns(pred.task, pred.classes), pred.thresholds)}
+    shift_line = None if shift is None else shift_warning(shift)
+    if shift is not None and not shift.reliable:
+        shift_line = None
+        extra["shift"]["note"] = "; ".join(shift.notes)
+    if shift_line and progress:
+        print(f"WARNING {shift_line}", flush=True)
+    if not labelled:
+        flat = {"threshold": None if pred.thresholds is None else
+                (pred.thresholds[0] if pred.task == "binary" else list(pred.thresholds)),
+                "n": int(len(used)), "n_patients": int(pd.Series(groups).nunique()), "task": pred.task,
+                "classes": list(pred.classes), "roc_auc_ci": [None, None],
+                "warnings": ["no labels: label metrics were not computed; shift figures and the score "
+                             "distribution are given instead"] + ([shift_line] if shift_line else []), **extra}
+        result = {k: flat.get(k) for k in EXTERNAL_KEYS}
+        write_json(out / METRICS_FILE, result)
+        return jsonable(result)
+    y = used.targets().astype(np.float64)
 
     t = None if pred.thresholds is None else np.tile(np.asarray(pred.thresholds, dtype=np.float64), (len(used), 1))
     m, ci = table_metrics(pred.task, pred.classes, y, s, t, groups, n_boot=cfg.evaluate.bootstrap, seed=cfg.seed)
@@ -123,7 +155,8 @@ def evaluate_external(run_or_model: str | Path, data_manifest_or_config: str | P
     flat["n_patients"] = int(pd.Series(groups).nunique())
     flat["task"], flat["classes"] = pred.task, list(pred.classes)
     few = interval_warning(pred.task, pred.classes, y, groups)
-    flat["warnings"] = [few] if few else []
+    flat["warnings"] = [w for w in (few, shift_line) if w]
+    flat.update(extra)
     result = {k: flat.get(k) for k in EXTERNAL_KEYS}
     write_json(out / METRICS_FILE, result)
     return jsonable(result)
@@ -131,13 +164,67 @@ def evaluate_external(run_or_model: str | Path, data_manifest_or_config: str | P
 
 def _score(pred: Predictor, cfg: Config, manifest):
     """Decode the external set with the training-time preprocessing and run every member model:
-    (rows scored, raw scores per member, skipped (path, reason))."""
+    (rows scored, raw scores per member, skipped (path, reason), the first member's pooled
+    features or None when the run kept no feature summary to compare them with)."""
     from medtl.data.pipeline import ImagePipeline  # why: loads TensorFlow (tf.data)
 
     pipe = ImagePipeline(pred.pipeline_config(like=cfg))
     used = pipe.prepare(manifest)
-    raw = pred.predict_dataset(pipe.dataset(used, training=False))
-    return used, raw, [(str(p), str(r)) for p, r in pipe.skipped]
+    ds = pipe.dataset(used, training=False)
+    skipped = [(str(p), str(r)) for p, r in pipe.skipped]
+    if pred.feature_summary() is None:
+        return used, pred.predict_dataset(ds), skipped, None
+    raw, feats = pred.predict_dataset_with_features(ds)
+    return used, raw, skipped, feats
+
+
+def _shift(pred: Predictor, features: np.ndarray | None, groups: np.ndarray, seed: int) -> ShiftResult | None:
+    """The shift of the scored films from the training films, or None (no summary/features)."""
+    if features is None:
+        return None
+    return pred.shift(features, groups=groups, seed=seed)
+
+
+def score_distribution(s: np.ndarray, cols: list[str], thresholds: list[float] | None) -> dict[str, dict]:
+    """Quantiles (5, 25, 50, 75, 95%), mean and, with thresholds, the share at or above the
+    threshold, of each score column: what unlabelled films can still be described by.
+
+    Example:
+        >>> score_distribution(np.array([[0.1], [0.9]]), ["score"], [0.5])["score"]["share_positive"]
+        0.5
+    """
+    out: dict[str, dict] = {}
+    for j, col in enumerate(cols):
+        v = np.asarray(s[:, j], dtype=np.float64)
+        if not len(v):
+            out[col] = {}
+            continue
+        q = np.quantile(v, [0.05, 0.25, 0.5, 0.75, 0.95])
+        d = {f"q{int(round(p * 100)):02d}": float(x) for p, x in zip((0.05, 0.25, 0.5, 0.75, 0.95), q)}
+        d["mean"] = float(v.mean())
+        if thresholds is not None:
+            d["share_positive"] = float((v >= thresholds[j]).mean())
+        out[col] = d
+    return out
+
+
+def _unlabelled_ok(cfg: Config) -> tuple[Config, bool]:
+    """(config, labelled): a CSV without the label column(s) is read unlabelled, and, if it
+    lacks the patient column too, with each film as its own patient."""
+    src = Path(cfg.data.manifest)
+    if src.is_dir() or not src.is_file() or src.suffix.lower() in (".yaml", ".yml"):
+        return cfg, True
+    cols = [str(c) for c in read_csv_table(src, nrows=0).columns]
+    d = cfg.data
+    wanted = d.label_column if isinstance(d.label_column, list) else [d.label_column]
+    if all(c in cols for c in wanted) or d.path_column not in cols:
+        return cfg, True  # labelled (or a broken CSV whose error load_manifest words best)
+    pc = d.patient_column
+    if pc and not pc.startswith("dicom:") and pc.lower() != "none" and pc not in cols:
+        raw = cfg.to_dict()
+        raw["data"]["patient_column"] = "none"
+        cfg = config_from_dict(raw)
+    return cfg, False
 
 
 def _data_config(run_or_model: str | Path, data: str | Path | Config) -> Config:
@@ -164,11 +251,14 @@ def _data_config(run_or_model: str | Path, data: str | Path | Config) -> Config:
     return config_from_dict(raw)
 
 
-def _prediction_table(used, s: np.ndarray, members: list[np.ndarray], pred: Predictor) -> pd.DataFrame:
+def _prediction_table(used, s: np.ndarray, members: list[np.ndarray], pred: Predictor,
+                      labelled: bool = True) -> pd.DataFrame:
     task, classes = pred.task, pred.classes
     df = used.df
     out = pd.DataFrame({"file": df["path"].astype(str), "patient": df["patient_id"].astype(str)})
-    if task == "multilabel":
+    if not labelled:
+        pass  # no label columns: there are no labels
+    elif task == "multilabel":
         for name, col in zip(classes, used.label_columns or classes):
             out[f"label_{name}"] = df[col].to_numpy()
     else:
