@@ -228,8 +228,10 @@ def predict(model: PathLike, inputs: PathLike | Sequence[PathLike], out: PathLik
 
     Returns:
         One row per file: ``path``, score column(s), ``prediction`` and ``error`` (a reason for
-        unreadable files, which get no scores). ``df.attrs["threshold_source"]`` says where the
-        decision threshold came from.
+        unreadable files, which get no scores), and with the run's feature summary ``ood`` and
+        ``ood_percentile`` per film. ``df.attrs["threshold_source"]`` says where the decision
+        threshold came from; ``df.attrs["shift"]`` holds how far the films lie from the training
+        films (domain AUC, share out of range, ``warning``), or None for a run without a summary.
 
     Raises:
         FileNotFoundError: no image file under ``inputs``, or ``model`` does not exist.
@@ -243,8 +245,9 @@ def predict(model: PathLike, inputs: PathLike | Sequence[PathLike], out: PathLik
     from medtl.run.predictor import Predictor  # why: pandas; the model loads TensorFlow
 
     predictor = Predictor(model)
-    df = predictor.predict_paths(paths, batch_size=batch_size)
+    df, shift = predictor.predict_with_shift(paths, batch_size=batch_size)
     df.attrs["threshold_source"] = predictor.threshold_source
+    df.attrs["shift"] = shift.as_dict() if shift is not None else None
     if out is not None:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         df.to_csv(out, index=False)
@@ -359,7 +362,9 @@ def report(run: PathLike, out: PathLike | None = None, pdf: bool = False, cams: 
         >>> medtl.report("runs/demo/cv-1a2b3c4d5e", out="report.html", cams=False)
         PosixPath('report.html')
     """
-    target = Path(out) if out else Path(run) / "report.html"
+    from medtl.run.layout import REPORT_FILE  # why: medtl.run loads pandas and scipy; `import medtl.api` does not
+
+    target = Path(out) if out else Path(run) / REPORT_FILE
     if cams:  # the fold models are loaded for the heat maps
         import_tensorflow()
     from medtl.report.html import write_report  # why: matplotlib; loaded when used

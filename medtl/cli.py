@@ -93,6 +93,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
     df = api.predict(args.model, args.inputs, out=out, batch_size=args.batch_size)
     n_err = int((df["error"].fillna("") != "").sum()) if "error" in df.columns else 0
     print(f"wrote {len(df)} rows to {out} (threshold: {df.attrs['threshold_source']})")
+    shift = df.attrs.get("shift")
+    if shift is not None:
+        from medtl.evaluate.formatting import format_shift  # loads when a command runs: `medtl --help` stays quick
+
+        print(format_shift(shift))
+        if shift.get("warning"):
+            print(f"WARNING {shift['warning']}", file=sys.stderr)
     if n_err:
         print(f"{n_err} unreadable file(s); their reasons are in the error column", file=sys.stderr)
     return 1 if n_err else 0

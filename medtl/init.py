@@ -32,6 +32,7 @@ from medtl.config import config_from_dict
 from medtl.data import inspect as insp
 from medtl.data.manifest import dicom_header_ids, is_integer_value, load_manifest
 from medtl.io import is_dicom
+from medtl.io.atomic import write_atomic
 
 __all__ = ["DatasetSurvey", "survey_dataset", "starter_config", "write_starter_config"]
 
@@ -543,7 +544,5 @@ def write_starter_config(data: str | os.PathLike, out: str | os.PathLike = "conf
     cfg = config_from_dict(yaml.safe_load(text), base_dir=path.parent)
     load_manifest(cfg, check_files=False)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    write_atomic(path, lambda tmp: Path(tmp).write_text(text))
     return path

@@ -124,15 +124,14 @@ def evaluate_external(run_or_model: str | Path, data_manifest_or_config: str | P
     if shift is not None and not shift.reliable:
         shift_line = None
         extra["shift"]["note"] = "; ".join(shift.notes)
-    if shift_line and progress:
-        print(f"WARNING {shift_line}", flush=True)
     if not labelled:
         flat = {"threshold": None if pred.thresholds is None else
                 (pred.thresholds[0] if pred.task == "binary" else list(pred.thresholds)),
                 "n": int(len(used)), "n_patients": int(pd.Series(groups).nunique()), "task": pred.task,
                 "classes": list(pred.classes), "roc_auc_ci": [None, None],
-                "warnings": ["no labels: label metrics were not computed; shift figures and the score "
-                             "distribution are given instead"] + ([shift_line] if shift_line else []), **extra}
+                "warnings": [f"no label column {cfg.data.label_column!r} in {Path(cfg.data.manifest).name}: label "
+                             "metrics were not computed; shift figures and the score distribution are given "
+                             "instead"] + ([shift_line] if shift_line else []), **extra}
         result = {k: flat.get(k) for k in EXTERNAL_KEYS}
         write_json(out / METRICS_FILE, result)
         return jsonable(result)

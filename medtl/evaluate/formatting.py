@@ -18,7 +18,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-__all__ = ["format_cv", "format_thresholds", "format_external", "format_compare", "log",
+__all__ = ["format_cv", "format_thresholds", "format_external", "format_shift", "format_compare", "log",
            "NO_PATIENTS_NOTE", "NO_PATIENTS_WARNING"]
 
 NO_PATIENTS_NOTE = (
@@ -205,12 +205,41 @@ def format_external(metrics: dict[str, Any], title: str = "External test") -> st
         lines.append(f"macro averages over the {len(metrics.get('classes') or [])} "
                      f"{'labels' if task == 'multilabel' else 'classes'}; per class in per_class.json")
     lines += [f"WARNING {w}" for w in metrics.get("warnings") or []]
+    shift = format_shift(metrics.get("shift"))
+    if shift:
+        lines.append(shift)
+    if metrics.get("labelled") is False:
+        for col, d in (metrics.get("score_distribution") or {}).items():
+            q = ", ".join(f"{k} {f(v)}" for k, v in d.items())
+            lines.append(f"{col:<18} {q}")
+        return "\n".join(lines)
     lines.append(f"{'roc_auc':<18} {f(metrics['roc_auc'])} [95% CI {f(ci[0])}, {f(ci[1])}] "
                  "(BCa bootstrap over patients)")
     for k in ("pr_auc", "accuracy", "balanced_accuracy", "sensitivity", "specificity", "ppv", "npv", "f1",
               "brier", "ece"):
         lines.append(f"{k:<18} {f(metrics.get(k))}")
     return "\n".join(lines)
+
+
+def format_shift(shift: dict[str, Any] | None) -> str:
+    """One line of shift figures (:func:`medtl.stats.shift.ShiftResult.as_dict`), '' for None.
+
+    Example:
+        >>> format_shift({"domain_auc": 0.52, "domain_auc_ci": [0.45, 0.6], "share_ood": 0.04, "n": 200,
+        ...               "n_reference": 300, "ood_cut_percentile": 95.0, "reliable": True})
+        'shift from the training films: domain AUC 0.52 [0.45, 0.60] (0.5: alike), 4% of 200 films beyond the training films\' 95th percentile k-NN distance (300 training films kept)'
+    """
+    if not shift:
+        return ""
+    ci = shift.get("domain_auc_ci") or [None, None]
+    auc = "-" if shift.get("domain_auc") is None else (
+        f"{shift['domain_auc']:.2f}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci[0] is not None else ""))
+    line = (f"shift from the training films: domain AUC {auc} (0.5: alike), {100 * shift['share_ood']:.0f}% of "
+            f"{shift['n']} films beyond the training films' {shift.get('ood_cut_percentile', 95):.0f}th percentile "
+            f"k-NN distance ({shift.get('n_reference')} training films kept)")
+    if not shift.get("reliable", True):
+        line += "; too few films: unreliable"
+    return line
 
 
 def format_compare(result: dict[str, Any]) -> str:

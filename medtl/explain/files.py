@@ -27,6 +27,7 @@ from medtl.io.image import IMAGE_SUFFIXES, read_image
 from medtl.io.pseudonyms import hash_patient_id, run_salt
 from medtl.registry import DEFAULT_METHOD, PERTURBATION, is_perturbation, map_methods
 from medtl.run.files import score_columns
+from medtl.run.layout import EXPLANATIONS_FILE
 from medtl.run.predictor import Predictor
 
 __all__ = ["FileMaps", "maps_for_files", "explain_paths", "overlay_stem", "OFF_FILM_NOTE"]
@@ -233,7 +234,7 @@ def explain_paths(
                     row[col] = srow[col]
         rows.append(row)
     df = pd.DataFrame(rows)
-    df.to_csv(out / "explanations.csv", index=False)
+    df.to_csv(out / EXPLANATIONS_FILE, index=False)
     return df
 
 

@@ -3,8 +3,8 @@ weight-free pooling or flattening right after it.
 
 The shift measures (:mod:`medtl.stats.shift`) compare films in this space, at training time
 (the trainer's feature summary) and at prediction time (:class:`medtl.run.predictor.Predictor`);
-both go through :func:`pooled_tensor`, so they cut the model at the same place. It follows the
-rule of :func:`medtl.train.feature_cache.split_head` (the feature cache's cut).
+both go through :func:`pooled_tensor`, so they cut the model at the same place, and so does the
+head-stage feature cache (:func:`medtl.train.feature_cache.split_head`).
 
 Example:
     >>> dual = with_pooled_features(model)
@@ -17,7 +17,8 @@ import keras
 
 __all__ = ["pooled_tensor", "with_pooled_features"]
 
-# Weight-free, randomness-free layers the cut moves past (as medtl.train.feature_cache does).
+# Layers between the backbone and the first trainable head layer with no weights and no
+# randomness: the cut moves past them (pooled features are far smaller than feature maps).
 _PASS_THROUGH = ("GlobalAveragePooling2D", "GlobalMaxPooling2D", "Flatten")
 
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import base64
 import gzip
-import hashlib
 import hmac
 import html
 import io
@@ -47,12 +46,11 @@ import yaml
 from medtl.io.atomic import read_json, write_json
 from medtl.io.pseudonyms import SALT_FILE, hash_patient_id, run_salt  # re-exported: the report's API
 from medtl.run.layout import (
-    CV_FILE, FOLDS_FILE, MODEL_INFO_FILE, OOF_FILE, PREDICTIONS_FILE, SKIPPED_FILE, SPLIT_FILE, TEST_PREDICTIONS,
+    CV_FILE, DEID_INDEX_FILE, FOLDS_FILE, MODEL_INFO_FILE, OVERLAYS_FILE, OOF_FILE, PREDICTIONS_FILE, SKIPPED_FILE, SPLIT_FILE, TEST_PREDICTIONS,
     TEST_SKIPPED, VAL_PREDICTIONS, is_cv_run,
 )
 
 __all__ = [
-    "INDEX_FILE",
     "LOCAL_FILES",
     "PHI_TAGS",
     "SALT_FILE",
@@ -347,11 +345,10 @@ def find_phi(root_dir: str | Path, strings: Iterable[str]) -> list[tuple[str, st
 # What identifies the patients of a run, and the guard's matching rules
 
 #: The salted-hash index of a run's identifying strings (no raw value), beside ``deid.salt``.
-INDEX_FILE = "deid_index.json"
 #: Run-folder files that list the user's own films and patients: they stay local, and
 #: :func:`deid_check` of a folder skips them unless asked (``include_local=True``).
 LOCAL_FILES = frozenset({FOLDS_FILE, SPLIT_FILE, OOF_FILE, VAL_PREDICTIONS, TEST_PREDICTIONS, SKIPPED_FILE,
-                         TEST_SKIPPED, PREDICTIONS_FILE, "overlays.csv", SALT_FILE, INDEX_FILE})
+                         TEST_SKIPPED, PREDICTIONS_FILE, OVERLAYS_FILE.name, SALT_FILE, DEID_INDEX_FILE})
 _INDEX_HASH_BYTES = 8  # 64 bits: no chance collision among millions of scanned tokens
 _MAX_TOKENS = 24  # longest value (in word tokens) the index can find, e.g. a DICOM UID
 _TOKEN = re.compile(r"[^\W_]+")  # letters and digits of any script; '_' separates
@@ -528,7 +525,7 @@ def build_deid_index(run_dir: str | Path, strings: Iterable[str] | None = None) 
     """
     run = Path(run_dir)
     salt = run_salt(run)
-    path = run / INDEX_FILE
+    path = run / DEID_INDEX_FILE
     old = read_json(path) if path.is_file() else {}
     entries, starts = set(old.get("entries", [])), set(old.get("starts", []))
     longest = int(old.get("max_tokens", 1))
@@ -546,7 +543,7 @@ def build_deid_index(run_dir: str | Path, strings: Iterable[str] | None = None) 
 
 class _Index:
     def __init__(self, run: Path) -> None:
-        path = run / INDEX_FILE
+        path = run / DEID_INDEX_FILE
         if not path.is_file():
             build_deid_index(run)
         raw = read_json(path)

@@ -35,17 +35,16 @@ from medtl.registry import is_perturbation, map_methods, method_kind
 from medtl.report.deid import hash_patient_id, scrub_text
 from medtl.report.plots import image_png
 from medtl.run.files import scores_from_frame, targets_from_frame, threshold_columns
-from medtl.run.layout import MODEL_FILE
+from medtl.run.layout import MODEL_FILE, OVERLAYS_FILE
 
 NOT_COMPUTED = "CAM not computed (compute=False and no precomputed overlay)"
 
-__all__ = ["KINDS", "OVERLAYS_FILE", "Case", "class_views", "select_cases", "render_gallery", "read_overlays", "cam_overlays",
+__all__ = ["KINDS", "Case", "class_views", "select_cases", "render_gallery", "read_overlays", "cam_overlays",
            "peak_gap"]
 
 KINDS = ("true positive", "false positive", "false negative")
 FILM_SIDE = 384  # pixels on the longer side of each gallery image
 
-OVERLAYS_FILE = Path("overlays") / "overlays.csv"
 
 
 @dataclass

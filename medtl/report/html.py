@@ -13,7 +13,6 @@ Example:
 from __future__ import annotations
 
 import html as _html
-import os
 import re
 import shutil
 import subprocess
@@ -26,6 +25,7 @@ import jinja2
 from markupsafe import Markup
 
 from medtl.explain.files import OFF_FILM_NOTE
+from medtl.io.atomic import write_atomic
 from medtl.report.data import Cell, ReportData, collect_report_data
 from medtl.report.deid import deid_check, find_in_text
 from medtl.report.gallery import NOT_COMPUTED
@@ -147,16 +147,17 @@ def write_report(run_dir: str | Path, out_path: str | Path, pdf: bool = False,
     _check_phi(page, data.forbidden)
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    tmp.write_text(page, encoding="utf-8")
-    # The written bytes, checked against the run's salted index as `medtl deid-check` would.
-    hits = deid_check([tmp], run_dir)
-    if hits:
-        tmp.unlink()
-        raise PHIError(f"the rendered report matches the run's de-identification index at {len(hits)} place(s) "
-                       f"({hits[0][1]}); it was not written. Check the config name and class names for "
-                       "identifying data")
-    os.replace(tmp, out)
+    def write_checked(tmp: str) -> None:
+        Path(tmp).write_text(page, encoding="utf-8")
+        # The written bytes, checked against the run's salted index as `medtl deid-check` would;
+        # on a hit the temporary file is removed and the page never reaches `out`.
+        hits = deid_check([tmp], run_dir)
+        if hits:
+            raise PHIError(f"the rendered report matches the run's de-identification index at {len(hits)} "
+                           f"place(s) ({hits[0][1]}); it was not written. Check the config name and class "
+                           "names for identifying data")
+
+    write_atomic(out, write_checked)
     if pdf:
         export_pdf(out, out.with_suffix(".pdf"))
     if problems:

@@ -52,11 +52,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from medtl.io.pseudonyms import SALT_FILE  # the run's secret salt (deid.salt): never share it
+
 __all__ = [
     "CONFIG_FILE", "MODEL_FILE", "MODEL_INFO_FILE", "METRICS_FILE", "VAL_PREDICTIONS", "HISTORY_FILE",
     "SKIPPED_FILE", "POSTPROCESS_FILE", "CKPT_DIR", "STATE_FILE", "TENSORBOARD_DIR",
     "CV_FILE", "FOLDS_FILE", "SPLIT_FILE", "FOLD_DONE", "TEST_PREDICTIONS", "TEST_SKIPPED", "LOCK_FILE",
     "OOF_FILE", "ENSEMBLE_FILE", "FINAL_DIR", "FINAL_DONE", "PREDICTIONS_FILE", "FEATURE_SUMMARY_FILE",
+    "OVERLAYS_FILE", "REPORT_FILE", "DEID_INDEX_FILE", "SALT_FILE", "EXPLANATIONS_FILE",
     "history_stage_file", "is_cv_run", "fold_dir", "final_dir", "finished_folds",
 ]
 
@@ -87,8 +90,15 @@ ENSEMBLE_FILE = "ensemble.json"
 FINAL_DIR = "final"
 FINAL_DONE = "final.json"
 
+# Either kind of run: the report and what keeps it free of patient data.
+REPORT_FILE = "report.html"  # the default of medtl report
+OVERLAYS_FILE = Path("overlays") / "overlays.csv"  # precomputed gallery maps, listed by film
+DEID_INDEX_FILE = "deid_index.json"  # salted hashes of the run's identifying strings
+
 # The output folder of `medtl evaluate` (external evaluation), which may be read back.
 PREDICTIONS_FILE = "predictions.csv"
+# The output folder of `medtl explain`.
+EXPLANATIONS_FILE = "explanations.csv"
 
 
 def history_stage_file(stage: int) -> str:

@@ -242,6 +242,23 @@ class Predictor:
             return None
         return assess_shift(summary, features, groups=groups, seed=seed)
 
+    def predict_with_shift(self, paths: Sequence[str | Path], batch_size: int = 16,
+                           seed: int = 0) -> tuple[pd.DataFrame, ShiftResult | None]:
+        """:meth:`predict_paths`, plus how far the readable films lie from the training films.
+
+        The table gains ``ood_percentile`` and ``ood`` (:func:`with_ood_columns`) when the run
+        kept a feature summary (runs trained before it existed did not: table unchanged, None).
+
+        Example:
+            >>> df, shift = p.predict_with_shift(["new/"])
+            >>> shift.domain_auc if shift else None
+        """
+        if self.feature_summary() is None:
+            return self.predict_paths(paths, batch_size=batch_size), None
+        df, feats = self.predict_paths(paths, batch_size=batch_size, features=True)
+        result = self.shift(feats, seed=seed) if len(feats) else None
+        return with_ood_columns(df, result), result
+
     def labels(self, decisions: np.ndarray) -> list[str]:
         """Readable prediction per row: class name (binary, multiclass) or ';'-joined labels."""
         if self.task == "multiclass":
@@ -326,13 +343,16 @@ def predict_paths(run_or_model: str | Path, paths: Sequence[str | Path], batch_s
         class) or ``score_<class>`` columns (calibrated when a calibrator was fitted), for an
         ensemble ``score_fold<k>`` per fold, ``prediction`` (class name at the run's threshold;
         multilabel: names joined with ';') and ``error`` (empty, or why the file could not be
-        read; such rows have no scores).
+        read; such rows have no scores); with the run's feature summary also ``ood_percentile``
+        and ``ood`` per film, and ``df.attrs["shift"]`` the figures of the whole set.
 
     Example:
         >>> predict_paths("runs/demo/cv-1a2b3c4d5e", ["a.dcm"]).loc[0, "score"]
         0.93
     """
-    return Predictor(run_or_model).predict_paths(paths, batch_size=batch_size)
+    df, shift = Predictor(run_or_model).predict_with_shift(paths, batch_size=batch_size)
+    df.attrs["shift"] = shift.as_dict() if shift is not None else None
+    return df
 
 
 def with_ood_columns(df: pd.DataFrame, result: ShiftResult | None, ok: Sequence[bool] | np.ndarray | None = None

@@ -40,8 +40,13 @@ MAX_VECTORS = 300  # kept training films: enough for a stable 95th percentile, ~
 N_COMPONENTS = 32  # PCA dimensions for distances and the domain classifier (small n: few dimensions)
 K = 5  # neighbours of the k-NN distance
 OOD_PERCENTILE = 95.0  # a film beyond this percentile of the training films' own distances is OOD
-AUC_CUT = 0.70  # warn when the domain AUC's 95% lower bound exceeds this (chosen on same-source holdouts)
-OOD_SHARE_CUT = 0.30  # ... or when more than this share of films is OOD (5% expected on same-source films)
+# Chosen on benchmarks/bench_shift.py (MobileNetV2 fine-tuned on 700 Kermany films, 20 patient-grouped
+# holdouts of 150 unseen films): the lower bound reached at most 0.54 and the OOD share at most 2.6%
+# (median 0.7%: the PCA fitted on the kept films makes new films look slightly nearer, so the 95th
+# percentile flags fewer than 5% of same-source films); a 25% admixture of adult films gave 0.69
+# and 21%, synthetic films 1.00 and 99%.
+AUC_CUT = 0.65  # warn when the domain AUC's 95% lower bound exceeds this
+OOD_SHARE_CUT = 0.20  # ... or when more than this share of films is OOD
 MIN_FILMS = 20  # fewer new films: the figures are given but called unreliable, never a warning
 
 

@@ -20,11 +20,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-__all__ = ["FeatureCache", "use_feature_cache", "split_head", "feature_dataset"]
+from medtl.models.pooled import pooled_tensor
 
-# Layers between the backbone and the first trainable head layer that have no weights and no
-# randomness; the feature cache stores their output (pooled features are far smaller).
-_PASS_THROUGH = ("GlobalAveragePooling2D", "GlobalMaxPooling2D", "Flatten")
+__all__ = ["FeatureCache", "use_feature_cache", "split_head", "feature_dataset"]
 
 
 def use_feature_cache(cfg, st) -> bool:
@@ -87,8 +85,8 @@ class FeatureCache:
 def split_head(model: keras.Model) -> tuple[keras.Model, keras.Model]:
     """Split ``model`` into (feature extractor, head) that share its layers and weights.
 
-    The cut is after the layer named ``backbone`` and any weight-free pooling or flattening
-    right after it, so cached features are small. Training the head trains ``model``'s head.
+    The cut is :func:`medtl.models.pooled.pooled_tensor`: after the layer named ``backbone``
+    and any weight-free pooling or flattening right after it, so cached features are small. Training the head trains ``model``'s head.
 
     Example:
         >>> extractor, head = split_head(model)
@@ -96,24 +94,10 @@ def split_head(model: keras.Model) -> tuple[keras.Model, keras.Model]:
         True
     """
     try:
-        backbone = model.get_layer("backbone")
-    except ValueError:
-        raise ValueError("split_head: the model has no layer named 'backbone'; build it with "
-                         "medtl.models.build_model or set train.feature_cache: false") from None
-    # backbone.output would be the nested model's own output; the tensor the outer graph
-    # feeds onward is the output of the backbone's call node in this model.
-    cut = backbone._inbound_nodes[-1].output_tensors[0]
-    consumers = _consumers(model)
-    while True:
-        users = consumers.get(id(cut), [])
-        if len(users) != 1 or type(users[0]).__name__ not in _PASS_THROUGH:
-            break
-        layer = users[0]
-        outs = [n.output_tensors[0] for n in layer._inbound_nodes
-                if any(t is cut for t in n.input_tensors)]
-        if not outs:
-            break
-        cut = outs[0]
+        cut = pooled_tensor(model)  # the same cut as the shift measures' features
+    except ValueError as exc:
+        raise ValueError(f"split_head: {exc}; build the model with medtl.models.build_model or set "
+                         "train.feature_cache: false") from None
     extractor = keras.Model(model.inputs, cut, name="feature_extractor")
     head = keras.Model(cut, model.outputs, name="head")
     return extractor, head
@@ -124,13 +108,3 @@ def feature_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, order: np.nda
     if order is not None:
         x, y = x[order], y[order]
     return tf.data.Dataset.from_tensor_slices((x, y)).batch(batch_size)
-
-
-def _consumers(model: keras.Model) -> dict[int, list]:
-    """``{id(tensor): [layers that take it as input]}`` over ``model``'s graph."""
-    users: dict[int, list] = {}
-    for layer in model.layers:
-        for node in layer._inbound_nodes:
-            for t in node.input_tensors:
-                users.setdefault(id(t), []).append(layer)
-    return users

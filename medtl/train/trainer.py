@@ -1,18 +1,10 @@
 """Staged fine-tuning with early stopping, best-model checkpoints and exact resume.
 
 ``train(cfg)`` runs every stage of ``cfg.train.stages`` (head first, then more of the backbone)
-on a patient-grouped holdout of the manifest and writes a run folder::
-
-    runs/<name>/<YYYYmmdd-HHMMSS>/
-        config.yaml          the resolved config
-        model.keras          the best model (by train.monitor) over all stages
-        model_info.json      task, classes and preprocessing; what predict needs
-        history_stage<i>.csv, history.csv, tensorboard/
-        metrics.json         best validation metrics, per-stage summary, epochs, wall time
-        val_predictions.csv  the best model's scores on the validation split
-        skipped.csv          files skipped as unreadable (data.on_error: skip)
-        ckpt/                state.json, the last epoch's weights and optimizer state and the
-                             best weights so far: what --resume continues from
+on a patient-grouped holdout of the manifest and writes a training run folder
+(``runs/<name>/<YYYYmmdd-HHMMSS>/``; every file in it is listed in :mod:`medtl.run.layout`):
+the best model, its model_info.json, histories, metrics, validation predictions and ``ckpt/``,
+what ``--resume`` continues from.
 
 Each epoch is one ``model.fit`` call whose data (shuffle order, augmentation) and random
 seeds (dropout) are set from ``(seed, stage, epoch)``; after it the weights, optimizer state

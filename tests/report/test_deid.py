@@ -215,12 +215,13 @@ def test_shareable_config_cuts_paths_to_names():
 
 
 def test_deid_check_finds_the_runs_phi_by_salted_hash_only(tmp_path):
-    from medtl.report.deid import INDEX_FILE, build_deid_index, deid_check
+    from medtl.report.deid import build_deid_index, deid_check
+    from medtl.run.layout import DEID_INDEX_FILE
 
     run = tmp_path / "run"
     run.mkdir()
     build_deid_index(run, ["DOE^JOHN", "12345678", "/data/DOE_JOHN_19600101.dcm", "1.2.840.10008.99.850819"])
-    index = (run / INDEX_FILE).read_text()
+    index = (run / DEID_INDEX_FILE).read_text()
     assert "doe" not in index.lower() and "12345678" not in index and "850819" not in index  # hashes only
     share = tmp_path / "share"
     (share / "sub").mkdir(parents=True)

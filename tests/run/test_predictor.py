@@ -39,6 +39,26 @@ def test_predictions_equal_the_trainers_validation_scores(reference_run):
     assert out["prediction"].tolist() == expected.tolist()
 
 
+def test_predict_flags_films_outside_the_training_range_and_prints_the_shift(reference_run, tmp_path, capsys):
+    from medtl.cli import main
+    from medtl.run.predictor import predict_paths
+
+    _, res = reference_run
+    val = pd.read_csv(res.run_dir / "val_predictions.csv")
+    paths = val["path"].tolist() + [str(tmp_path / "gone.png")]  # one unreadable film: no shift row
+    out = predict_paths(res.run_dir, paths, batch_size=4)
+    shift = out.attrs["shift"]
+    assert shift is not None and shift["n"] == len(val)  # the readable films only
+    assert 0.0 <= shift["share_ood"] <= 1.0 and shift["share_ood"] == pytest.approx(out["ood"].mean() * len(out) / len(val))
+    assert out["ood_percentile"].iloc[:-1].between(0, 100).all() and np.isnan(out["ood_percentile"].iloc[-1])
+    assert not out["ood"].iloc[-1]
+    # The command says the same figures in one line (and warns only when the films differ).
+    assert main(["predict", str(res.run_dir), *paths[:-1], "--out", str(tmp_path / "p.csv")]) == 0
+    printed = capsys.readouterr()
+    assert "shift from the training films: domain AUC" in printed.out
+    assert pd.read_csv(tmp_path / "p.csv")["ood"].tolist() == out["ood"].iloc[:-1].tolist()
+
+
 def test_model_file_threshold_and_unreadable_files(reference_run, tmp_path):
     from medtl.run.files import read_model_info, set_threshold
     from medtl.run.predictor import predict_paths
