@@ -6,14 +6,16 @@ layer, which imports config). The implementations live in :mod:`medtl.explain.ca
 checks that the two agree name for name.
 
 Code asks this registry what *kind* a method is rather than comparing its name: a
-``"gradient"`` method reads a feature map and the gradients through it (it needs a spatial
-target layer, and its map is as coarse as that layer); a ``"perturbation"`` method only scores
-altered copies of the image (it works for any backbone and takes ``patch``/``stride``).
+``"gradient"`` method reads the gradients of the score (through a spatial target layer, its map
+as coarse as that layer, or, where :func:`takes_target_layer` is False, at the input itself); an
+``"activation"`` method reads a target layer's feature maps but no gradient, scoring the image
+masked by each of them (Score-CAM); a ``"perturbation"`` method only scores altered copies of the
+image (it works for any backbone and takes ``patch``/``stride``).
 
 Example:
     >>> from medtl.registry import map_methods, method_label, is_perturbation
     >>> map_methods()
-    ('gradcam', 'gradcam++', 'hirescam', 'occlusion')
+    ('gradcam', 'gradcam++', 'hirescam', 'layercam', 'intgrad', 'scorecam', 'occlusion')
     >>> method_label("gradcam++"), is_perturbation("occlusion")
     ('Grad-CAM++', True)
 """
@@ -25,6 +27,7 @@ from typing import Literal
 
 __all__ = [
     "GRADIENT",
+    "ACTIVATION",
     "PERTURBATION",
     "DEFAULT_METHOD",
     "MapMethod",
@@ -34,22 +37,29 @@ __all__ = [
     "method_label",
     "is_gradient",
     "is_perturbation",
+    "takes_target_layer",
     "fallback_method",
 ]
 
-MethodKind = Literal["gradient", "perturbation"]
+MethodKind = Literal["gradient", "activation", "perturbation"]
 GRADIENT: MethodKind = "gradient"
+ACTIVATION: MethodKind = "activation"
 PERTURBATION: MethodKind = "perturbation"
+_KINDS: tuple[MethodKind, ...] = (GRADIENT, ACTIVATION, PERTURBATION)
 
 
 @dataclass(frozen=True)
 class MapMethod:
-    """One heat-map method: its config name, kind, display label and a one-line description."""
+    """One heat-map method: its config name, kind, display label and a one-line description.
+
+    ``layer`` says whether it reads a target layer (Grad-CAM) or not (integrated gradients,
+    on the input; occlusion)."""
 
     name: str
     kind: MethodKind
     label: str
     description: str
+    layer: bool = True
 
 
 # Gradient methods first: the order is the one config errors and CLI help list them in.
@@ -61,8 +71,18 @@ _METHODS: tuple[MapMethod, ...] = (
               "(Chattopadhyay et al. 2018)"),
     MapMethod("hirescam", GRADIENT, "HiResCAM",
               "gradient times feature map summed over channels, per pixel (Draelos & Carin 2020)"),
+    MapMethod("layercam", GRADIENT, "LayerCAM",
+              "positive gradient times feature map summed over channels, per pixel; can fuse "
+              "several layers (Jiang et al. 2021)"),
+    MapMethod("intgrad", GRADIENT, "Integrated gradients",
+              "input times its gradient averaged along a path from a black image, per pixel "
+              "(Sundararajan et al. 2017)", layer=False),
+    MapMethod("scorecam", ACTIVATION, "Score-CAM",
+              "feature maps weighted by the score of the image masked by each of them "
+              "(Wang et al. 2020)"),
     MapMethod("occlusion", PERTURBATION, "Occlusion",
-              "drop in the score when a patch of the image is hidden (Zeiler & Fergus 2014)"),
+              "drop in the score when a patch of the image is hidden (Zeiler & Fergus 2014)",
+              layer=False),
 )
 _BY_NAME: dict[str, MapMethod] = {m.name: m for m in _METHODS}
 
@@ -78,8 +98,8 @@ def map_methods(kind: MethodKind | None = None) -> tuple[str, ...]:
         >>> map_methods("perturbation")
         ('occlusion',)
     """
-    if kind is not None and kind not in (GRADIENT, PERTURBATION):
-        raise ValueError(f"kind={kind!r}: choose {GRADIENT!r} or {PERTURBATION!r}")
+    if kind is not None and kind not in _KINDS:
+        raise ValueError(f"kind={kind!r}: choose one of {', '.join(map(repr, _KINDS))}")
     return tuple(m.name for m in _METHODS if kind is None or m.kind == kind)
 
 
@@ -98,7 +118,7 @@ def method_info(name: str) -> MapMethod:
 
 
 def method_kind(name: str) -> MethodKind:
-    """``"gradient"`` or ``"perturbation"`` for the method ``name``."""
+    """``"gradient"``, ``"activation"`` or ``"perturbation"`` for the method ``name``."""
     return method_info(name).kind
 
 
@@ -108,13 +128,24 @@ def method_label(name: str) -> str:
 
 
 def is_gradient(name: str) -> bool:
-    """True if ``name`` reads a feature map and its gradients (so takes a target layer)."""
+    """True if ``name`` reads gradients of the score (of a target layer, or of the input where
+    :func:`takes_target_layer` is False)."""
     return method_kind(name) == GRADIENT
 
 
 def is_perturbation(name: str) -> bool:
     """True if ``name`` scores altered copies of the image (so takes ``patch``/``stride``)."""
     return method_kind(name) == PERTURBATION
+
+
+def takes_target_layer(name: str) -> bool:
+    """True if ``name`` reads a target layer's feature map (so accepts ``target_layer``).
+
+    Example:
+        >>> takes_target_layer("scorecam"), takes_target_layer("intgrad")
+        (True, False)
+    """
+    return method_info(name).layer
 
 
 def fallback_method() -> str:

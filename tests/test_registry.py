@@ -9,6 +9,7 @@ import pytest
 
 from medtl import registry
 from medtl.registry import (
+    ACTIVATION,
     GRADIENT,
     PERTURBATION,
     fallback_method,
@@ -18,16 +19,25 @@ from medtl.registry import (
     method_info,
     method_kind,
     method_label,
+    takes_target_layer,
 )
 
 
 def test_names_kinds_and_labels() -> None:
-    assert map_methods() == ("gradcam", "gradcam++", "hirescam", "occlusion")
-    assert map_methods(GRADIENT) == ("gradcam", "gradcam++", "hirescam")
+    assert map_methods() == ("gradcam", "gradcam++", "hirescam", "layercam", "intgrad", "scorecam",
+                             "occlusion")
+    assert map_methods(GRADIENT) == ("gradcam", "gradcam++", "hirescam", "layercam", "intgrad")
+    assert map_methods(ACTIVATION) == ("scorecam",)
     assert map_methods(PERTURBATION) == ("occlusion",)
-    assert [method_label(m) for m in map_methods()] == ["Grad-CAM", "Grad-CAM++", "HiResCAM", "Occlusion"]
+    assert [method_label(m) for m in map_methods()] == [
+        "Grad-CAM", "Grad-CAM++", "HiResCAM", "LayerCAM", "Integrated gradients", "Score-CAM", "Occlusion"]
     assert method_kind("hirescam") == GRADIENT and is_gradient("gradcam++")
     assert is_perturbation("occlusion") and not is_perturbation("gradcam")
+    # Score-CAM reads a layer but no gradient: neither question is true, so callers that pass
+    # target_layer to every non-perturbation method and patch/stride only to perturbation ones
+    # (explain/files.py, report/gallery.py) give it the right arguments.
+    assert not is_gradient("scorecam") and not is_perturbation("scorecam")
+    assert [m for m in map_methods() if not takes_target_layer(m)] == ["intgrad", "occlusion"]
     assert fallback_method() == "occlusion"
     for name in map_methods():
         info = method_info(name)
@@ -35,12 +45,15 @@ def test_names_kinds_and_labels() -> None:
 
 
 def test_unknown_method_and_kind_name_the_choices() -> None:
-    with pytest.raises(ValueError, match=r"'lime': unknown; choose one of gradcam, gradcam\+\+, hirescam, occlusion"):
+    with pytest.raises(ValueError, match=r"'lime': unknown; choose one of gradcam, gradcam\+\+, hirescam, "
+                                         r"layercam, intgrad, scorecam, occlusion"):
         is_perturbation("lime")
     with pytest.raises(ValueError, match="unknown"):
         method_kind(["gradcam"])  # type: ignore[arg-type]  # an unhashable value from YAML
     with pytest.raises(ValueError, match="kind='saliency'"):
         map_methods("saliency")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="unknown"):
+        takes_target_layer("lime")
 
 
 def test_config_and_cli_take_their_choices_from_the_registry() -> None:

@@ -1,4 +1,5 @@
-"""medtl.explain: where the model looks (Grad-CAM, Grad-CAM++, HiResCAM, occlusion) and overlays.
+"""medtl.explain: where the model looks (Grad-CAM, Grad-CAM++, HiResCAM, LayerCAM, integrated
+gradients, Score-CAM, occlusion), how faithful the maps are, and overlays.
 
 The method names and kinds are in :mod:`medtl.registry`.
 
@@ -27,6 +28,12 @@ _API = {
     "GradCAM": "medtl.explain.cam",
     "GradCAMPlusPlus": "medtl.explain.cam",
     "HiResCAM": "medtl.explain.cam",
+    "LayerCAM": "medtl.explain.cam",
+    "IntegratedGradients": "medtl.explain.cam",
+    "ScoreCAM": "medtl.explain.cam",
+    "map_grid": "medtl.explain.cam",
+    "faithfulness": "medtl.explain.faithfulness",
+    "faithfulness_table": "medtl.explain.faithfulness",
     "Occlusion": "medtl.explain.cam",
     "METHODS": "medtl.explain.cam",
     "register": "medtl.explain.cam",

@@ -1,4 +1,5 @@
-"""Class activation maps for medtl classifiers: Grad-CAM, Grad-CAM++, HiResCAM and occlusion.
+"""Heat maps for medtl classifiers: Grad-CAM, Grad-CAM++, HiResCAM, LayerCAM, integrated
+gradients, Score-CAM and occlusion.
 
 medtl models nest their backbone as a sub-model (a layer named ``"backbone"``). Tools that build
 ``keras.Model(model.input, backbone.get_layer(name).output)`` fail on that with "Graph
@@ -18,6 +19,9 @@ The method names, kinds and labels are in :mod:`medtl.registry`. A gradient meth
 subclass of :class:`GradientCAM` that overrides one hook: :meth:`GradientCAM.channel_weights`
 (one weight per feature channel, as Grad-CAM) or :meth:`GradientCAM.pixel_map` (a map from the
 activations and gradients directly, as HiResCAM), registered with :func:`register`.
+Integrated gradients is a gradient method whose "feature map" is the input itself (no target
+layer); Score-CAM reads a layer's feature maps but no gradient (kind ``"activation"``).
+:func:`map_grid` gives the grid a method's map is computed on, before resizing to the input.
 
 Example:
     >>> maps = compute_cam(model, x, method="gradcam")  # x: (N, H, W, 1) float32 in [0, 1]
@@ -40,9 +44,9 @@ from medtl.registry import (
     DEFAULT_METHOD,
     GRADIENT,
     fallback_method,
-    is_perturbation,
     map_methods,
     method_info,
+    takes_target_layer,
 )
 
 __all__ = [
@@ -51,6 +55,9 @@ __all__ = [
     "GradCAM",
     "GradCAMPlusPlus",
     "HiResCAM",
+    "LayerCAM",
+    "IntegratedGradients",
+    "ScoreCAM",
     "Occlusion",
     "METHODS",
     "register",
@@ -59,6 +66,7 @@ __all__ = [
     "explain_for_original",
     "off_film_share",
     "method_for_model",
+    "map_grid",
     "spatial_layers",
 ]
 
@@ -446,13 +454,17 @@ class GradientCAM(CAMMethod):
 
     def __init__(self, model: keras.Model, target_layer: str | None = None) -> None:
         super().__init__(model)
-        path = _target_path(model, target_layer)
-        self.target_layer = path[-1].name
+        path = self._layer_path(model, target_layer)
+        self.target_layer = path[-1].name if path else None
         self._forward = _TappedForward(model, path)
         spec_x = tf.TensorSpec((None, *model.input_shape[1:]), tf.float32)
         spec_s = tf.TensorSpec((None, self.n_outputs), tf.float32)
         self._fixed = tf.function(self._step, input_signature=[spec_x, spec_s])
         self._predicted = tf.function(lambda x: self._step(x, None), input_signature=[spec_x])
+
+    def _layer_path(self, model: keras.Model, target_layer: str | None) -> list[keras.layers.Layer]:
+        """The layers down to the tapped feature map; a method on the input returns []."""
+        return _target_path(model, target_layer)
 
     def channel_weights(self, activations: tf.Tensor, grads: tf.Tensor) -> tf.Tensor:
         """(B, C) weights of the C feature channels, from activations and gradients (B, h, w, C).
@@ -551,6 +563,168 @@ class HiResCAM(GradientCAM):
     def pixel_map(self, activations: tf.Tensor, grads: tf.Tensor) -> tf.Tensor:
         """sum_k g_ij^k A_ij^k for each pixel (i, j)."""
         return tf.reduce_sum(grads * activations, axis=-1)
+
+
+@register
+class LayerCAM(GradientCAM):
+    """LayerCAM (Jiang et al. 2021): positive gradient times activation at each pixel, summed
+    over channels; optionally fused over several layers.
+
+    Keeping only positive gradients makes each cell's weight local, so a shallower layer (a
+    finer grid) still gives a map of the class, unlike Grad-CAM, whose channel means there are
+    dominated by generic edges. With several layers, each layer's map is normalised to [0, 1]
+    on the finest layer's grid and the maps are averaged, so a coarse layer says *which* region
+    and a fine one *where* inside it. (The paper scales each map by tanh before summing; with
+    per-layer normalisation first the two differ only in how much a weak layer counts.)
+
+    Args:
+        model: A medtl classifier or any functional image model.
+        target_layer: One layer name, or several to fuse (e.g. the last two blocks' outputs);
+            default: the backbone's last feature map.
+
+    Example:
+        >>> maps = LayerCAM(model, target_layer=["cnn_block3_relu2", "cnn_block4_relu2"])(x)
+    """
+
+    name = "layercam"
+
+    def __init__(self, model: keras.Model, target_layer: str | Sequence[str] | None = None) -> None:
+        names = [target_layer] if target_layer is None or isinstance(target_layer, str) else list(target_layer)
+        if not names:
+            raise ValueError("target_layer=[]: give one layer name or several to fuse")
+        super().__init__(model, names[0])
+        # One LayerCAM per further layer: each taps one layer, which _TappedForward supports.
+        self._fused = [LayerCAM(model, name) for name in names[1:]]
+        if self._fused:
+            self.target_layer = [self.target_layer, *(part.target_layer for part in self._fused)]
+
+    def pixel_map(self, activations: tf.Tensor, grads: tf.Tensor) -> tf.Tensor:
+        """sum_k relu(g_ij^k) A_ij^k for each pixel (i, j)."""
+        return tf.reduce_sum(tf.nn.relu(grads) * activations, axis=-1)
+
+    def _raw_maps(self, x: np.ndarray, selector: np.ndarray | None, batch_size: int) -> np.ndarray:
+        first = super()._raw_maps(x, selector, batch_size)
+        if not self._fused:
+            return first
+        parts = [first, *(part._raw_maps(x, selector, batch_size) for part in self._fused)]
+        grid = max((m.shape[1:3] for m in parts), key=lambda hw: hw[0] * hw[1])
+        return np.mean([_normalise(_resize(m, grid)) for m in parts], axis=0)
+
+
+@register
+class IntegratedGradients(GradientCAM):
+    """Integrated gradients (Sundararajan et al. 2017) on the input: the input's difference from
+    a baseline times the gradient averaged along the straight path between them, summed over
+    the colour channels. Positive parts only, as for the other maps.
+
+    Its map is at the input resolution and it needs no target layer, so it also works where a
+    backbone exposes no feature map. The attributions add up to score(x) - score(baseline)
+    (completeness), up to the midpoint rule's error in ``steps``. It costs ``steps`` forward
+    and backward passes per image.
+
+    Args:
+        model: Any differentiable Keras image classifier with one output.
+        steps: Points on the path (midpoint rule).
+        baseline: A number (0.0: a black film) or "mean" (each image's mean).
+
+    Example:
+        >>> maps = IntegratedGradients(model, steps=32)(x)
+    """
+
+    name = "intgrad"
+
+    def __init__(self, model: keras.Model, target_layer: None = None, steps: int = 16,
+                 baseline: str | float = 0.0) -> None:
+        if steps < 1:
+            raise ValueError(f"steps={steps}: must be at least 1")
+        if baseline != "mean" and not isinstance(baseline, (int, float)):
+            raise ValueError(f"baseline={baseline!r}: use 'mean' or a number")
+        self.steps, self.baseline = int(steps), baseline
+        super().__init__(model, target_layer)
+
+    def _layer_path(self, model: keras.Model, target_layer: str | None) -> list[keras.layers.Layer]:
+        if target_layer is not None:
+            raise ValueError(f"target_layer={target_layer!r}: integrated gradients work on the "
+                             "input and take no target layer; leave it None")
+        return []
+
+    def pixel_map(self, activations: tf.Tensor, grads: tf.Tensor) -> tf.Tensor:
+        """sum_c (x - x0)_ij^c * mean path gradient_ij^c: the per-pixel attribution."""
+        return tf.reduce_sum(activations * grads, axis=-1)
+
+    def _step(self, x: tf.Tensor, selector: tf.Tensor | None) -> tf.Tensor:
+        if selector is None:
+            selector = _predicted_selector(self._forward(x)[2], self.n_outputs)
+        base = (tf.reduce_mean(x, axis=(1, 2), keepdims=True) * tf.ones_like(x)
+                if self.baseline == "mean" else tf.fill(tf.shape(x), float(self.baseline)))
+        diff = x - base
+        total = tf.zeros_like(x)
+        for i in tf.range(self.steps):  # a graph loop: one traced model whatever the steps
+            point = base + (tf.cast(i, tf.float32) + 0.5) / self.steps * diff
+            with tf.GradientTape() as tape:
+                tape.watch(point)
+                logits = self._forward(point)[1]
+                score = tf.reduce_sum(logits * selector, axis=1)
+            total += tf.cast(tape.gradient(score, point), tf.float32)
+        return tf.nn.relu(self.pixel_map(diff, total / self.steps))
+
+
+@register
+class ScoreCAM(CAMMethod):
+    """Score-CAM (Wang et al. 2020): the target layer's feature maps weighted by how the model
+    scores the image masked by each of them; no gradients.
+
+    Each channel's map, upsampled to the input and scaled to [0, 1], masks the image; the
+    channel's weight is the softmax over channels of the target class's logit for its masked
+    image. (The paper subtracts the score of a baseline image first: one constant for all
+    channels, which the softmax ignores.) The map is relu(sum_k w_k A_k) on the layer's grid.
+    It costs one forward pass per channel and image, so ``top_channels`` can keep only each
+    image's most active channels.
+
+    Args:
+        model: A medtl classifier or any functional image model.
+        target_layer: Name of a layer with a 4-D output; default the last feature map.
+        top_channels: Keep only the k channels of highest mean activation per image (None: all).
+
+    Example:
+        >>> maps = ScoreCAM(model, top_channels=256)(x)
+    """
+
+    name = "scorecam"
+
+    def __init__(self, model: keras.Model, target_layer: str | None = None,
+                 top_channels: int | None = None) -> None:
+        super().__init__(model)
+        if top_channels is not None and top_channels < 1:
+            raise ValueError(f"top_channels={top_channels}: must be at least 1 or None")
+        path = _target_path(model, target_layer)
+        self.target_layer, self.top_channels = path[-1].name, top_channels
+        self._forward = _TappedForward(model, path)
+        spec_x = tf.TensorSpec((None, *model.input_shape[1:]), tf.float32)
+        self._features = tf.function(self._forward, input_signature=[spec_x])
+        self._logits = tf.function(lambda x: self._forward(x)[1], input_signature=[spec_x])
+
+    def _raw_maps(self, x: np.ndarray, selector: np.ndarray | None, batch_size: int) -> np.ndarray:
+        feats, _, out = self._features(tf.constant(x))
+        acts = tf.cast(feats, tf.float32).numpy()
+        if selector is None:
+            selector = _predicted_selector(out, self.n_outputs).numpy()
+        maps = np.zeros(acts.shape[:3], np.float32)
+        for i, a in enumerate(acts):
+            keep = np.argsort(-a.mean(axis=(0, 1)), kind="stable")[:self.top_channels]
+            masks = _resize(np.moveaxis(a[..., keep], -1, 0), x.shape[1:3])
+            lo = masks.min(axis=(1, 2), keepdims=True)
+            span = masks.max(axis=(1, 2), keepdims=True) - lo
+            # A constant channel masks nothing in particular: its mask is all zeros.
+            masks = np.where(span > 0, (masks - lo) / np.where(span > 0, span, 1.0), 0.0)
+            scores = np.concatenate([
+                self._logits(tf.constant(x[i] * masks[j:j + batch_size, ..., None],
+                                         tf.float32)).numpy() @ selector[i]
+                for j in range(0, len(masks), batch_size)
+            ])
+            w = np.exp(scores - scores.max())
+            maps[i] = np.maximum(a[..., keep] @ (w / w.sum()), 0.0)
+        return maps
 
 
 @register
@@ -680,7 +854,10 @@ def method_for_model(model: keras.Model, preferred: str = DEFAULT_METHOD) -> Met
     """
     if preferred not in METHODS:
         raise ValueError(f"preferred={preferred!r}: choose one of {', '.join(map_methods())}")
-    if is_perturbation(preferred):  # needs only the model's scores: any model will do
+    if not takes_target_layer(preferred):  # reads no feature map: any model will do
+        if method_info(preferred).kind == GRADIENT:
+            h, w = model.input_shape[1:3]
+            return MethodChoice(preferred, f"input gradients, map at the input ({h}x{w})")
         return MethodChoice(preferred, f"{preferred} was asked for")
     fallback = fallback_method()
     bb = _backbone(model)
@@ -710,14 +887,15 @@ def compute_cam(
         model: A medtl classifier (input (H, W, 1) in [0, 1]) or any functional image model.
         images: (N, H, W) or (N, H, W, 1) float32 in [0, 1], already at the input size.
         method: a name of :func:`medtl.registry.map_methods` ("gradcam", the default as for
-            ``report.cam``, "gradcam++", "hirescam", "occlusion") or "auto" (see
-            :func:`method_for_model`).
-        target_layer: Layer name for the gradient methods (default: the backbone's last
-            convolutional feature map). Not used by perturbation methods (occlusion), so giving
-            one there is an error.
+            ``report.cam``, "gradcam++", "hirescam", "layercam", "intgrad", "scorecam",
+            "occlusion") or "auto" (see :func:`method_for_model`).
+        target_layer: Layer name for the methods that read a layer (default: the backbone's
+            last convolutional feature map; LayerCAM also takes a list of names to fuse). Not
+            used by "intgrad" (the input) or occlusion, so giving one there is an error.
         class_index: See :meth:`CAMMethod.__call__` (binary default: the positive class).
         batch_size: Images per batch (occlusion: occluded copies per forward pass).
-        **options: Extra arguments for the method, e.g. ``patch=0.1`` for occlusion.
+        **options: Extra arguments for the method, e.g. ``patch=0.1`` for occlusion,
+            ``steps=32`` for integrated gradients, ``top_channels=256`` for Score-CAM.
 
     Example:
         >>> maps = compute_cam(model, x, method="gradcam", class_index="predicted")
@@ -730,14 +908,40 @@ def compute_cam(
         method = str(method_for_model(model))
     if method not in METHODS:
         raise ValueError(f"method={method!r}: choose one of auto, {', '.join(map_methods())}")
-    if is_perturbation(method):
+    if not takes_target_layer(method):
         if target_layer is not None:
+            layered = [m for m in map_methods() if takes_target_layer(m)]
             raise ValueError(f"target_layer={target_layer!r} is not used by {method}; leave it "
-                             f"None or choose a gradient method ({', '.join(map_methods(GRADIENT))})")
+                             f"None or choose a method that reads a layer ({', '.join(layered)})")
         cam = METHODS[method](model, **options)
     else:
         cam = METHODS[method](model, target_layer=target_layer, **options)
     return cam(images, class_index=class_index, batch_size=batch_size)
+
+
+def map_grid(model: keras.Model, method: str = DEFAULT_METHOD,
+             target_layer: str | Sequence[str] | None = None, **options: Any) -> tuple[int, int]:
+    """The grid (rows, columns) a method's map is computed on, before it is resized to the input.
+
+    This is the map's true resolution, which the report states: a layer method's target layer
+    (a LayerCAM fusion: its finest layer), the input for integrated gradients, the patch
+    positions for occlusion. Builds no tape and runs no image.
+
+    Example:
+        >>> map_grid(model, "gradcam"), map_grid(model, "intgrad")
+        ((16, 16), (128, 128))
+    """
+    if method not in METHODS:
+        raise ValueError(f"method={method!r}: choose one of {', '.join(map_methods())}")
+    h, w = model.input_shape[1:3]
+    if method == "occlusion":
+        windows = Occlusion(model, **options)._windows(h, w)
+        return len({y for y, *_ in windows}), len({x for _, x, *_ in windows})
+    if not takes_target_layer(method):
+        return int(h), int(w)
+    names = [target_layer] if target_layer is None or isinstance(target_layer, str) else list(target_layer)
+    grids = [tuple(int(n) for n in _target_path(model, name)[-1].output.shape[1:3]) for name in names]
+    return max(grids, key=lambda hw: hw[0] * hw[1])
 
 
 def explain_for_original(map_at_input: np.ndarray, geometry: Geometry) -> np.ndarray:

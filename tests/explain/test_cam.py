@@ -21,11 +21,17 @@ from medtl.explain.cam import (  # noqa: E402
     GradCAMPlusPlus,
     GradientCAM,
     HiResCAM,
+    IntegratedGradients,
+    LayerCAM,
     Occlusion,
+    ScoreCAM,
     _TappedForward,
+    _normalise,
+    _resize,
     _target_path,
     compute_cam,
     explain_for_original,
+    map_grid,
     method_for_model,
     off_film_share,
     spatial_layers,
@@ -206,7 +212,7 @@ def test_mixed_precision_backbone() -> None:
 # Known answers
 
 
-@pytest.mark.parametrize("method", ["gradcam", "gradcam++", "occlusion"])
+@pytest.mark.parametrize("method", ["gradcam", "gradcam++", "layercam", "intgrad", "occlusion"])
 def test_known_answer_peak_in_top_left(method: str) -> None:
     x = _quadrant_images(6)
     maps = compute_cam(_quadrant_model(), x, method=method)
@@ -216,7 +222,7 @@ def test_known_answer_peak_in_top_left(method: str) -> None:
     assert maps[:, 16:, 16:].max() < 0.05
 
 
-@pytest.mark.parametrize("method", ["gradcam", "occlusion"])
+@pytest.mark.parametrize("method", ["gradcam", "intgrad", "occlusion"])
 def test_binary_negative_class_shows_evidence_against(method: str) -> None:
     model = _quadrant_model()
     x = _quadrant_images(4, seed=1)
@@ -236,7 +242,7 @@ def test_negative_evidence_absent_gives_zero_map() -> None:
     assert np.array_equal(neg, np.zeros_like(neg))
 
 
-@pytest.mark.parametrize("method", ["gradcam", "occlusion"])
+@pytest.mark.parametrize("method", ["gradcam", "intgrad", "occlusion"])
 def test_multiclass_class_index(method: str) -> None:
     model = _quadrant_model(n_out=2)
     x = _quadrant_images(4, seed=3)
@@ -264,7 +270,7 @@ def test_register_checks_name_and_kind() -> None:
     from medtl.explain.cam import register
 
     class Unlisted(GradientCAM):
-        name = "layercam"
+        name = "lime"
 
     class WrongKind(CAMMethod):
         name = "hirescam"
@@ -272,7 +278,7 @@ def test_register_checks_name_and_kind() -> None:
         def _raw_maps(self, x, selector, batch_size):  # pragma: no cover - never called
             raise AssertionError
 
-    with pytest.raises(ValueError, match="'layercam': unknown"):
+    with pytest.raises(ValueError, match="'lime': unknown"):
         register(Unlisted)
     with pytest.raises(TypeError, match="'hirescam' is of kind 'gradient'"):
         register(WrongKind)
@@ -316,6 +322,97 @@ def test_hirescam_known_answer_with_a_spatial_head() -> None:
     assert np.abs(compute_cam(model, x, method="gradcam") - want).max() > 0.1
 
 
+def _want(raw: np.ndarray) -> np.ndarray:
+    """Per-image [0, 1] scaling of non-negative raw maps, as CAMMethod does."""
+    lo, hi = raw.min(axis=(1, 2), keepdims=True), raw.max(axis=(1, 2), keepdims=True)
+    return (raw - lo) / (hi - lo)
+
+
+def _acts(x: np.ndarray) -> np.ndarray:
+    """The channels of _flatten_head_model's 1x1 conv: relu(x) and relu(0.5 - x)."""
+    return np.concatenate([np.maximum(x, 0.0), np.maximum(0.5 - x, 0.0)], axis=-1)
+
+
+def test_layercam_known_answer_with_a_spatial_head() -> None:
+    # The gradient of sum(w * A) is w, so LayerCAM is sum_k relu(w_k) A_k per cell.
+    rng = np.random.default_rng(8)
+    w = rng.normal(size=(8, 8, 2))
+    x = rng.uniform(0.0, 1.0, (3, 8, 8, 1)).astype(np.float32)
+    want = _want((np.maximum(w, 0.0) * _acts(x)).sum(axis=-1))
+    model = _flatten_head_model(w)
+    np.testing.assert_allclose(compute_cam(model, x, method="layercam"), want, atol=1e-5)
+    # HiResCAM keeps the negative gradients, so it differs here.
+    assert np.abs(compute_cam(model, x, method="hirescam") - want).max() > 0.05
+
+
+def test_layercam_fuses_layers_on_the_finest_grid(mobilenet) -> None:
+    x = np.random.default_rng(9).random((2, 64, 64, 1), dtype=np.float32)
+    layers = ["out_relu", "block_13_expand_relu"]  # 2x2 and 4x4 at 64 px
+    fused = LayerCAM(mobilenet, target_layer=layers)
+    assert fused.target_layer == layers and map_grid(mobilenet, "layercam", layers) == (4, 4)
+    sel = np.eye(3, dtype=np.float32)[[0, 2]]
+    parts = [LayerCAM(mobilenet, name)._raw_maps(x, sel, 2) for name in layers]
+    want = np.mean([_normalise(_resize(m, (4, 4))) for m in parts], axis=0)
+    np.testing.assert_allclose(fused._raw_maps(x, sel, 2), want, atol=1e-5)
+    assert compute_cam(mobilenet, x, method="layercam", target_layer=layers,
+                       class_index=[0, 2]).shape == (2, 64, 64)
+
+
+def test_integrated_gradients_known_answer_on_a_linear_model() -> None:
+    # Logit linear in the input: sum(v * x) + c. The path gradient is v everywhere, so the map
+    # (baseline black) is relu(v * x) exactly, at the input resolution.
+    rng = np.random.default_rng(10)
+    inp = keras.Input((8, 8, 1))
+    conv = keras.layers.Conv2D(2, 1, name="features")  # linear: no activation
+    head = keras.layers.Dense(1, activation="sigmoid", name="classifier")
+    model = keras.Model(inp, head(keras.layers.Flatten()(conv(inp))))
+    k = np.array([1.0, -2.0], np.float32)
+    conv.set_weights([k.reshape(1, 1, 1, 2), np.array([0.3, 0.1], np.float32)])
+    w = rng.normal(size=(8, 8, 2))
+    head.set_weights([w.reshape(-1, 1).astype(np.float32), np.zeros(1, np.float32)])
+    x = rng.uniform(0.0, 1.0, (3, 8, 8, 1)).astype(np.float32)
+    want = _want(np.maximum((w @ k) * x[..., 0], 0.0))
+    np.testing.assert_allclose(compute_cam(model, x, method="intgrad", steps=4), want, atol=1e-5)
+    assert map_grid(model, "intgrad") == (8, 8)
+    # A mean-grey baseline attributes x - mean(x) instead: another, still finite, map.
+    assert np.isfinite(IntegratedGradients(model, steps=2, baseline="mean")(x)).all()
+    assert "input gradients" in method_for_model(model, "intgrad").reason
+    with pytest.raises(ValueError, match="not used by intgrad"):
+        compute_cam(model, x, method="intgrad", target_layer="features")
+
+
+def test_scorecam_known_answer_with_a_spatial_head() -> None:
+    # Masks are the two channels scaled to [0, 1]; channel k's weight is the softmax over
+    # channels of the logit sum(w * A(x * mask_k)); the map relu(sum_k weight_k A_k).
+    rng = np.random.default_rng(11)
+    w = rng.normal(size=(8, 8, 2))
+    x = rng.uniform(0.0, 1.0, (3, 8, 8, 1)).astype(np.float32)
+    a = _acts(x)
+    lo, hi = a.min(axis=(1, 2), keepdims=True), a.max(axis=(1, 2), keepdims=True)
+    masks = (a - lo) / (hi - lo)
+    logits = np.stack([(w * _acts(x * masks[..., c:c + 1])).sum(axis=(1, 2, 3)) for c in range(2)], axis=1)
+    weights = np.exp(logits - logits.max(axis=1, keepdims=True))
+    weights /= weights.sum(axis=1, keepdims=True)
+    want = _want(np.maximum(np.einsum("bhwk,bk->bhw", a, weights), 0.0))
+    got = compute_cam(_flatten_head_model(w), x, method="scorecam", batch_size=1)
+    np.testing.assert_allclose(got, want, atol=1e-4)
+    # On the quadrant films the bright square (the positive evidence) is the peak.
+    assert _peak_quadrant(compute_cam(_quadrant_model(), _quadrant_images(4), method="scorecam")) == (
+        ["top-left"] * 4)
+    # top_channels=1 keeps each image's most active channel only.
+    one = ScoreCAM(_flatten_head_model(w), top_channels=1)(x)
+    keep = a.mean(axis=(1, 2)).argmax(axis=1)
+    np.testing.assert_allclose(one, _want(np.stack([a[i, ..., c] for i, c in enumerate(keep)])), atol=1e-5)
+
+
+def test_map_grid_says_the_maps_own_resolution(mobilenet) -> None:
+    assert map_grid(mobilenet, "gradcam") == (2, 2)  # out_relu at 64 px
+    assert map_grid(mobilenet, "scorecam", "block_13_expand_relu") == (4, 4)
+    assert map_grid(mobilenet, "intgrad") == (64, 64)
+    assert map_grid(mobilenet, "occlusion") == (15, 15)  # 8 px patches every 4 px
+    assert map_grid(mobilenet, "occlusion", patch=0.5) == (3, 3)
+
+
 def test_sequential_backbone() -> None:
     x = _quadrant_images(3, seed=4)
     model = _quadrant_model(sequential=True)
@@ -337,6 +434,10 @@ def test_bad_class_index_and_images() -> None:
         compute_cam(model, x, method="nope")
     with pytest.raises(ValueError, match="not used by occlusion"):
         compute_cam(model, x, method="occlusion", target_layer="features")
+    with pytest.raises(ValueError, match="steps=0"):
+        compute_cam(model, x, method="intgrad", steps=0)
+    with pytest.raises(ValueError, match="top_channels=0"):
+        compute_cam(model, x, method="scorecam", top_channels=0)
 
 
 # --------------------------------------------------------------------------------------------
@@ -484,13 +585,24 @@ def _mean_spearman(a: np.ndarray, b: np.ndarray) -> float:
         "Grad-CAM++ keeps only positive gradients, so behind a pooled Dense head its map is a "
         "positive sum of the last block's ReLU channels, and random channels also fire on the "
         "bright lesion. On the model trained on the sample data it passes (test_localisation.py)"))),
+    "intgrad",
+    pytest.param("layercam", marks=pytest.mark.xfail(strict=True, reason=(
+        "measured (training seed 1 x 6 re-initialisations, 2026-12-04): mean Spearman 0.71, "
+        "0.70-0.72 for each. LayerCAM keeps only positive gradients, so as Grad-CAM++ its map "
+        "is a positive sum of the last block's ReLU channels, which also fire on the bright "
+        "lesion when random"))),
+    pytest.param("scorecam", marks=pytest.mark.xfail(strict=True, reason=(
+        "measured (training seed 1 x 6 re-initialisations, 2026-12-04): mean Spearman 0.76, "
+        "0.76-0.77 for each. Its weights are a softmax (all positive) over channels, so its map "
+        "is a positive sum of the last block's ReLU channels, as Grad-CAM++'s"))),
 ])
 def test_model_randomisation_changes_maps(trained, method: str) -> None:
     """Adebayo et al. 2018: maps must depend on the learned top layers.
 
     One re-initialisation is a coin toss (a random head weighs the lesion channels up or down,
     giving Spearman from about -0.2 to 0.8), so the expected correlation is estimated over six
-    draws. Measured for Grad-CAM over 4 training seeds: 0.18-0.39."""
+    draws. Measured for Grad-CAM over 4 training seeds: 0.18-0.39; integrated gradients 0.37
+    (one training seed)."""
     model, x, _ = trained
     maps = compute_cam(model, x, method=method)
     rho = [_mean_spearman(maps, compute_cam(_randomised_top(model, s), x, method=method))
@@ -498,11 +610,12 @@ def test_model_randomisation_changes_maps(trained, method: str) -> None:
     assert np.mean(rho) < 0.5, rho
 
 
-@pytest.mark.parametrize("method", ["gradcam", "gradcam++", "occlusion"])
+@pytest.mark.parametrize("method", ["gradcam", "gradcam++", "layercam", "intgrad", "scorecam",
+                                    "occlusion"])
 def test_batched_equals_one_at_a_time(trained, method: str) -> None:
     model, x, _ = trained
     x = x[:4]
-    cam = {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus, "occlusion": Occlusion}[method](model)
+    cam = METHODS[method](model)
     batched = cam(x, batch_size=16)
     single = np.concatenate([cam(x[i:i + 1], batch_size=1) for i in range(len(x))])
     assert batched.max() == pytest.approx(1.0)  # non-trivial maps are being compared

@@ -54,7 +54,7 @@ def _true_positive_maps(trained, method):
     return [(fm.maps[p], row) for p, (_, row) in zip(fm.maps, rows.iterrows())]
 
 
-@pytest.mark.parametrize("method", ["gradcam", "gradcam++"])
+@pytest.mark.parametrize("method", ["gradcam", "gradcam++", "layercam"])
 def test_lesion_lies_in_the_hot_region_for_true_positives(trained, method):
     """The map at the lesion's centre reaches at least half the map's peak."""
     cases = _true_positive_maps(trained, method)
@@ -62,63 +62,58 @@ def test_lesion_lies_in_the_hot_region_for_true_positives(trained, method):
     assert np.mean(hot) >= 0.9, f"{method}: lesion centre in the hot region for {sum(hot)} of {len(hot)}"
 
 
-# What was tried, 2026-12-02/03 (seeds are the fixture's training seed; % = held-out true
-# positives whose Grad-CAM peak lies inside the lesion; Grad-CAM++ gave the same counts):
-# - seven seeds (42, 1-6): 80, 100, 64, 61, 71, 15, 36%. The lesion centre is in the hot region
-#   for all. Occlusion (16 px patch, 4 px step) on the same films: 82, 80, 95, 82, 79, 98, 100%,
-#   so the models' evidence is the lesion.
-# - at seed 5 (15%) the peaks sit a steady 1.2 lesion radii below the lesion (mean offset
-#   (+0.26, +1.18) radii), on square films with no padding as on letterboxed ones: a learned
-#   displacement of the features, not the letterbox geometry (tested in test_cam.py and
-#   test_files.py). It is already there at cnn_block4_relu1 (10%) and cnn_block3_relu2 (8%).
-# - did not help: a last block at stride 4 (no third pooling, dilated convolutions; 32x32 map:
-#   16, 39, 46, 63% for seeds 42, 5, 6, 2), a top block of 1x1 convolutions (receptive field
-#   36 px instead of 68: 21, 66, 44% for seeds 42, 1, 2), larger lesions (radius 9-12% of the
-#   width: 52, 98, 80, 88% for seeds 42, 1, 5, 6), test-time flips (23-80%) and all eight square
-#   symmetries (8-87%), averaging over half-cell input shifts (80 -> 85% at seed 42), flat-disc
-#   lesions (16-58%), a blurred dome (Gaussian, sigma 0.3 radii: 46, 38, 74% for seeds 42, 5, 6).
-# - a lesion without a hard rim, (1 - (d/r)^2)^p instead of the sphere's sqrt profile, raised the
-#   median but not every seed (seeds 42, 5, 6, 1, 2, 3, 4): p = 1.5: 97, 74, 79, 90, 46, 97, 82%;
-#   p = 2: 100, 97, 28, 78, 14, 100, 53%. Which way the features sit is the training run's own
-#   choice, so the sample data keeps the sphere's profile rather than one that suits seed 42.
-# - occlusion painting its patch with a blurred copy of the image instead of the image's mean
-#   (all positive films, 16 px patch): seed 42 72% vs 62% at an 8 px step, 82% vs 82% at 4 px;
-#   seed 5 88% vs 88%, 95% vs 98%. Not adopted.
-# - the mean of a 3-fold CV run's fold-model maps (what medtl explain gives for a CV run), same
-#   40 patients, held-out films: 32, 16, 74% for seeds 5, 42, 6 (2026-12-03); the fold models,
-#   trained on fewer patients, gave 0-85% each. Their displacements do not cancel.
-# - film shapes balanced between lesion and normal patients (this 40-patient set has landscape
-#   films for 10 of 20 lesion films against 21 of 80 normal ones, a padding cue): 80, 73, 5, 46%
-#   for seeds 42, 5, 6, 2. Training at the films' own size (256 px, so a cell is 8 film pixels
-#   against a lesion radius of 16-24): 0, 0, 74, 57% for seeds 42, 5, 6, 2; at 42 the heat sat
-#   on the lesion's lower rim and the shoulders, and the lesion centre was outside the hot region.
-# - three times the training patients (120): 58, 58, 80% for seeds 42, 5, 6, the lesion centre
-#   in the hot region for 40 of 40 films each time. More data narrows the spread, not onto 90%.
-# - a pretrained backbone instead (2026-12-04): MobileNetV2 with the shared ImageNet weights,
-#   224 px, head trained 12 epochs, seed 42, same films: 40 of 40 lesions detected, but the peak
-#   inside the lesion for 11 (Grad-CAM), 7 (Grad-CAM++) and 7 (occlusion) of 40, the lesion
-#   centre in Grad-CAM's hot region for 38. Its 7x7 map puts cells 32 px apart against a lesion
-#   radius of 13-20 px. At block_13_expand_relu (14x14): 8 and 0 of 40. At 448 px (a 14x14
-#   map at out_relu; the films are 256 px): 35 of 40 detected, the peak inside the lesion
-#   for 20 (Grad-CAM) and 13 (Grad-CAM++) of 35, the lesion centre in the hot region for 34.
-# - other augmentation (2026-12-04, Grad-CAM, seeds 42, 5, 6; the test uses preset light):
-#   none: 37, 64, 61%; chest_xray (twice the affine range, gamma, noise or blur): 0, 48, 77%; at
-#   seed 42 the lesion centre was in the hot region for only 15 of 39 films.
-@pytest.mark.xfail(
-    strict=False,
-    reason="Grad-CAM's peak falls inside the lesion for 80% of held-out true positives at this "
-    "seed, 15-100% over seven seeds, while occlusion finds the lesion for 79-100% of the same "
-    "films: the last block's features can fire a lesion radius beside what they see (measured "
-    "2026-12-03; the comment above the test lists what was tried)",
-)
-@pytest.mark.parametrize("method", ["gradcam", "gradcam++"])
-def test_peak_falls_inside_the_lesion_for_true_positives(trained, method):
-    cases = _true_positive_maps(trained, method)
-    inside = 0
-    for m, row in cases:
-        y, x = np.unravel_index(int(np.argmax(m)), m.shape)
-        inside += (x - row["lesion_x"]) ** 2 + (y - row["lesion_y"]) ** 2 <= row["lesion_r"] ** 2
-    assert inside / len(cases) >= 0.9, f"{method}: peak inside the lesion for {inside} of {len(cases)}"
+@pytest.fixture(scope="module")
+def faithful(trained):
+    """Deletion/insertion AUCs of every registry method on 20 held-out true-positive films."""
+    from medtl.data.pipeline import ImagePipeline
+    from medtl.explain.faithfulness import faithfulness
+    from medtl.models.classifier import load_model
+    from medtl.run.predictor import Predictor, predict_paths
+
+    res, labels, root = trained
+    pos = labels[labels["label"] == 1].reset_index(drop=True)
+    paths = [str(root / f) for f in pos["file"]]
+    keep = predict_paths(res.run_dir, paths)["score"].to_numpy() >= 0.5
+    pipe = ImagePipeline(Predictor(res.run_dir).pipeline_config())
+    x = np.stack([pipe.load(p)[0] for p, k in zip(paths, keep) if k][:20])
+    # Score-CAM on its 32 most active channels of 128: a quarter of the forward passes.
+    return faithfulness(load_model(res.run_dir / "model.keras"), x, steps=10, seed=0, n_boot=500,
+                        groups=pos["patient_id"][keep].tolist()[:20], batch_size=32,
+                        options={"scorecam": {"top_channels": 32}})
+
+
+# Replaces "the peak falls inside the lesion for 90% of true positives" (issue 21): the peak
+# of a 16x16 map is no place to read a lesion's position (15-100% over seven training seeds,
+# while the lesion centre was in the hot region for all; the notes are in git history,
+# 2026-12-02..04). What the maps must do instead: hold the lesion in their hot region (above)
+# and rank pixels the model needs above random ones (here).
+@pytest.mark.parametrize("method", ["gradcam", "gradcam++", "hirescam", "layercam", "intgrad",
+                                    "scorecam", "occlusion"])
+def test_every_method_is_more_faithful_than_a_random_map_by_deletion(faithful, method):
+    """Blurring the map's top pixels first lowers the score faster than blurring random ones
+    (smaller deletion AUC, paired over the same films). Measured on 40 films
+    (benchmarks/bench_maps.py, 2026-12-04): random 0.816; Grad-CAM 0.175, Grad-CAM++ 0.168,
+    HiResCAM 0.175, LayerCAM 0.168, Score-CAM 0.180, integrated gradients 0.740, occlusion 0.744."""
+    e = faithful["methods"][method]
+    assert e["deletion_vs_random"]["point"] < 0.0, (method, e["deletion"], faithful["random"]["deletion"])
+    assert e["grid"][0] >= 15  # the report states this resolution
+
+
+_COARSE = pytest.mark.xfail(strict=False, reason=(
+    "measured on 40 films (2026-12-04): insertion AUC 0.74-0.77 for the 16x16 maps against 0.820 "
+    "for a pixel-wise random map. Random pixels scattered into the blurred film bring the lesion "
+    "back as a dotted blob the convolutions see at once (10% of the pixels suffice), while a "
+    "coarse map inserts whole cells, around the lesion's edge first. Deletion separates them"))
+
+
+@pytest.mark.parametrize("method", [
+    pytest.param(m, marks=_COARSE) for m in ("gradcam", "gradcam++", "hirescam", "layercam", "scorecam")
+] + ["intgrad", "occlusion"])
+def test_insertion_beats_a_random_map(faithful, method):
+    """Inserting the map's top pixels first into the blurred film raises the score faster than
+    inserting random ones. Measured: integrated gradients 0.893, occlusion 0.838, random 0.820."""
+    e = faithful["methods"][method]
+    assert e["insertion_vs_random"]["point"] > 0.0, (method, e["insertion"], faithful["random"]["insertion"])
 
 
 def _randomised(model_path, seed: int):
