@@ -22,6 +22,7 @@ from medtl.io.atomic import write_csv
 from medtl.run.layout import HISTORY_FILE, TENSORBOARD_DIR, history_stage_file
 from medtl.train.callbacks import EpochProgress, EpochSummaries
 from medtl.train.state import RunState
+from medtl.train.tracking import MlflowTracker
 
 __all__ = ["RunLog", "write_histories"]
 
@@ -32,12 +33,14 @@ class RunLog:
     Args:
         run_dir: the run folder (history CSVs and tensorboard/ go there).
         progress: print headers and per-epoch progress; notes and warnings print regardless.
+        tracker: also log the run to MLflow (``train.log_to: mlflow``); None logs TensorBoard only.
     """
 
-    def __init__(self, run_dir: Path, progress: bool) -> None:
+    def __init__(self, run_dir: Path, progress: bool, tracker: MlflowTracker | None = None) -> None:
         self.dir = Path(run_dir)
         self.progress = progress
         self._tb: EpochSummaries | None = None
+        self.tracker = tracker
 
     def __call__(self, msg: str) -> None:
         """Print ``msg`` when ``progress`` is on."""
@@ -56,6 +59,8 @@ class RunLog:
         else:
             self(f"Run {self.dir}: {n_train} training / {n_val} validation images; {runtime}")
         self._tb = EpochSummaries(str(self.dir / TENSORBOARD_DIR))
+        if self.tracker is not None:
+            self.tracker.start()
 
     def on_stage_start(self, state: RunState, s: int, st, n_stages: int, epochs: int, n_params: int,
                        cached: bool, monitored: bool) -> dict:
@@ -103,12 +108,19 @@ class RunLog:
         if best is not None:
             row["best"] = best
         state.history.append(row)
+        if self.tracker is not None:
+            self.tracker.log_epoch(row)
 
     def on_early_stop(self, s: int, monitor: str, patience: int) -> None:
         self(f"Stage {s + 1}: early stop, no improvement of {monitor} in {patience} epochs")
 
     def write_histories(self, history: list[dict]) -> None:
         write_histories(self.dir, history)
+
+    def on_run_end(self, failed: bool = False) -> None:
+        """The run's result files are written (or it failed): close its MLflow run, if any."""
+        if self.tracker is not None:
+            self.tracker.finish("FAILED" if failed else "FINISHED")
 
     def close(self) -> None:
         """Close the TensorBoard event files."""
