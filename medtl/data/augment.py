@@ -8,6 +8,11 @@ Presets (``augment.preset``):
   noise or blur. No left-right flip: the heart is on the left and some findings are
   side-specific (dextrocardia, situs), so a flipped film is a different, rare anatomy.
   ``augment.hflip: true`` adds one if you really want it.
+- ``chest_xray_robust``: for films from other sites and machines. The ``chest_xray`` geometry
+  with a wider zoom (0.9-1.15, i.e. small crops), and acquisition changes a model meets at a
+  new site: one of brightness/contrast, gamma (0.7-1.5) or CLAHE; one of blur or sharpening;
+  Gaussian noise; JPEG re-encoding (quality 40-95); down- then up-sampling (0.5-0.9x). Each
+  with a moderate probability, so most training films stay close to the original.
 
 ``augment.transforms`` appends albumentations transforms by class name, e.g.
 ``[{name: CLAHE, clip_limit: 2.0, p: 0.3}]``; unknown names or parameters are rejected.
@@ -37,7 +42,7 @@ import cv2  # noqa: E402
 
 from medtl.config import AugmentConfig, ConfigError  # noqa: E402
 
-PRESETS = ("none", "light", "chest_xray")
+PRESETS = ("none", "light", "chest_xray", "chest_xray_robust")
 _BLACK = {"border_mode": cv2.BORDER_CONSTANT, "fill": 0}  # match the letterbox padding
 
 
@@ -59,6 +64,23 @@ def preset_transforms(preset: str, hflip: bool = False) -> list[A.BasicTransform
                 [A.GaussNoise(std_range=(0.01, 0.03), p=1.0), A.GaussianBlur(blur_limit=(3, 3), p=1.0)],
                 p=0.2,
             ),
+        ]
+    elif preset == "chest_xray_robust":
+        out = [
+            # scale up to 1.15 crops the film edges a little: a tighter collimation or framing
+            A.Affine(rotate=(-10, 10), scale=(0.9, 1.15), translate_percent=(-0.06, 0.06), p=0.7, **_BLACK),
+            A.OneOf([  # exposure and processing differ by machine and site
+                A.RandomBrightnessContrast(brightness_limit=0.1, contrast_limit=0.2, p=1.0),
+                A.RandomGamma(gamma_limit=(70, 150), p=1.0),
+                A.CLAHE(clip_limit=(1.0, 3.0), tile_grid_size=(8, 8), p=1.0),
+            ], p=0.6),
+            A.OneOf([  # detector resolution and vendor edge enhancement
+                A.GaussianBlur(blur_limit=(3, 5), p=1.0),
+                A.Sharpen(alpha=(0.1, 0.3), lightness=(0.9, 1.1), p=1.0),
+            ], p=0.3),
+            A.GaussNoise(std_range=(0.01, 0.04), p=0.25),  # quantum noise of low-dose films
+            A.ImageCompression(quality_range=(40, 95), p=0.3),  # PACS exports are often JPEG
+            A.Downscale(scale_range=(0.5, 0.9), p=0.25),  # films stored small and enlarged
         ]
     else:
         raise ConfigError(f"augment.preset: invalid value {preset!r}; expected one of {', '.join(PRESETS)}")
