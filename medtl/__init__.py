@@ -36,7 +36,7 @@ __version__ = "0.1.0"
 #: The commands' functions, in medtl.api. Each of these names is also a sub-package or module.
 _COMMAND_MODULES = ("train", "evaluate", "explain", "report", "init")
 _COMMANDS = ("inspect", "init", "train", "cv", "predict", "evaluate", "compare", "explain", "report",
-             "deid_check")
+             "deid_check", "export", "localise")
 
 _API = {
     **{name: "medtl.api" for name in _COMMANDS if name not in _COMMAND_MODULES},

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from medtl.train.trainer import TrainResult
 
 __all__ = ["inspect", "init", "train", "cv", "predict", "evaluate", "compare", "explain", "report",
-           "NoPatientIdsWarning"]
+           "localise", "deid_check", "export", "NoPatientIdsWarning"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 ConfigLike = Union[PathLike, "Config"]
@@ -216,7 +216,7 @@ def cv(config: ConfigLike | None = None, overrides: Iterable[str] | None = None,
 
 
 def predict(model: PathLike, inputs: PathLike | Sequence[PathLike], out: PathLike | None = None,
-            batch_size: int = 16) -> pd.DataFrame:
+            batch_size: int = 16, dicom_sr: PathLike | None = None) -> pd.DataFrame:
     """Score image files with a finished run, using its training-time preprocessing, as
     ``medtl predict`` does.
 
@@ -225,6 +225,11 @@ def predict(model: PathLike, inputs: PathLike | Sequence[PathLike], out: PathLik
         inputs: files or folders (searched recursively), or one of them.
         out: also write the table to this CSV (folders made as needed); None writes nothing.
         batch_size: images per model call.
+        dicom_sr: also write a DICOM Structured Report per DICOM film into this folder (score,
+            class, threshold, model name and version; in the film's study, named by
+            SOPInstanceUID) and add a ``dicom_sr`` column (the file, or why none was written).
+            They keep the patient's identity: for the hospital's own PACS only. Needs
+            ``pip install 'medtl[dicom]'``.
 
     Returns:
         One row per file: ``path``, score column(s), ``prediction`` and ``error`` (a reason for
@@ -248,6 +253,10 @@ def predict(model: PathLike, inputs: PathLike | Sequence[PathLike], out: PathLik
     df, shift = predictor.predict_with_shift(paths, batch_size=batch_size)
     df.attrs["threshold_source"] = predictor.threshold_source
     df.attrs["shift"] = shift.as_dict() if shift is not None else None
+    if dicom_sr is not None:
+        from medtl.run.dicom_sr import write_prediction_srs  # why: highdicom, an optional extra
+
+        df = write_prediction_srs(predictor, df, dicom_sr)
     if out is not None:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         df.to_csv(out, index=False)
@@ -301,7 +310,8 @@ def compare(run_a: PathLike, run_b: PathLike) -> dict[str, Any]:
 
 def explain(model: PathLike, inputs: PathLike | Sequence[PathLike], out: PathLike, method: str | None = None,
             target_layer: str | None = None, class_name: str | None = None, save_maps: bool = False,
-            patch: float | None = None, stride: float | None = None, keep_names: bool = False) -> pd.DataFrame:
+            patch: float | None = None, stride: float | None = None, keep_names: bool = False,
+            dicom_out: PathLike | None = None) -> pd.DataFrame:
     """Write heat-map overlays over the original films, as ``medtl explain`` does.
 
     Args:
@@ -317,6 +327,11 @@ def explain(model: PathLike, inputs: PathLike | Sequence[PathLike], out: PathLik
         keep_names: name overlays after the input files; by default they are named by a salted
             hash of the input path, so a file name holding a patient's name or id never
             reaches them.
+        dicom_out: also write each DICOM film's overlay as a Secondary Capture in the film's
+            study into this folder (captioned "research use, not for diagnosis"; files named by
+            SOPInstanceUID). They keep the patient's identity: for the hospital's own PACS only.
+            PNG/JPEG inputs get a note in the ``dicom_out`` column instead. Needs
+            ``pip install 'medtl[dicom]'``.
 
     Returns:
         The explanations table (also written to ``out/explanations.csv``): one row per file
@@ -338,7 +353,46 @@ def explain(model: PathLike, inputs: PathLike | Sequence[PathLike], out: PathLik
     from medtl.explain.files import explain_paths  # why: matplotlib; the models load TensorFlow
 
     return explain_paths(model, paths, out, method=method, target_layer=target_layer, class_name=class_name,
-                         save_maps=save_maps, patch=patch, stride=stride, keep_names=keep_names)
+                         save_maps=save_maps, patch=patch, stride=stride, keep_names=keep_names,
+                         dicom_out=dicom_out)
+
+
+def localise(model: PathLike, annotations: PathLike, out: PathLike, method: Sequence[str] | str | None = None,
+             hot_fraction: float = 0.5, iou_hit: float = 0.3, iobb_hit: float = 0.1, n_boot: int = 1000,
+             seed: int = 0) -> dict[str, Any]:
+    """Score whether a run's heat maps point at annotated findings, as ``medtl localise`` does.
+
+    Per method: the pointing game, the share of heat inside the annotation and IoU / IoBB hit
+    rates, each with a patient-bootstrap interval, beside chance baselines (flat map, film
+    centre, mean-annotation prior). Only annotated films the run calls positive are scored
+    (definitions: :mod:`medtl.stats.localisation`).
+
+    Args:
+        model: a CV run, a training run folder or a ``model.keras`` file (binary task).
+        annotations: a CSV of boxes (file, x, y, w, h in the film's pixels) or masks (file, mask).
+        out: folder for ``localisation.json`` and the per-film ``localisation.csv``.
+        method: one or more map methods (default: the run's ``report.cam`` and ``report.compare``).
+        hot_fraction: the hot region for IoU / IoBB, a fraction of the map's maximum (0.5).
+        iou_hit: IoU above this is a hit (0.3).
+        iobb_hit: IoBB above this is a hit (0.1).
+        n_boot: bootstrap replicates.
+        seed: the bootstrap's seed.
+
+    Returns:
+        The dict written to ``out/localisation.json`` (``medtl.explain.localise.format_localisation``
+        makes the command's text of it); ``verdicts`` says per method, in words, whether its maps
+        are better than chance.
+
+    Example:
+        >>> r = medtl.localise("runs/demo/cv-1a2b3c4d5e", "sample_data/boxes.csv", out="loc/")
+        >>> r["verdicts"]["gradcam"]
+    """
+    methods = [method] if isinstance(method, str) else list(method or [])
+    import_tensorflow()
+    from medtl.explain.localise import localise_run  # why: the models load TensorFlow
+
+    return localise_run(model, annotations, out, methods=methods, hot_fraction=hot_fraction, iou_hit=iou_hit,
+                        iobb_hit=iobb_hit, n_boot=n_boot, seed=seed)
 
 
 def report(run: PathLike, out: PathLike | None = None, pdf: bool = False, cams: bool = True,
@@ -370,6 +424,48 @@ def report(run: PathLike, out: PathLike | None = None, pdf: bool = False, cams: 
     from medtl.report.html import write_report  # why: matplotlib; loaded when used
 
     return write_report(run, target, pdf=pdf, compute_cams=cams, compare=compare)
+
+
+def export(run: PathLike, out: PathLike, format: str = "savedmodel", overwrite: bool = False) -> Path:
+    """Export a run as one inference graph plus a sidecar JSON, as ``medtl export`` does.
+
+    The graph holds the model's own normalisation, every member model (a CV ensemble is one
+    graph: the mean of the fold models), each member's calibrator: its output equals
+    ``medtl predict``'s score columns. It takes the film as medtl reads it (float32 (N, H, W, 1)
+    in [0, 1] after decoding and resizing, which are not graph operations);
+    ``OUT/medtl_export.json`` records the classes, thresholds, calibration, input size and pixel
+    settings, and is checked for the run's patients before the graph is written.
+
+    Args:
+        run: a CV run, a training run or fold folder, or a ``model.keras`` file.
+        out: output folder (``saved_model/``, ``model.onnx`` or ``model.tflite``, and the sidecar).
+        format: ``savedmodel``, ``onnx`` (needs tf2onnx) or ``litert`` (a ``.tflite`` file).
+        overwrite: replace an existing export of this format in ``out``.
+
+    Returns:
+        The exported file or folder.
+
+    Raises:
+        ValueError: unknown format. ImportError: the format's converter is missing.
+        PermissionError: the sidecar would name a patient of the run (nothing is exported).
+
+    Example:
+        >>> medtl.export("runs/demo/cv-1a2b3c4d5e", "deploy/", format="onnx")
+        PosixPath('deploy/model.onnx')
+    """
+    import_tensorflow()
+    from medtl.report.deid import deid_check as check  # why: loaded when used, like the report
+    from medtl.run.export import export_run  # why: builds the graph with Keras (TensorFlow)
+
+    model_run = Path(run) if Path(run).is_dir() else Path(run).parent
+
+    def no_phi(sidecar: Path) -> None:
+        hits = check([sidecar], model_run)
+        if hits:
+            raise PermissionError(f"{sidecar}: would name a patient of {model_run} ({hits[0][1]}); nothing "
+                                  "was exported. Check the class names for identifying data")
+
+    return export_run(run, out, fmt=format, overwrite=overwrite, check=no_phi)
 
 
 def deid_check(run: PathLike, paths: PathLike | Sequence[PathLike], include_local: bool = False) -> list[tuple[str, str]]:

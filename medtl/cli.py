@@ -90,7 +90,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     out = Path(args.out)
-    df = api.predict(args.model, args.inputs, out=out, batch_size=args.batch_size)
+    df = api.predict(args.model, args.inputs, out=out, batch_size=args.batch_size, dicom_sr=args.dicom_sr)
     n_err = int((df["error"].fillna("") != "").sum()) if "error" in df.columns else 0
     print(f"wrote {len(df)} rows to {out} (threshold: {df.attrs['threshold_source']})")
     shift = df.attrs.get("shift")
@@ -163,12 +163,20 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 1 if incomplete else 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    path = api.export(args.run, args.out, format=args.format, overwrite=args.overwrite)
+    print(f"exported: {path}")
+    print(f"sidecar: {Path(args.out) / 'medtl_export.json'} (classes, thresholds, calibration, input size "
+          "and pixel settings)")
+    return 0
+
+
 def cmd_explain(args: argparse.Namespace) -> int:
     from medtl.explain.files import OFF_FILM_NOTE  # loads when a command runs: `medtl --help` stays quick
 
     df = api.explain(args.model, args.inputs, args.out, method=args.method, target_layer=args.target_layer,
                      class_name=args.class_name, save_maps=args.save_maps, patch=args.patch, stride=args.stride,
-                     keep_names=args.keep_names)
+                     keep_names=args.keep_names, dicom_out=args.dicom_out)
     n_err = int((df["error"].fillna("") != "").sum())
     shown = sorted(set(df["map_class"].fillna("").astype(str)) - {""})
     print(f"wrote {len(df) - n_err} overlays and explanations.csv to {args.out} "
@@ -184,6 +192,16 @@ def cmd_explain(args: argparse.Namespace) -> int:
         print(f"{n_err} unreadable file(s): {first}{more} in the error column of explanations.csv",
               file=sys.stderr)
     return 1 if n_err else 0
+
+
+def cmd_localise(args: argparse.Namespace) -> int:
+    from medtl.explain.localise import format_localisation  # loads when a command runs: `medtl --help` stays quick
+
+    result = api.localise(args.model, args.annotations, args.out, method=args.method, hot_fraction=args.hot_fraction,
+                          iou_hit=args.iou_hit, iobb_hit=args.iobb_hit, n_boot=args.n_boot, seed=args.seed)
+    print(format_localisation(result))
+    print(f"wrote localisation.json and localisation.csv to {args.out}")
+    return 0
 
 
 def cmd_deid_check(args: argparse.Namespace) -> int:
@@ -287,6 +305,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("inputs", nargs="+", help="files or folders (searched recursively)")
     p.add_argument("--out", default="predictions.csv", help="output CSV (default: predictions.csv)")
     p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--dicom-sr", metavar="DIR",
+                   help="also write a DICOM Structured Report per DICOM film into DIR, for the hospital's own "
+                        "PACS: it keeps the patient's identity, never share it (needs medtl[dicom])")
 
     p = add(
         "cv",
@@ -338,6 +359,19 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: the run's report.compare)")
 
     p = add(
+        "export",
+        "export a run (a CV ensemble as one graph) as SavedModel, ONNX or LiteRT, with a sidecar JSON",
+        "medtl export runs/demo/cv-1a2b3c4d5e --format onnx --out deploy/",
+        cmd_export,
+    )
+    p.add_argument("run", help="CV run, training run folder or model.keras")
+    p.add_argument("--format", choices=["savedmodel", "onnx", "litert"], default="savedmodel",
+                   help="savedmodel (a TF SavedModel folder), onnx (needs medtl[export]) or litert (.tflite); "
+                        "default: savedmodel")
+    p.add_argument("--out", required=True, help="output folder for the model and medtl_export.json")
+    p.add_argument("--overwrite", action="store_true", help="replace an export of this format in --out")
+
+    p = add(
         "explain",
         f"write {' / '.join(map(method_label, map_methods()))} overlays for given files",
         "medtl explain runs/demo/cv-1a2b3c4d5e sample_data/images/P0001_1.dcm --out cams/",
@@ -365,6 +399,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-names", action="store_true",
                    help="name overlays after the input files (default: a salted hash of each path, so no "
                         "patient name or id in a file name reaches them)")
+    p.add_argument("--dicom-out", metavar="DIR",
+                   help="also write each DICOM film's overlay as a Secondary Capture in its study into DIR, for "
+                        "the hospital's own PACS: it keeps the patient's identity, never share it "
+                        "(needs medtl[dicom])")
+
+    p = add(
+        "localise",
+        "score whether the heat maps point at annotated findings (pointing game, heat in box, IoU / IoBB), "
+        "with patient-bootstrap intervals beside chance baselines",
+        "medtl localise runs/demo/cv-1a2b3c4d5e sample_data/boxes.csv --out loc/ --method gradcam "
+        "--method occlusion",
+        cmd_localise,
+    )
+    p.add_argument("model", help="CV run, training run folder or model.keras (binary task)")
+    p.add_argument("annotations", help="CSV of boxes (file, x, y, w, h in the film's pixels) or masks (file, mask)")
+    p.add_argument("--out", required=True, help="output folder for localisation.json and localisation.csv")
+    p.add_argument("--method", action="append", choices=map_methods(),
+                   help="map method (repeatable; default: the run's report.cam and report.compare)")
+    p.add_argument("--hot-fraction", type=float, default=0.5, metavar="F",
+                   help="hot region for IoU / IoBB: pixels at or above F of the map's maximum (default 0.5)")
+    p.add_argument("--iou-hit", type=float, default=0.3, help="IoU above this is a hit (default 0.3)")
+    p.add_argument("--iobb-hit", type=float, default=0.1, help="IoBB above this is a hit (default 0.1)")
+    p.add_argument("--bootstrap", dest="n_boot", type=int, default=1000, metavar="N",
+                   help="patient-bootstrap replicates (default 1000)")
+    p.add_argument("--seed", type=int, default=0, help="the bootstrap's seed (default 0)")
 
     p = add(
         "deid-check",

@@ -64,6 +64,8 @@ class DataConfig:
     max_pixels: int | None = 50_000_000
     cache_dir: str = ".medtl-cache"
     on_error: Literal["fail", "skip"] = "fail"
+    # boxes or masks CSV (medtl.data.annotations): the report scores where the maps point
+    annotations: str | None = None
     val_fraction: float = 0.2
     workers: int = 0
 
@@ -72,7 +74,8 @@ class DataConfig:
 class AugmentConfig:
     """Training-time augmentation: a named preset plus optional extra albumentations transforms."""
 
-    preset: Literal["none", "light", "chest_xray"] = "chest_xray"
+    # chest_xray_robust: chest_xray plus acquisition changes (CLAHE, sharpen, JPEG, down/up-sampling)
+    preset: Literal["none", "light", "chest_xray", "chest_xray_robust"] = "chest_xray"
     transforms: list[dict] = field(default_factory=list)
     hflip: bool = False
 
@@ -131,6 +134,10 @@ class TrainConfig:
     xla: bool = False
     distribute: Literal["auto", "none", "mirrored"] = "auto"
     feature_cache: bool = True
+    # TensorBoard event files are always written; mlflow also logs to MLflow (medtl.train.tracking).
+    log_to: Literal["tensorboard", "mlflow"] = "tensorboard"
+    # MLflow tracking URI; None: $MLFLOW_TRACKING_URI, else a file store <output_dir>/mlruns.
+    mlflow_uri: str | None = None
 
 
 @dataclass
@@ -142,6 +149,18 @@ class EvaluateConfig:
     calibration: Literal["none", "temperature", "platt"] = "none"
     bootstrap: int = 1000
     final_model: Literal["ensemble", "retrain"] = "ensemble"
+    # A logistic regression on the ImageNet backbone's pooled features, scored beside each fold
+    # (medtl.evaluate.probe): shows whether fine-tuning was worth it. Costs one backbone pass.
+    linear_probe: bool = False
+
+
+@dataclass
+class PredictConfig:
+    """Scoring finished models (predict, evaluate, the CV test folds)."""
+
+    # Test-time augmentation (medtl.run.tta): raw scores averaged over views. flip needs
+    # augment.hflip: true (chest films are not left-right symmetric).
+    tta: Literal["none", "flip", "shift", "flip+shift"] = "none"
 
 
 @dataclass
@@ -158,6 +177,8 @@ class ReportConfig:
     compare: CamMethod | None = None
     cases: int = 4
     pdf: bool = False
+    # What the model card says the model is for (None: research use only, not for clinical use).
+    intended_use: str | None = None
 
 
 @dataclass
@@ -173,6 +194,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    predict: PredictConfig = field(default_factory=PredictConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
 
     def to_dict(self) -> dict[str, Any]:
@@ -364,6 +386,10 @@ def _validate(cfg: Config) -> None:
     if cfg.evaluate.folds < 2:
         raise ConfigError(f"evaluate.folds: invalid value {cfg.evaluate.folds}; expected >= 2")
     parse_threshold_rule(cfg.evaluate.threshold)
+    if "flip" in cfg.predict.tta and not cfg.augment.hflip:
+        raise ConfigError(f"predict.tta: {cfg.predict.tta} flips films left-right, but augment.hflip is false "
+                          "(the model never saw flipped films; chest films are not left-right symmetric); "
+                          "use shift, or set augment.hflip: true for a task where sides do not matter")
     if cfg.model.backbone.startswith("hub:"):
         for i, st in enumerate(cfg.train.stages):
             if isinstance(st.unfreeze, int):
@@ -445,6 +471,11 @@ def config_from_dict(raw: dict, base_dir: str | Path | None = None, overrides: t
         cfg.data.manifest = str(_resolve(base, cfg.data.manifest))
         if cfg.data.root is not None:
             cfg.data.root = str(_resolve(base, cfg.data.root))
+        if cfg.data.annotations:
+            cfg.data.annotations = str(_resolve(base, cfg.data.annotations))
+            if not Path(cfg.data.annotations).is_file():
+                raise ConfigError(f"data.annotations: {cfg.data.annotations} not found; give a CSV of boxes or masks "
+                                  "(relative to the config's folder) or remove the key")
         if cfg.model.weights not in ("imagenet", "none") and "://" not in cfg.model.weights:
             cfg.model.weights = str(_resolve(base, cfg.model.weights))
         handle = cfg.model.backbone[len("hub:"):] if cfg.model.backbone.startswith("hub:") else ""

@@ -38,7 +38,7 @@ def test_cli_commands_are_the_known_ones():
     # A command added to the CLI without its function would fail the next test; this one says
     # which commands the API promises.
     assert sorted(_subcommands()) == sorted(["inspect", "init", "train", "cv", "predict", "evaluate", "compare",
-                                             "explain", "report", "deid-check"])
+                                             "explain", "report", "deid-check", "export", "localise"])
 
 
 @pytest.mark.parametrize("command", sorted(_subcommands()))

@@ -16,6 +16,7 @@ from medtl.config import (
     parse_threshold_rule,
     save_config,
 )
+from medtl.registry import map_methods
 
 ISSUE_EXAMPLE = """
 name: pneumonia-resnet50
@@ -107,7 +108,7 @@ def test_yaml_lax_float_is_coerced():
         ({"bogus": 1, "data": {"manifest": "a"}}, "unknown config key 'bogus'"),
         ({"data": {"manifest": "a"}, "report": {"occlusion_patch": 16}}, "report.occlusion_patch: invalid value 16"),
         ({"data": {"manifest": "a"}, "report": {"occlusion_stride": 0}}, "report.occlusion_stride: invalid value 0"),
-        ({"data": {"manifest": "a"}, "report": {"compare": "lime"}}, "report.compare: invalid value 'lime'; expected gradcam | gradcam++ | hirescam | occlusion or null"),
+        ({"data": {"manifest": "a"}, "report": {"compare": "lime"}}, "report.compare: invalid value 'lime'; expected " + " | ".join(map_methods()) + " or null"),
         ({"data": {"manifest": "a"}, "report": {"compare": "gradcam"}}, "report.compare: 'gradcam' is report.cam already"),
     ],
 )

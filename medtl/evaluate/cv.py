@@ -65,9 +65,11 @@ from medtl.evaluate.cv_folder import (
 from medtl.evaluate.final import final_summary, retrain_final
 from medtl.evaluate.folds import FoldBusyError, run_fold
 from medtl.evaluate.formatting import NO_PATIENTS_NOTE, NO_PATIENTS_WARNING, format_cv, format_thresholds, log
+from medtl.evaluate.probe import format_probe
 from medtl.evaluate.pooling import merge_cv
 from medtl.io.atomic import write_json
 from medtl.run.layout import METRICS_FILE
+from medtl.train.tracking import finish_cv_tracking, start_cv_tracking
 
 # Names of the parts, re-exported: ``from medtl.evaluate.cv import merge_cv`` and the like are
 # how the command line, the report and users' scripts reach them.
@@ -114,6 +116,7 @@ def run_cv(cfg: Config, run_dir: str | Path | None = None, fold: int | None = No
     # The run's saved config may differ only in keys that do not touch the manifest.
     manifest = load_manifest(cfg)
     run, cfg = open_run(cfg, run_dir)
+    start_cv_tracking(cfg, run)  # train.log_to: mlflow: the folds nest under this run's MLflow run
     assign = fold_assignment(run, cfg, manifest)
     # Guard every fold before training any, so a tampered split refuses to start at all.
     splits = {f: fold_split(run, cfg, manifest, assign, f) for f in range(k)}
@@ -141,4 +144,8 @@ def run_cv(cfg: Config, run_dir: str | Path | None = None, fold: int | None = No
                                                  metrics["calibration"], None, None)
                 write_json(run / METRICS_FILE, metrics)
         log(progress, format_cv(metrics))
+        if metrics["complete"]:  # a fold still running elsewhere keeps the MLflow run open
+            finish_cv_tracking(cfg, run, metrics.get("pooled") or {})
+        if "probe" in metrics:  # evaluate.linear_probe
+            log(progress, "Pooled " + format_probe(metrics["probe"]["pooled"]))
     return run

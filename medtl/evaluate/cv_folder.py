@@ -81,6 +81,7 @@ def open_run(cfg: Config, run_dir: str | Path | None) -> tuple[Path, Config]:
                       "{key} ({old!r} in the run, {new!r} now)", "use the same config, or another run folder")
     # Where data and caches live may differ between machines of one cluster.
     saved.output_dir, saved.data.cache_dir, saved.data.workers = cfg.output_dir, cfg.data.cache_dir, cfg.data.workers
+    saved.train.log_to, saved.train.mlflow_uri = cfg.train.log_to, cfg.train.mlflow_uri  # tracking is per call
     return run, saved
 
 

@@ -53,7 +53,7 @@ EXTERNAL_KEYS = ("roc_auc", "roc_auc_ci", "pr_auc", "accuracy", "balanced_accura
 
 
 def evaluate_external(run_or_model: str | Path, data_manifest_or_config: str | Path | Config,
-                      out_dir: str | Path, progress: bool = True) -> dict[str, Any]:
+                      out_dir: str | Path, progress: bool = True, tta: str | None = None) -> dict[str, Any]:
     """Score a finished run or model on another labelled dataset.
 
     Args:
@@ -64,6 +64,9 @@ def evaluate_external(run_or_model: str | Path, data_manifest_or_config: str | P
             the run's own ``data.*`` column settings.
         out_dir: where ``metrics.json`` and ``predictions.csv`` go (created).
         progress: print what is scored and any skipped files.
+        tta: test-time augmentation (``predict.tta``: none, flip, shift, flip+shift); None:
+            the run's own ``predict.tta``. Raw scores are averaged over the views before the
+            saved calibrators and threshold (:mod:`medtl.run.tta`).
 
     Returns:
         The metrics, with exactly the keys in :data:`EXTERNAL_KEYS` (``roc_auc_ci`` is the 95%
@@ -86,7 +89,7 @@ def evaluate_external(run_or_model: str | Path, data_manifest_or_config: str | P
         >>> sorted(m) == sorted(EXTERNAL_KEYS)
         True
     """
-    pred = Predictor(run_or_model)
+    pred = Predictor(run_or_model, tta=tta)
     cfg = _data_config(run_or_model, data_manifest_or_config)
     if cfg.task != pred.task:
         raise ConfigError(f"task: the data config says {cfg.task!r} but {run_or_model} was trained for "
@@ -101,7 +104,8 @@ def evaluate_external(run_or_model: str | Path, data_manifest_or_config: str | P
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if progress:
-        print(f"Scoring {len(manifest)} images with {len(pred.members)} model(s) from {run_or_model}", flush=True)
+        views = "" if pred.tta == "none" else f", test-time augmentation {pred.tta}"
+        print(f"Scoring {len(manifest)} images with {len(pred.members)} model(s) from {run_or_model}{views}", flush=True)
     scored = _score(pred, cfg, manifest)
     used, raw, skipped = scored[:3]
     features = scored[3] if len(scored) > 3 else None  # stand-in scorers (tests) may give none

@@ -113,6 +113,7 @@ def run_fold(run: Path, cfg: Config, manifest, split, f: int, progress: bool, re
         del model
         release_memory()
         table = _test_table(used, f, raw, pp)
+        probe = _fold_probe(cfg, manifest, np.concatenate([train_idx, val_idx]), used, table, fdir, f, progress)
         write_csv(fdir / TEST_PREDICTIONS, table)
         if skipped:
             write_csv(fdir / TEST_SKIPPED, pd.DataFrame(skipped, columns=["path", "reason"]))
@@ -131,6 +132,7 @@ def run_fold(run: Path, cfg: Config, manifest, split, f: int, progress: bool, re
             "calibration": pp.calibration,
             "skipped": [list(s) for s in skipped],
             "best": trained.get("best"),
+            "probe": probe,
             # the trainer's own clock covers every session of an interrupted, resumed fold
             "wall_time_s": round(float(trained.get("wall_time_s") or (t_trained - t0))
                                  + time.perf_counter() - t_trained, 2),
@@ -158,16 +160,46 @@ def _predict_fold(cfg: Config, fdir: Path, model, test_m):
     """Predict the test fold once with the best model: (rows used, raw scores (N, K), skipped)."""
     from medtl.data.pipeline import ImagePipeline  # why: loads TensorFlow (tf.data)
     from medtl.models.classifier import load_model  # why: loads Keras
+    from medtl.run.tta import predict_dataset_views, tta_views  # why: cv2; only when a fold is predicted
 
     if model is None:  # a fold finished before an interruption: its saved model
         model = load_model(fdir / MODEL_FILE)
     pipe = ImagePipeline(cfg)
     used = pipe.prepare(test_m)
     ds = pipe.dataset(used, training=False)
-    raw = np.asarray(model.predict(ds.map(lambda x, y: x), verbose=0), dtype=np.float64)
+    # predict.tta: the same views as medtl predict/evaluate, so the CV figures estimate what they give
+    raw = predict_dataset_views(model, ds.map(lambda x, y: x), tta_views(cfg.predict.tta))
     if raw.shape[0] != len(used):
         raise RuntimeError(f"{fdir}: {raw.shape[0]} test predictions for {len(used)} images")
     return used, raw, [(str(p), str(r)) for p, r in pipe.skipped]
+
+
+def _fold_probe(cfg: Config, manifest, train_idx: np.ndarray, used, table: pd.DataFrame, fdir: Path, f: int,
+                progress: bool) -> dict | None:
+    """With ``evaluate.linear_probe`` (binary tasks): fit the linear probe on the fold's training
+    and validation films, add its test scores to ``table`` (``probe_score``) and its block to the
+    fold's metrics.json; returns the block (None when not asked for)."""
+    if not cfg.evaluate.linear_probe or cfg.task != "binary":
+        return None
+    from medtl.data.pipeline import ImagePipeline  # why: loads TensorFlow (tf.data)
+    from medtl.evaluate.probe import PROBE_COLUMN, fold_probe, format_probe  # why: scikit-learn, Keras
+
+    train_m = ImagePipeline(cfg).prepare(manifest.subset(train_idx))
+    r = fold_probe(cfg, train_m, used)
+    release_memory()
+    table[PROBE_COLUMN] = r.pop("scores")
+    y = table["label"].to_numpy().astype(int)
+    tuned = None
+    if len(np.unique(y)) == 2:
+        from medtl.stats.metrics import roc_auc  # why: kept beside its one use
+
+        tuned = float(roc_auc(y, table["score"].to_numpy(float)))
+    block = {"fine_tuned_roc_auc": tuned, "probe_roc_auc": r.pop("roc_auc"), **r}
+    trained = read_trainer_metrics(fdir)
+    if trained:
+        write_json(fdir / METRICS_FILE, {**trained, "probe": block})
+    log(progress, f"Fold {f}: {format_probe(block)} (probe {block['seconds']:.0f}s)")
+    return block
 
 
 def release_memory() -> None:

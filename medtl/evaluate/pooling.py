@@ -23,6 +23,7 @@ import pandas as pd
 
 from medtl.config import load_resolved
 from medtl.evaluate.cv_folder import has_patient_ids
+from medtl.evaluate.probe import probe_summary
 from medtl.evaluate.final import final_summary, final_thresholds, retrain_epochs
 from medtl.evaluate.tables import interval_warning, table_metrics
 from medtl.io.atomic import jsonable, read_json, write_csv, write_json
@@ -167,6 +168,9 @@ def merge_cv(run_dir: str | Path) -> dict[str, Any]:
     if suffix:
         metrics["pooled_uncalibrated"] = metrics_of(oof, "", True, 0)[0]
         metrics["raw_thresholds"] = {str(f): pps[f].raw_thresholds for f in done}
+    probe = probe_summary(oof, "score" + suffix)  # evaluate.linear_probe: the baseline beside fine-tuning
+    if probe is not None:
+        metrics["probe"] = probe
     write_csv(run / OOF_FILE, oof)
     write_json(run / ENSEMBLE_FILE, ensemble)
     write_json(run / METRICS_FILE, metrics)

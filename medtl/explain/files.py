@@ -23,9 +23,13 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from medtl.explain.dicom_out import new_series_uid, write_overlay_sc
+from medtl.io.dicom import is_dicom
+from medtl.io.dicom_results import load_highdicom, not_dicom_note
+from medtl.io.errors import one_line
 from medtl.io.image import IMAGE_SUFFIXES, read_image
 from medtl.io.pseudonyms import hash_patient_id, run_salt
-from medtl.registry import DEFAULT_METHOD, PERTURBATION, is_perturbation, map_methods
+from medtl.registry import DEFAULT_METHOD, PERTURBATION, is_perturbation, map_methods, takes_target_layer
 from medtl.run.files import score_columns
 from medtl.run.layout import EXPLANATIONS_FILE
 from medtl.run.predictor import Predictor
@@ -137,7 +141,7 @@ def maps_for_files(
             maps = compute_cam(
                 model, np.stack([loaded[p][0] for p in ok]),
                 method=str(choice),
-                target_layer=None if is_perturbation(choice) else target_layer,
+                target_layer=target_layer if takes_target_layer(choice) else None,
                 class_index=targets,
                 batch_size=batch_size,
                 **(occlusion if is_perturbation(choice) else {}),
@@ -170,6 +174,7 @@ def explain_paths(
     patch: float | None = None,
     stride: float | None = None,
     keep_names: bool = False,
+    dicom_out: str | Path | None = None,
 ) -> pd.DataFrame:
     """Write a heat-map overlay PNG per file and ``explanations.csv`` into ``out_dir``.
 
@@ -192,11 +197,17 @@ def explain_paths(
             run's ``report.occlusion_patch`` and ``report.occlusion_stride``.
         keep_names: name the PNGs after the input files (``DOE_JOHN.dcm`` ->
             ``DOE_JOHN_gradcam.png``) instead of by salted hash; not for sharing.
+        dicom_out: also write each DICOM film's overlay, captioned "research use, not for
+            diagnosis", as a Secondary Capture in the film's study into this folder (one new
+            series per call, files named by SOPInstanceUID, see
+            :mod:`medtl.explain.dicom_out`); they keep the patient's identity, for the
+            hospital's own PACS only. PNG/JPEG inputs are skipped with a note.
 
     Returns:
         One row per file: path, png, map_png ('' unless ``save_maps``), method, map_class (the
         class the map is for), heat_off_film (share of the map's heat on the letterbox padding,
-        which the overlay cannot show), error, score column(s), prediction.
+        which the overlay cannot show), error, score column(s), prediction; with ``dicom_out``
+        also dicom_out (the file written, or why none was).
     """
     # why: the overlay module loads OpenCV and matplotlib, which only drawing needs
     from medtl.explain.overlay import overlay, write_map_png, write_png
@@ -216,6 +227,7 @@ def explain_paths(
                         class_name=class_name, patch=patch, stride=stride)
     rows = []
     used: set[str] = set()
+    series = _dicom_series(dicom_out)
     salt = None if keep_names else run_salt(_run_folder(run_or_model))
     for i, p in enumerate(map(str, paths)):
         row = {"path": p, "png": "", "map_png": "", "method": fm.method, "map_class": fm.classes.get(p, ""),
@@ -223,8 +235,11 @@ def explain_paths(
                "error": fm.errors.get(p, "")}
         if p in fm.films:
             name = _unique(overlay_stem(p, salt), used) + f"_{fm.method.replace('+', 'p')}"
-            write_png(overlay(fm.films[p], fm.maps[p]), out / f"{name}.png")
+            rgb = overlay(fm.films[p], fm.maps[p])
+            write_png(rgb, out / f"{name}.png")
             row["png"] = f"{name}.png"
+            if series is not None:
+                row["dicom_out"] = _write_dicom(p, rgb, dicom_out, series, len(rows) + 1, fm, run_or_model)
             if save_maps:
                 write_map_png(fm.maps[p], out / f"{name}_map.png")
                 row["map_png"] = f"{name}_map.png"
@@ -232,10 +247,35 @@ def explain_paths(
             for col in srow.index:
                 if col.startswith("score") or col == "prediction":
                     row[col] = srow[col]
+        elif series is not None:
+            row["dicom_out"] = "skipped: the film could not be read (see the error column)"
         rows.append(row)
     df = pd.DataFrame(rows)
     df.to_csv(out / EXPLANATIONS_FILE, index=False)
     return df
+
+
+def _dicom_series(dicom_out: str | Path | None) -> str | None:
+    """A new series UID for this call's Secondary Captures, or None without ``dicom_out``;
+    checks that highdicom is there before any map is drawn."""
+    if dicom_out is None:
+        return None
+    load_highdicom()
+    return new_series_uid()
+
+
+def _write_dicom(path: str, rgb: np.ndarray, dicom_out: str | Path, series: str, number: int, fm: FileMaps,
+                 run_or_model: str | Path) -> str:
+    """Write one overlay as a Secondary Capture; the file's name, or why there is none (a
+    PNG/JPEG input, a DICOM without UIDs): noted per film, never failing the call."""
+    if not is_dicom(path):
+        return not_dicom_note(path)
+    what = (f"{fm.method} heat map of the evidence for class {fm.classes.get(path, '?')}, "
+            f"medtl model {run_or_model}")
+    try:
+        return write_overlay_sc(path, rgb, dicom_out, series, number, what).name
+    except (ValueError, OSError) as exc:
+        return f"skipped: {one_line(exc, 200)}"
 
 
 def overlay_stem(path: str, salt: bytes | None) -> str:

@@ -118,6 +118,10 @@ class ReportData:
     gallery: list[Case] = field(default_factory=list)
     gallery_note: str = ""
     notes: list[str] = field(default_factory=list)
+    # What medtl localise wrote (localisation.json) when data.annotations is set; None otherwise.
+    localisation: dict[str, Any] | None = None
+    # The model card (medtl.report.model_card), set by write_report; None: no card section.
+    model_card: dict[str, Any] | None = None
     # Never rendered: raw ids, paths and DICOM PHI of the shown cases; write_report refuses to
     # write a page that contains any of them.
     forbidden: list[str] = field(default_factory=list, repr=False)
@@ -539,6 +543,7 @@ def collect_report_data(run_dir: str | Path, compute_cams: bool = True, n_cases:
         read={"window": cfg.data.window, "frame": cfg.data.frame, "max_pixels": cfg.data.max_pixels})
 
     notes = list(src.notes)
+    localisation = _localisation(run, cfg, compute_cams)
     if not has_patient_ids(cfg):
         notes.insert(0, NO_PATIENTS_NOTE + ".")
     now = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
@@ -568,5 +573,20 @@ def collect_report_data(run_dir: str | Path, compute_cams: bool = True, n_cases:
         gallery=gallery,
         gallery_note=gallery_note,
         notes=notes,
+        localisation=localisation,
         forbidden=forbidden,
     )
+
+
+def _localisation(run: Path, cfg: Any, compute: bool) -> dict[str, Any] | None:
+    """localisation.json of ``RUN/localisation/`` when ``data.annotations`` is set: read if it is
+    there, else made with the run's models (when maps may be computed), else None."""
+    if not cfg.data.annotations:
+        return None
+    done = run / "localisation" / "localisation.json"
+    if not done.is_file() and compute and cfg.task == "binary":
+        # why: maps need the models (TensorFlow); only a config with annotations pays for it
+        from medtl.explain.localise import localise_run
+
+        localise_run(run, cfg.data.annotations, done.parent, n_boot=cfg.evaluate.bootstrap, seed=cfg.seed)
+    return read_json(done) if done.is_file() else None

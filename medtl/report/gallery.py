@@ -31,7 +31,7 @@ from PIL import Image
 from medtl.explain.files import maps_for_files
 from medtl.explain.overlay import overlay
 from medtl.io import ImageReadError, read_image
-from medtl.registry import is_perturbation, map_methods, method_kind
+from medtl.registry import is_perturbation, map_methods, method_kind, takes_target_layer
 from medtl.report.deid import hash_patient_id, scrub_text
 from medtl.report.plots import image_png
 from medtl.run.files import scores_from_frame, targets_from_frame, threshold_columns
@@ -323,7 +323,7 @@ def render_gallery(
                 continue
             try:
                 got, choice = cam_overlays(
-                    model_dir, files, name, None if is_perturbation(name) else target_layer,
+                    model_dir, files, name, target_layer if takes_target_layer(name) else None,
                     class_name=target or None, **(dict(occlusion or {}) if is_perturbation(name) else {}))
             except Exception as exc:  # noqa: BLE001 - the reason is shown on each case
                 reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

@@ -29,6 +29,7 @@ from medtl.io.atomic import write_atomic
 from medtl.report.data import Cell, ReportData, collect_report_data
 from medtl.report.deid import deid_check, find_in_text
 from medtl.report.gallery import NOT_COMPUTED
+from medtl.report.model_card import build_model_card, write_model_card
 from medtl.report.plots import data_uri
 
 __all__ = ["write_report", "render_html", "export_pdf", "ExternalResourceError", "PHIError"]
@@ -141,6 +142,7 @@ def write_report(run_dir: str | Path, out_path: str | Path, pdf: bool = False,
         PosixPath('runs/demo/report.html')
     """
     data = collect_report_data(run_dir, compute_cams=compute_cams, compare=compare)
+    data.model_card = build_model_card(run_dir, data)
     # Left out on purpose with compute_cams=False, so not a problem to warn about.
     problems = [p for p in (c.note.replace(NOT_COMPUTED, "").strip("; ") for c in data.gallery) if p]
     page = render_html(data)
@@ -158,6 +160,7 @@ def write_report(run_dir: str | Path, out_path: str | Path, pdf: bool = False,
                            "names for identifying data")
 
     write_atomic(out, write_checked)
+    write_model_card(run_dir, data)  # RUN/model_card.md and .json, checked the same way
     if pdf:
         export_pdf(out, out.with_suffix(".pdf"))
     if problems:

@@ -21,6 +21,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
+import yaml
 
 from medtl.io.atomic import read_json
 from medtl.io.image import is_image_file
@@ -31,6 +32,7 @@ from medtl.run.layout import (
     CONFIG_FILE, CV_FILE, FINAL_DONE, MODEL_FILE, MODEL_INFO_FILE, POSTPROCESS_FILE, final_dir, finished_folds,
     fold_dir, is_cv_run,
 )
+from medtl.run.tta import predict_dataset_views, predict_views, tta_views
 from medtl.stats.postprocess import PostProcess
 from medtl.stats.shift import FeatureSummary, ShiftResult, assess_shift
 
@@ -49,6 +51,9 @@ class Predictor:
     calibrator chosen on its validation split); without one, the ``model_info.json``
     threshold, or 0.5.
 
+    With ``tta`` (``predict.tta``, :mod:`medtl.run.tta`) each member's raw scores are the mean
+    over the test-time views, before its calibrator; ``none`` is the plain prediction exactly.
+
     Attributes:
         task, classes: of the models.
         thresholds: decision threshold per score column (None for multiclass).
@@ -56,6 +61,7 @@ class Predictor:
         members: the model folders/files used.
         folds: the fold of each member of an ensemble (empty for one model).
         info: the first member's model_info.json.
+        tta: the test-time augmentation mode in use.
 
     Example:
         >>> p = Predictor("runs/demo/cv-1a2b3c4d5e")
@@ -63,7 +69,7 @@ class Predictor:
         ['lesion', 'normal']
     """
 
-    def __init__(self, run_or_model: str | Path) -> None:
+    def __init__(self, run_or_model: str | Path, tta: str | None = None) -> None:
         p = Path(run_or_model)
         if not p.exists():
             raise FileNotFoundError(f"{p}: not found; pass a medtl run folder (CV or training) or a .keras file")
@@ -85,6 +91,13 @@ class Predictor:
         self.classes: list[str] = list(first["classes"])
         self._models: list | None = None
         self._dual = None
+        # None: the run's own predict.tta (so `medtl cv --set predict.tta=shift` carries over)
+        saved_tta, hflip = _saved_tta(p)
+        self.tta: str = tta if tta is not None else saved_tta
+        self._views = tta_views(self.tta)
+        if "flip" in self.tta and not hflip:
+            raise ValueError(f"tta {self.tta!r}: {p} was trained without left-right flips (augment.hflip false), "
+                             "so a mirrored film is new to it; use tta 'shift' or 'none'")
 
     def _use_folds(self, run: Path) -> None:
         """The ensemble of a CV run's finished folds."""
@@ -191,12 +204,12 @@ class Predictor:
 
     def raw_scores(self, x: np.ndarray) -> list[np.ndarray]:
         """Each member model's raw scores (N, K) for a batch of model inputs (N, H, W, 1)."""
-        return [np.asarray(m.predict_on_batch(x), dtype=np.float64) for m in self._load()]
+        return [predict_views(m, x, self._views) for m in self._load()]
 
     def predict_dataset(self, ds) -> list[np.ndarray]:
         """Each member model's raw scores (N, K) over a ``tf.data`` dataset of (x, y)."""
         xs = ds.map(lambda x, y: x)
-        return [np.asarray(m.predict(xs, verbose=0), dtype=np.float64) for m in self._load()]
+        return [predict_dataset_views(m, xs, self._views) for m in self._load()]
 
     # -- shift ---------------------------------------------------------------------------------
 
@@ -224,6 +237,9 @@ class Predictor:
             >>> raw, feats = Predictor(run).predict_dataset_with_features(ds)
         """
         xs = ds.map(lambda x, y: x)
+        if len(self._views) > 1:  # features of the film as it is; scores over the views
+            feats = self._dual_model().predict(xs, verbose=0)[1]
+            return self.predict_dataset(ds), np.asarray(feats, dtype=np.float32)
         s0, feats = self._dual_model().predict(xs, verbose=0)
         raw = [np.asarray(s0, dtype=np.float64)]
         raw += [np.asarray(m.predict(xs, verbose=0), dtype=np.float64) for m in self._load()[1:]]
@@ -291,7 +307,10 @@ class Predictor:
             if len(x) < batch_size:
                 # Pad the last batch: one input shape means one traced predict function per model.
                 x = np.concatenate([x, np.zeros((batch_size - len(x), *x.shape[1:]), x.dtype)])
-            if features:
+            if features and len(self._views) > 1:  # features of the film as it is; scores over the views
+                feats.append(np.asarray(self._dual_model().predict_on_batch(x)[1], dtype=np.float32)[:len(batch)])
+                raw = self.raw_scores(x)
+            elif features:
                 s0, f = self._dual_model().predict_on_batch(x)
                 feats.append(np.asarray(f, dtype=np.float32)[:len(batch)])
                 others = [np.asarray(m.predict_on_batch(x), dtype=np.float64) for m in self._load()[1:]]
@@ -326,6 +345,18 @@ class Predictor:
         if features:
             return df, (np.concatenate(feats) if feats else np.zeros((0, 0), np.float32))
         return df
+
+
+def _saved_tta(p: Path) -> tuple[str, bool]:
+    """(``predict.tta``, ``augment.hflip``) of the config saved with a run; ("none", True) when
+    there is none (a bare .keras file: the caller knows what it was trained on)."""
+    folder = p if p.is_dir() else p.parent
+    for cand in (folder / CONFIG_FILE, folder.parent / CONFIG_FILE):  # a fold folder: its CV run's config
+        if cand.is_file():
+            raw = yaml.safe_load(cand.read_text()) or {}
+            return (str(((raw.get("predict") or {}).get("tta")) or "none"),
+                    bool((raw.get("augment") or {}).get("hflip", False)))
+    return "none", True
 
 
 def predict_paths(run_or_model: str | Path, paths: Sequence[str | Path], batch_size: int = 16) -> pd.DataFrame:

@@ -153,8 +153,10 @@ class PostProcess:
             choose = None
             if refit:
                 # The cut moves only through the calibrator: refit it, as fit() does, per replicate.
-                def choose(yy: np.ndarray, ss: np.ndarray) -> float:
+                def refit_cut(yy: np.ndarray, ss: np.ndarray) -> float:
                     return _inverse_at(_fit_calibrator(self.calibration, yy, ss)[0], float(p))  # type: ignore[arg-type]
+
+                choose = refit_cut
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # a calibrator at its bounds on one replicate is no news
                 ci = threshold_interval(y[:, j], s[:, j], rule, groups, n_boot, alpha, seed, choose=choose)

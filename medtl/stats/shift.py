@@ -30,7 +30,6 @@ from typing import Any, Sequence
 import numpy as np
 
 from medtl.stats.compare import delong_ci
-from medtl.stats.metrics import roc_auc
 
 __all__ = ["FeatureSummary", "ShiftResult", "build_summary", "assess_shift", "ood_scores", "shift_warning",
            "AUC_CUT", "OOD_SHARE_CUT", "OOD_PERCENTILE", "MIN_FILMS"]

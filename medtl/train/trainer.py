@@ -75,6 +75,7 @@ from medtl.train.early_stopping import EarlyStopping, monitor_mode
 from medtl.train.feature_cache import FeatureCache, use_feature_cache
 from medtl.train.losses import compute_class_weights, make_loss
 from medtl.train.run_log import RunLog
+from medtl.train.tracking import make_tracker
 from medtl.train.runtime import runtime_for
 from medtl.train.stages import is_pretrained
 from medtl.train.state import RunState
@@ -191,7 +192,7 @@ class _Run:
         self.dir = run_dir
         self.monitor = cfg.train.monitor
         self.mode = monitor_mode(self.monitor)
-        self.log = RunLog(run_dir, progress)
+        self.log = RunLog(run_dir, progress, tracker=make_tracker(cfg, run_dir))
         self.checkpoint = Checkpointer(run_dir / CKPT_DIR)
         self.state = self.checkpoint.load_state()
         self.fixed = _fixed_epochs(fixed_epochs, self.state, cfg, self.checkpoint.state_path)
@@ -232,6 +233,9 @@ class _Run:
             try:
                 for s in range(self.state.stage, len(cfg.train.stages)):
                     self._run_stage(s)
+            except BaseException:
+                self.log.on_run_end(failed=True)  # an MLflow run is marked failed, not left running
+                raise
             finally:
                 self.log.close()
             return self._finish()
@@ -432,6 +436,7 @@ class _Run:
         write_json(self.dir / METRICS_FILE, metrics)
         state.finished = True
         self._commit()
+        self.log.on_run_end()
         self.log(f"Best {self.monitor} {metrics['best']['value']:.4f} (stage {state.best_at['stage']}, "
                  f"epoch {state.best_at['epoch']}); saved {self.dir / MODEL_FILE}")
         return TrainResult(self.dir, self.dir / MODEL_FILE, pd.DataFrame(state.history), val,
@@ -476,6 +481,7 @@ class _Run:
         write_json(self.dir / METRICS_FILE, metrics)
         state.finished = True
         self._commit()
+        self.log.on_run_end()
         self.log(f"Trained {state.global_epoch} epochs ({', '.join(map(str, self.fixed))} per stage) without "
                  f"validation; saved the last epoch's weights to {self.dir / MODEL_FILE}")
         return TrainResult(self.dir, self.dir / MODEL_FILE, pd.DataFrame(state.history), pd.DataFrame(),

@@ -488,3 +488,46 @@ def test_planted_phi_in_names_folders_mrns_and_a_bare_dicom_reaches_no_shareable
         with pytest.raises(PHIError, match="not written"):
             write_report(fake.run, tmp_path / "r.html", compute_cams=False)
         assert not (tmp_path / "r.html").exists()
+
+
+def test_model_card_is_written_with_the_report_and_alone_and_leaks_no_planted_phi(tmp_path):
+    """Issue 22, point 3: RUN/model_card.md and .json (and the report's section) carry what the
+    run knows, CLAIM items filled or left to the authors, and no planted PHI."""
+    from medtl.report.deid import deid_check
+    from medtl.report.model_card import TODO, write_model_card
+
+    from .conftest import make_fake_cv_run
+
+    fake = make_fake_cv_run(tmp_path / "planted", overlays=False, planted=True)
+    out = write_report(fake.run, tmp_path / "share" / "report.html", compute_cams=False)
+    assert 'id="model-card"' in out.read_text() and "CLAIM checklist" in out.read_text()
+    md, js = fake.run / "model_card.md", fake.run / "model_card.json"
+    card = json.loads(js.read_text())
+    m = json.loads((fake.run / "metrics.json").read_text())
+    assert card["intended_use"]["from"] == "default" and card["intended_use"]["text"].startswith("Research use only")
+    assert card["data"]["images"] == 48 and card["data"]["patients"] == 24
+    assert card["splits"]["leakage"]["checked"] and card["splits"]["leakage"]["passed"]
+    auc = next(r for r in card["performance"]["metrics"] if r["metric"] == "ROC AUC")
+    assert auc["value"] == pytest.approx(m["pooled"]["roc_auc"], abs=1e-4) and len(auc["ci95"]) == 2
+    status = {c["topic"]: c["status"] for c in card["claim"]}
+    assert status["Data sources"] == "filled" and status["Leakage between partitions"] == "filled"
+    assert status["Ground truth: definition and source"] == TODO and status["External testing"] == TODO
+    assert f"{m['pooled']['roc_auc']:.3f}" in md.read_text()
+    films = [Path(f) for f in fake.files]
+    planted = sorted({*fake.phi, *fake.patients, *(f.name for f in films), *(f.stem for f in films),
+                      *(f.parent.name for f in films), *fake.files})
+    assert find_phi(md, planted) == [] and find_phi(js, planted) == []
+    assert deid_check([md, js], fake.run) == []
+
+    # Callable alone, with the config's intended use; a leak in the config stops it.
+    raw = yaml.safe_load((fake.run / "config.yaml").read_text())
+    raw.setdefault("report", {})["intended_use"] = "Triage research on adult chest films"
+    (fake.run / "config.yaml").write_text(yaml.safe_dump(raw))
+    write_model_card(fake.run)
+    assert json.loads(js.read_text())["intended_use"]["text"] == "Triage research on adult chest films"
+    raw["name"] = f"study {fake.patients[0]}"
+    (fake.run / "config.yaml").write_text(yaml.safe_dump(raw))
+    before = md.read_text()
+    with pytest.raises(RuntimeError, match="not written"):
+        write_model_card(fake.run)
+    assert md.read_text() == before
