@@ -75,7 +75,8 @@ def evaluate_external(run_or_model: str | Path, data_manifest_or_config: str | P
         unlike the training films these films are (domain AUC with interval, share of films
         out of distribution, n; :mod:`medtl.stats.shift`), None for runs without a feature
         summary; its one-line warning, if any, is in ``warnings`` and predictions.csv gets
-        ``ood_percentile`` and ``ood``. ``score_distribution``: quantiles of each score
+        ``ood_percentile`` and ``ood`` (and, for an ensemble, ``spread`` and ``uncertain``:
+        a fold model decides otherwise than the ensemble). ``score_distribution``: quantiles of each score
         column. A CSV without the label column(s) (``labelled`` False) gets no label metrics
         (None), only these.
 
@@ -121,6 +122,7 @@ def evaluate_external(run_or_model: str | Path, data_manifest_or_config: str | P
     shift = _shift(pred, features, groups, cfg.seed)
     table = with_ood_columns(_prediction_table(used, s, members, pred, labelled), shift,
                              ok=np.ones(len(used), bool))
+    table = pred.with_uncertain(table)  # an ensemble: spread and uncertain (the fold models disagree)
     write_csv(out / PREDICTIONS_FILE, table)
     extra = {"labelled": labelled, "shift": None if shift is None else shift.as_dict(),
              "score_distribution": score_distribution(s, score_columns(pred.task, pred.classes), pred.thresholds)}

@@ -37,6 +37,7 @@ from medtl.run.layout import (
 )
 from medtl.stats.metrics import summarize_folds
 from medtl.stats.postprocess import PostProcess
+from medtl.stats.selective import selective_summary
 
 __all__ = ["merge_cv"]
 
@@ -58,7 +59,10 @@ def merge_cv(run_dir: str | Path) -> dict[str, Any]:
         The metrics dict (as written): ``per_fold``, ``pooled`` and ``pooled_ci`` (95%
         patient-bootstrap intervals), ``across_folds`` (mean/std), ``thresholds`` per fold,
         ``finished_folds`` and ``missing_folds``, ``final`` (with ``final_model: retrain``:
-        the retrained model's epochs, threshold, state and a note), and more; see
+        the retrained model's epochs, threshold, state and a note), ``selective`` (binary:
+        accuracy and balanced accuracy with 100/90/80% of films kept, the least confident,
+        ``|logit(score) - logit(threshold)|``, referred first;
+        :func:`medtl.stats.selective.selective_summary`), and more; see
         :func:`~medtl.evaluate.formatting.format_cv`.
 
     Raises:
@@ -168,6 +172,10 @@ def merge_cv(run_dir: str | Path) -> dict[str, Any]:
     if suffix:
         metrics["pooled_uncalibrated"] = metrics_of(oof, "", True, 0)[0]
         metrics["raw_thresholds"] = {str(f): pps[f].raw_thresholds for f in done}
+    if task == "binary":  # films to refer: accuracy when the least confident 10% / 20% are referred
+        yb = targets_from_frame(oof, task, classes, where=str(run / OOF_FILE))[:, 0]
+        sb = scores_from_frame(oof, task, classes, suffix, where=str(run / OOF_FILE))[:, 0]
+        metrics["selective"] = selective_summary(yb, sb, oof[tcols[0]].to_numpy(dtype=np.float64))
     probe = probe_summary(oof, "score" + suffix)  # evaluate.linear_probe: the baseline beside fine-tuning
     if probe is not None:
         metrics["probe"] = probe

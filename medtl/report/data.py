@@ -43,6 +43,7 @@ from medtl.run.layout import (
     CONFIG_FILE, CV_FILE, FOLDS_FILE, HISTORY_FILE, METRICS_FILE, MODEL_FILE, MODEL_INFO_FILE, OOF_FILE,
     POSTPROCESS_FILE, VAL_PREDICTIONS, fold_dir, is_cv_run,
 )
+from medtl.stats.selective import selective_curve
 
 __all__ = ["Plot", "Cell", "MetricsTable", "Case", "ReportData", "collect_report_data", "METRIC_NAMES"]
 
@@ -120,6 +121,9 @@ class ReportData:
     notes: list[str] = field(default_factory=list)
     # What medtl localise wrote (localisation.json) when data.annotations is set; None otherwise.
     localisation: dict[str, Any] | None = None
+    # Films to refer (binary): accuracy against the share of films kept, and one sentence; None: no section.
+    refer: Plot | None = None
+    refer_text: str = ""
     # The model card (medtl.report.model_card), set by write_report; None: no card section.
     model_card: dict[str, Any] | None = None
     # Never rendered: raw ids, paths and DICOM PHI of the shown cases; write_report refuses to
@@ -438,6 +442,31 @@ def _curve_plots(src: _Source) -> list[Plot]:
     return out
 
 
+def _refer(src: _Source) -> tuple[Plot | None, str]:
+    """(selective prediction figure, one sentence) for a binary CV run: accuracy on the
+    out-of-fold films kept when the least confident (``|logit(score) - logit(threshold)|``, each
+    film at its own fold's threshold) are referred first; (None, "") for other tasks and for a
+    training run (its validation split chose the threshold and checkpoint: optimistic).
+
+    Example:
+        >>> plot, text = _refer(src)   # text: 'Accuracy is 0.912 on all films and 0.950 ...'
+    """
+    if src.task != "binary" or src.pooled is None or not len(src.preds):
+        return None, ""
+    p = src.preds
+    y = targets_from_frame(p, src.task, src.classes)[:, 0]
+    s = scores_from_frame(p, src.task, src.classes)[:, 0]
+    c = selective_curve(y, s, p["threshold"].to_numpy(dtype=np.float64))
+    at = dict(zip(c["kept"], c["accuracy"]))
+    where = "out-of-fold predictions"
+    text = (f"Accuracy is {at[1.0]:.3f} on all {c['n_kept'][0]} films of the {where} and {at[0.9]:.3f} on the "
+            f"{c['n_kept'][c['kept'].index(0.9)]} kept when the least confident 10% are referred to a reader.")
+    caption = ("Confidence: the distance of the score from the threshold in logit space; each film is "
+               f"scored by one model ({where}). On new films, medtl predict and medtl evaluate also flag "
+               "a film uncertain when the fold models disagree.")
+    return Plot("Accuracy against the share of films kept", plots.to_png(plots.plot_selective(c)), caption), text
+
+
 def _training_plots(src: _Source, monitor: str) -> list[Plot]:
     out = []
     for g, h in src.histories.items():
@@ -547,6 +576,7 @@ def collect_report_data(run_dir: str | Path, compute_cams: bool = True, n_cases:
     if not has_patient_ids(cfg):
         notes.insert(0, NO_PATIENTS_NOTE + ".")
     now = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
+    refer, refer_text = _refer(src)
     return ReportData(
         title=f"medtl report: {cfg.name}",
         run_name=run.name,
@@ -574,6 +604,8 @@ def collect_report_data(run_dir: str | Path, compute_cams: bool = True, n_cases:
         gallery_note=gallery_note,
         notes=notes,
         localisation=localisation,
+        refer=refer,
+        refer_text=refer_text,
         forbidden=forbidden,
     )
 

@@ -44,6 +44,7 @@ __all__ = [
     "plot_pr",
     "plot_reliability",
     "plot_roc",
+    "plot_selective",
     "plot_training",
     "png_size",
     "pr_points",
@@ -263,6 +264,32 @@ def confusion_counts(y_true: Any, y_score: Any, threshold: Any) -> np.ndarray:
     pred = (s >= np.broadcast_to(np.asarray(threshold, np.float64), s.shape)).astype(np.int8)
     return np.array([[np.sum((y == 0) & (pred == 0)), np.sum((y == 0) & (pred == 1))],
                      [np.sum((y == 1) & (pred == 0)), np.sum((y == 1) & (pred == 1))]], dtype=np.int64)
+
+
+def plot_selective(curve: Mapping[str, Sequence[Any]], title: str = "Films to refer",
+                   size: tuple[float, float] = DEFAULT_SIZE) -> Figure:
+    """Accuracy and balanced accuracy against the share of films kept, from
+    :func:`medtl.stats.selective.selective_curve` (the least confident films referred first).
+
+    The x axis runs from 100% kept (nothing referred) on the left down to the smallest share;
+    a dotted line marks 90% kept (the least certain 10% referred).
+
+    Example:
+        >>> png = to_png(plot_selective(selective_curve(y, s, t)))
+    """
+    kept = 100 * np.asarray(curve["kept"], dtype=np.float64)
+    fig = new_figure(size)
+    ax = fig.subplots()
+    ax.plot(kept, curve["accuracy"], marker="o", color="C0", label="accuracy", gid="accuracy")
+    bal = np.array([np.nan if v is None else v for v in curve["balanced_accuracy"]], dtype=np.float64)
+    if np.isfinite(bal).any():
+        ax.plot(kept, bal, marker="s", color="C1", label="balanced accuracy", gid="balanced_accuracy")
+    ax.axvline(90, linestyle=":", color="grey", linewidth=1)
+    ax.set(xlim=(kept.max() + 2, kept.min() - 2), xlabel="films kept (%); the least confident referred first",
+           ylabel="on the films kept", title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    return fig
 
 
 def plot_reliability(y_true: Any, y_prob: Any, n_bins: int = 10, title: str = "Calibration",

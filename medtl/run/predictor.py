@@ -34,9 +34,10 @@ from medtl.run.layout import (
 )
 from medtl.run.tta import predict_dataset_views, predict_views, tta_views
 from medtl.stats.postprocess import PostProcess
+from medtl.stats.selective import uncertain_flags
 from medtl.stats.shift import FeatureSummary, ShiftResult, assess_shift
 
-__all__ = ["Predictor", "predict_paths", "collect_paths", "with_ood_columns"]
+__all__ = ["Predictor", "predict_paths", "collect_paths", "with_ood_columns", "with_uncertain_columns"]
 
 
 class Predictor:
@@ -270,10 +271,21 @@ class Predictor:
             >>> shift.domain_auc if shift else None
         """
         if self.feature_summary() is None:
-            return self.predict_paths(paths, batch_size=batch_size), None
+            return self.with_uncertain(self.predict_paths(paths, batch_size=batch_size)), None
         df, feats = self.predict_paths(paths, batch_size=batch_size, features=True)
         result = self.shift(feats, seed=seed) if len(feats) else None
-        return with_ood_columns(df, result), result
+        return self.with_uncertain(with_ood_columns(df, result)), result
+
+    def with_uncertain(self, df: pd.DataFrame) -> pd.DataFrame:
+        """``df`` with ``spread`` and ``uncertain`` (:func:`with_uncertain_columns`) for an
+        ensemble; unchanged for one model (one member cannot disagree with itself).
+
+        Example:
+            >>> p.with_uncertain(p.predict_paths(paths))[["spread", "uncertain"]]
+        """
+        if len(self.members) < 2:
+            return df
+        return with_uncertain_columns(df, self.folds, score_columns(self.task, self.classes), self.thresholds)
 
     def labels(self, decisions: np.ndarray) -> list[str]:
         """Readable prediction per row: class name (binary, multiclass) or ';'-joined labels."""
@@ -375,7 +387,8 @@ def predict_paths(run_or_model: str | Path, paths: Sequence[str | Path], batch_s
         ensemble ``score_fold<k>`` per fold, ``prediction`` (class name at the run's threshold;
         multilabel: names joined with ';') and ``error`` (empty, or why the file could not be
         read; such rows have no scores); with the run's feature summary also ``ood_percentile``
-        and ``ood`` per film, and ``df.attrs["shift"]`` the figures of the whole set.
+        and ``ood`` per film, and ``df.attrs["shift"]`` the figures of the whole set; for an
+        ensemble also ``spread`` and ``uncertain`` (the fold models disagree: a film to refer).
 
     Example:
         >>> predict_paths("runs/demo/cv-1a2b3c4d5e", ["a.dcm"]).loc[0, "score"]
@@ -409,6 +422,33 @@ def with_ood_columns(df: pd.DataFrame, result: ShiftResult | None, ok: Sequence[
     flag = np.zeros(len(df), dtype=bool)
     flag[ok] = result.ood
     out["ood"] = flag
+    return out
+
+
+def with_uncertain_columns(df: pd.DataFrame, folds: Sequence[int], cols: Sequence[str],
+                           thresholds: Sequence[float] | None, ok: Sequence[bool] | np.ndarray | None = None
+                           ) -> pd.DataFrame:
+    """``df`` with per-film ``spread`` (standard deviation of the fold models' decision-scale
+    scores, the ``<col>_fold<k>`` columns; the largest over columns) and ``uncertain`` (True
+    when at least one fold model's decision differs from the ensemble's; the rule of
+    :func:`medtl.stats.selective.uncertain_flags`, which needs no cut tuned on test films).
+    Rows not in ``ok`` (default: rows whose ``error`` is empty) get NaN / False.
+
+    Example:
+        >>> df = with_uncertain_columns(df, [0, 1], ["score"], [0.31])
+        >>> df.loc[df.uncertain, "path"].tolist()   # films to refer
+    """
+    if ok is None:
+        ok = (df["error"] == "").to_numpy() if "error" in df.columns else np.ones(len(df), bool)
+    ok = np.asarray(ok, dtype=bool)
+    members = np.stack([df.loc[ok, [f"{c}_fold{f}" for c in cols]].to_numpy(dtype=np.float64) for f in folds])
+    spread = np.full(len(df), np.nan)
+    flag = np.zeros(len(df), dtype=bool)
+    if ok.any():
+        spread[ok], _, flag[ok] = uncertain_flags(members, thresholds)
+    out = df.copy()
+    out["spread"] = spread
+    out["uncertain"] = flag
     return out
 
 

@@ -37,7 +37,8 @@ def test_report_is_one_self_contained_deidentified_file(fake_cv_run, tmp_path):
     assert "http://" not in page and "https://" not in page
     assert "<script" not in page.lower() and "<link" not in page.lower()
     imgs = _imgs(page)
-    assert len(imgs) == 4 + 3 + 2 * 6  # curves, training per fold, film + map for 2 cases x 3 kinds
+    # curves, films to refer, training per fold, film + map for 2 cases x 3 kinds
+    assert len(imgs) == 4 + 1 + 3 + 2 * 6
     for src in imgs:
         assert src.startswith("data:image/png;base64,")
         png = base64.b64decode(src.split(",", 1)[1], validate=True)
@@ -55,6 +56,10 @@ def test_report_is_one_self_contained_deidentified_file(fake_cv_run, tmp_path):
         assert f"{m['thresholds'][f][0]:.4f}" in page
     assert f"{m['across_folds']['roc_auc']['mean']:.3f}" in page
     assert f"± {m['across_folds']['roc_auc']['std']:.3f}" in page
+    # Films to refer (issue 20): the selective curve's sentence, with the figures merge_cv wrote
+    sel = m["selective"]["accuracy"]
+    assert 'id="refer"' in page and f"Accuracy is {sel['100']:.3f} on all" in page
+    assert f"and {sel['90']:.3f} on the" in page
 
     # Patients as salted hashes only; no raw id, path or planted PHI anywhere in the file.
     salt = run_salt(fake_cv_run.run)

@@ -138,3 +138,16 @@ def test_image_png_shrinks_to_max_side_and_keeps_values():
         a = np.asarray(im)
     assert a[:, :40].max() == 0 and a[:, 60:].min() == 255
     assert plots.png_size(plots.image_png(np.zeros((8, 6, 3), np.uint8), max_side=None)) == (6, 8)
+
+
+def test_selective_plot_draws_the_curve():
+    from medtl.stats.selective import selective_curve
+
+    c = selective_curve([1, 0, 0, 1, 1, 0], [0.9, 0.1, 0.6, 0.45, 0.8, 0.3], 0.5)
+    fig = plots.plot_selective(c)
+    ax = fig.axes[0]
+    line = next(ln for ln in ax.get_lines() if ln.get_gid() == "accuracy")
+    np.testing.assert_allclose(line.get_xdata(), 100 * np.asarray(c["kept"]))
+    np.testing.assert_allclose(line.get_ydata(), c["accuracy"])
+    assert ax.get_xlim()[0] > ax.get_xlim()[1]  # 100% kept on the left
+    assert plots.png_size(plots.to_png(fig)) == (640, 480)

@@ -83,3 +83,20 @@ def test_public_predict_paths_on_a_cv_run_equals_medtl_predict(old_runs, tmp_pat
     assert api["prediction"].tolist() == cli["prediction"].tolist()
     cols = ["score", "score_fold0", "score_fold1"]
     np.testing.assert_allclose(api[cols].to_numpy(), cli[cols].to_numpy(dtype=np.float64), rtol=1e-12)
+
+
+def test_predict_paths_on_a_cv_run_flags_films_the_fold_models_disagree_on(old_runs):
+    """Issue 20: an ensemble's table gains ``spread`` and ``uncertain`` (a fold model decides
+    otherwise than the ensemble); one model's table does not."""
+    import medtl
+
+    run, films = old_runs / "cv_run", _films(old_runs)
+    got = medtl.predict_paths(run, films)
+    assert {"spread", "uncertain"} <= set(got.columns)
+    folds = got[["score_fold0", "score_fold1"]].to_numpy(dtype=np.float64)
+    np.testing.assert_allclose(got["spread"], folds.std(axis=1), rtol=1e-12)
+    t = Predictor(run).thresholds[0]
+    differs = (folds >= t) != (got["score"].to_numpy()[:, None] >= t)
+    assert got["uncertain"].tolist() == differs.any(axis=1).tolist()
+    one = medtl.predict_paths(run / "fold_1", films)
+    assert "spread" not in one.columns and "uncertain" not in one.columns
