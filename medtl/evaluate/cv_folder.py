@@ -36,7 +36,8 @@ __all__ = ["run_folder", "config_digest", "has_patient_ids", "check_supported", 
 
 # Keys added after runs existed: left out of the digest at their default, so a config written
 # before them still finds its run folder (and an interrupted run resumes).
-_ADDED_KEYS = {"data.label_separator": None, "data.frame": None, "data.max_pixels": 50_000_000}
+_ADDED_KEYS = {"data.label_separator": None, "data.frame": None, "data.max_pixels": 50_000_000,
+               "evaluate.linear_probe": False, "predict.tta": "none"}
 
 
 def config_digest(cfg: Config) -> str:

@@ -43,7 +43,7 @@ INFO_FORMAT = 1
 # data.* keys that say where data is or how it is split, not what the pixels look like.
 _NOT_PIXELS = frozenset({
     "manifest", "root", "path_column", "label_column", "label_separator", "patient_column", "classes",
-    "cache_dir", "on_error", "val_fraction", "workers",
+    "cache_dir", "on_error", "val_fraction", "workers", "annotations",
 })
 
 

@@ -21,11 +21,13 @@ __all__ = ["flatten", "config_differences", "check_same_config", "TRAINING_FREE_
            "CV_FREE_PREFIXES", "training_key_is_free", "cv_key_is_free"]
 
 # Keys a resumed training run may change without changing what is computed.
-TRAINING_FREE_KEYS = frozenset({"output_dir", "data.cache_dir", "data.workers", "train.log_to", "train.mlflow_uri"})
+# data.annotations is read only by the report and medtl localise.
+TRAINING_FREE_KEYS = frozenset({"output_dir", "data.cache_dir", "data.workers", "data.annotations", "train.log_to",
+                                "train.mlflow_uri"})
 # Keys that change where things are or how they are shown, not what a CV fold computes (the
 # run's name too: a CV run folder is named by a digest of the other keys).
-CV_FREE_KEYS = frozenset({"output_dir", "name", "data.cache_dir", "data.workers", "train.log_to",
-                          "train.mlflow_uri"})
+CV_FREE_KEYS = frozenset({"output_dir", "name", "data.cache_dir", "data.workers", "data.annotations",
+                          "train.log_to", "train.mlflow_uri"})
 CV_FREE_PREFIXES = ("report.",)
 
 
