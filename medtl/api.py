@@ -216,7 +216,7 @@ def cv(config: ConfigLike | None = None, overrides: Iterable[str] | None = None,
 
 
 def predict(model: PathLike, inputs: PathLike | Sequence[PathLike], out: PathLike | None = None,
-            batch_size: int = 16, dicom_sr: PathLike | None = None) -> pd.DataFrame:
+            batch_size: int = 16, dicom_sr: PathLike | None = None, site: PathLike | None = None) -> pd.DataFrame:
     """Score image files with a finished run, using its training-time preprocessing, as
     ``medtl predict`` does.
 
@@ -230,6 +230,9 @@ def predict(model: PathLike, inputs: PathLike | Sequence[PathLike], out: PathLik
             SOPInstanceUID) and add a ``dicom_sr`` column (the file, or why none was written).
             They keep the patient's identity: for the hospital's own PACS only. Needs
             ``pip install 'medtl[dicom]'``.
+        site: a site post-processing file (``site_postprocess.json`` from ``medtl evaluate
+            RUN DATA --recalibrate K``): its calibrator (if any) maps the run's scores and its
+            threshold decides, instead of the run's.
 
     Returns:
         One row per file: ``path``, score column(s), ``prediction`` and ``error`` (a reason for
@@ -249,7 +252,7 @@ def predict(model: PathLike, inputs: PathLike | Sequence[PathLike], out: PathLik
     _start_up()
     from medtl.run.predictor import Predictor  # why: pandas; the model loads TensorFlow
 
-    predictor = Predictor(model)
+    predictor = Predictor(model, site=site)
     df, shift = predictor.predict_with_shift(paths, batch_size=batch_size)
     df.attrs["threshold_source"] = predictor.threshold_source
     df.attrs["shift"] = shift.as_dict() if shift is not None else None
@@ -263,7 +266,8 @@ def predict(model: PathLike, inputs: PathLike | Sequence[PathLike], out: PathLik
     return df
 
 
-def evaluate(model: PathLike, data: ConfigLike, out: PathLike, progress: bool = True) -> dict[str, Any]:
+def evaluate(model: PathLike, data: ConfigLike, out: PathLike, progress: bool = True,
+             recalibrate: int | None = None, site_calibration: str = "none") -> dict[str, Any]:
     """Score a trained run on an external test set with its saved threshold, as
     ``medtl evaluate`` does.
 
@@ -272,6 +276,11 @@ def evaluate(model: PathLike, data: ConfigLike, out: PathLike, progress: bool = 
         data: the test set: a labels CSV, a class-per-folder tree, or a config (YAML or Config).
         out: folder for ``metrics.json`` and ``predictions.csv``.
         progress: print progress.
+        recalibrate: K: refit the run's threshold (and ``site_calibration``) on K local
+            patients, report the other patients before and after with patient-bootstrap
+            intervals (``recalibration`` in the metrics) and write ``out/site_postprocess.json``
+            for ``predict(..., site=)``. None: the run's post-processing unchanged.
+        site_calibration: none, platt or temperature, fitted with ``recalibrate`` on the run's scores.
 
     Returns:
         The metrics dict written to ``out/metrics.json`` (``medtl.evaluate.external.format_external``
@@ -281,11 +290,14 @@ def evaluate(model: PathLike, data: ConfigLike, out: PathLike, progress: bool = 
         >>> metrics = medtl.evaluate("runs/demo/cv-1a2b3c4d5e", "external/labels.csv", "eval/")
         >>> metrics["roc_auc"]
         0.84
+        >>> m = medtl.evaluate("runs/demo/cv-1a2b3c4d5e", "site2/labels.csv", "eval/site2", recalibrate=20)
+        >>> m["recalibration"]["after"]["balanced_accuracy"]
     """
     _start_up()
     from medtl.evaluate.external import evaluate_external  # why: scipy, pandas; the model loads TensorFlow
 
-    return evaluate_external(model, data, out, progress=progress)
+    return evaluate_external(model, data, out, progress=progress, recalibrate=recalibrate,
+                             site_calibration=site_calibration)
 
 
 def compare(run_a: PathLike, run_b: PathLike) -> dict[str, Any]:

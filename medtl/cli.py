@@ -90,7 +90,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     out = Path(args.out)
-    df = api.predict(args.model, args.inputs, out=out, batch_size=args.batch_size, dicom_sr=args.dicom_sr)
+    df = api.predict(args.model, args.inputs, out=out, batch_size=args.batch_size, dicom_sr=args.dicom_sr,
+                     site=args.site)
     n_err = int((df["error"].fillna("") != "").sum()) if "error" in df.columns else 0
     print(f"wrote {len(df)} rows to {out} (threshold: {df.attrs['threshold_source']})")
     shift = df.attrs.get("shift")
@@ -130,9 +131,11 @@ def cmd_cv(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from medtl.evaluate.external import format_external  # loads when a command runs: `medtl --help` stays quick
 
-    metrics = api.evaluate(args.model, args.data, args.out, progress=not args.quiet)
+    metrics = api.evaluate(args.model, args.data, args.out, progress=not args.quiet, recalibrate=args.recalibrate,
+                           site_calibration=args.site_calibration)
     print(format_external(metrics))
-    print(f"wrote {Path(args.out) / 'metrics.json'} and {Path(args.out) / 'predictions.csv'}")
+    site = " and site_postprocess.json" if args.recalibrate is not None else ""
+    print(f"wrote {Path(args.out) / 'metrics.json'}, {Path(args.out) / 'predictions.csv'}{site}")
     return 0
 
 
@@ -308,6 +311,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dicom-sr", metavar="DIR",
                    help="also write a DICOM Structured Report per DICOM film into DIR, for the hospital's own "
                         "PACS: it keeps the patient's identity, never share it (needs medtl[dicom])")
+    p.add_argument("--site", metavar="FILE",
+                   help="site post-processing from `medtl evaluate RUN DATA --recalibrate K` "
+                        "(site_postprocess.json): its threshold (and calibrator) replace the run's")
 
     p = add(
         "cv",
@@ -333,6 +339,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="CV run, training run folder or model.keras")
     p.add_argument("data", help="labels CSV, class-per-folder tree or config YAML of the test set")
     p.add_argument("--out", required=True, help="output folder for metrics.json and predictions.csv")
+    p.add_argument("--recalibrate", type=int, metavar="K",
+                   help="refit the threshold on K local patients, report the other patients before/after and "
+                        "write OUT/site_postprocess.json for medtl predict --site")
+    p.add_argument("--site-calibration", choices=("none", "platt", "temperature"), default="none",
+                   help="with --recalibrate, also fit this calibrator on the run's scores (default: none)")
     p.add_argument("--quiet", action="store_true")
 
     p = add(

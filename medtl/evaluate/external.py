@@ -34,9 +34,11 @@ from medtl.evaluate.tables import interval_warning, table_metrics
 from medtl.io.atomic import jsonable, read_json, write_csv, write_json
 from medtl.run.files import decision_suffix, label_columns, score_columns, scores_from_frame, targets_from_frame
 from medtl.run.layout import (
-    CONFIG_FILE, CV_FILE, FOLD_DONE, METRICS_FILE, OOF_FILE, PREDICTIONS_FILE, SKIPPED_FILE, fold_dir, is_cv_run,
+    CONFIG_FILE, CV_FILE, FOLD_DONE, METRICS_FILE, OOF_FILE, PREDICTIONS_FILE, SITE_POSTPROCESS_FILE, SKIPPED_FILE,
+    fold_dir, is_cv_run,
 )
 from medtl.run.predictor import Predictor, with_ood_columns
+from medtl.stats.recalibrate import Recalibration, recalibrate_site
 from medtl.stats.shift import ShiftResult, shift_warning
 
 # format_external and format_compare live with the other console text; re-exported here, where
@@ -45,15 +47,21 @@ __all__ = ["evaluate_external", "format_external", "compare_runs", "format_compa
 
 EXTERNAL_KEYS = ("roc_auc", "roc_auc_ci", "pr_auc", "accuracy", "balanced_accuracy", "sensitivity",
                  "specificity", "ppv", "npv", "f1", "brier", "ece", "threshold", "n", "n_patients", "task",
-                 "classes", "warnings", "labelled", "shift", "score_distribution")
+                 "classes", "warnings", "labelled", "shift", "score_distribution", "recalibration")
 """The keys of ``DIR/metrics.json`` written by :func:`evaluate_external`, in order."""
+
+RECALIBRATION_METRICS = ("roc_auc", "balanced_accuracy", "sensitivity", "specificity", "ppv", "npv", "f1",
+                         "accuracy", "brier", "ece")
+"""The figures given before and after a local recalibration (``recalibration`` in metrics.json)."""
 
 # --------------------------------------------------------------------------------------------
 # External test
 
 
 def evaluate_external(run_or_model: str | Path, data_manifest_or_config: str | Path | Config,
-                      out_dir: str | Path, progress: bool = True, tta: str | None = None) -> dict[str, Any]:
+                      out_dir: str | Path, progress: bool = True, tta: str | None = None,
+                      recalibrate: int | None = None, site_calibration: str = "none",
+                      site_out: str | Path | None = None) -> dict[str, Any]:
     """Score a finished run or model on another labelled dataset.
 
     Args:
@@ -67,6 +75,15 @@ def evaluate_external(run_or_model: str | Path, data_manifest_or_config: str | P
         tta: test-time augmentation (``predict.tta``: none, flip, shift, flip+shift); None:
             the run's own ``predict.tta``. Raw scores are averaged over the views before the
             saved calibrators and threshold (:mod:`medtl.run.tta`).
+        recalibrate: K: refit the run's threshold rule (and ``site_calibration``) on the films
+            of K local patients (drawn stratified by having a positive film, seeded with the
+            run's seed; :func:`medtl.stats.recalibrate.recalibrate_site`), and give the other
+            patients' metrics before (the run's threshold) and after (the site's). None: no
+            refit, the run's post-processing unchanged.
+        site_calibration: none, platt or temperature: a calibrator fitted with ``recalibrate``
+            on the run's output scores.
+        site_out: where the site post-processing goes (default ``out_dir/site_postprocess.json``);
+            ``medtl predict RUN FILES --site FILE`` applies it.
 
     Returns:
         The metrics, with exactly the keys in :data:`EXTERNAL_KEYS` (``roc_auc_ci`` is the 95%
@@ -78,11 +95,19 @@ def evaluate_external(run_or_model: str | Path, data_manifest_or_config: str | P
         ``ood_percentile`` and ``ood`` (and, for an ensemble, ``spread`` and ``uncertain``:
         a fold model decides otherwise than the ensemble). ``score_distribution``: quantiles of each score
         column. A CSV without the label column(s) (``labelled`` False) gets no label metrics
-        (None), only these.
+        (None), only these. ``recalibration`` (None without ``recalibrate``): ``k``,
+        ``n_fit`` / ``n_held_out`` (films), ``n_patients_held_out``, ``site_file``,
+        ``threshold_before`` / ``threshold_after``, and ``before`` / ``after``: the
+        :data:`RECALIBRATION_METRICS` of the held-out patients with ``<name>_ci``
+        patient-bootstrap intervals (macro values for multilabel, interval for ROC AUC only);
+        predictions.csv then gains ``recalibration`` (fit / held_out), ``site_<score column>``
+        and ``site_prediction`` columns.
 
     Raises:
         ConfigError: the dataset's task or classes differ from the model's, or no config can
             describe the dataset's columns.
+        ValueError: ``recalibrate`` on unlabelled or multiclass data, K leaving fewer than 10
+            patients held out, or K patients lacking a class.
         DataError: unreadable files under ``data.on_error: fail``.
 
     Example:
@@ -102,6 +127,11 @@ def evaluate_external(run_or_model: str | Path, data_manifest_or_config: str | P
     if list(manifest.classes) != list(pred.classes):
         raise ConfigError(f"data.classes: the external set has classes {manifest.classes} but the model "
                           f"{run_or_model} has {pred.classes}; set data.classes to the model's, in that order")
+    if recalibrate is not None and (not labelled or pred.task == "multiclass"):
+        what = (f"{Path(cfg.data.manifest).name} has no label column to refit on" if not labelled
+                else f"{run_or_model} is multiclass (arg-max, no threshold)")
+        raise ValueError(f"--recalibrate {recalibrate}: {what}; drop --recalibrate or use labelled films of a "
+                         "binary or multilabel run")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if progress:
@@ -120,8 +150,18 @@ def evaluate_external(run_or_model: str | Path, data_manifest_or_config: str | P
     s, members = pred.combine(raw)
     groups = used.df["patient_id"].astype(str).to_numpy(dtype=object)
     shift = _shift(pred, features, groups, cfg.seed)
+    recal = None
+    if recalibrate is not None:
+        recal = recalibrate_site(pred.task, pred.classes, used.targets(), s, groups, int(recalibrate),
+                                 rule=_run_rule(pred, cfg), calibration=site_calibration, seed=cfg.seed)
+        recal.site.extra["site"]["run"] = str(run_or_model)
+        site_path = Path(site_out) if site_out is not None else out / SITE_POSTPROCESS_FILE
+        site_path.parent.mkdir(parents=True, exist_ok=True)
+        write_json(site_path, recal.site.to_dict())
     table = with_ood_columns(_prediction_table(used, s, members, pred, labelled), shift,
                              ok=np.ones(len(used), bool))
+    if recal is not None:
+        table = _with_site_columns(table, recal, s, pred)
     table = pred.with_uncertain(table)  # an ensemble: spread and uncertain (the fold models disagree)
     write_csv(out / PREDICTIONS_FILE, table)
     extra = {"labelled": labelled, "shift": None if shift is None else shift.as_dict(),
@@ -162,6 +202,8 @@ def evaluate_external(run_or_model: str | Path, data_manifest_or_config: str | P
     few = interval_warning(pred.task, pred.classes, y, groups)
     flat["warnings"] = [w for w in (few, shift_line) if w]
     flat.update(extra)
+    if recal is not None:
+        flat["recalibration"] = _recalibration(pred, recal, y, s, groups, cfg, site_path)
     result = {k: flat.get(k) for k in EXTERNAL_KEYS}
     write_json(out / METRICS_FILE, result)
     return jsonable(result)
@@ -181,6 +223,55 @@ def _score(pred: Predictor, cfg: Config, manifest):
         return used, pred.predict_dataset(ds), skipped, None
     raw, feats = pred.predict_dataset_with_features(ds)
     return used, raw, skipped, feats
+
+
+def _run_rule(pred: Predictor, cfg: Config) -> str:
+    """The run's threshold rule: its saved post-processing's, else the config's ``evaluate.threshold``."""
+    pp = next((p for p in pred.pps if p is not None), None)
+    return pp.rule if pp is not None and pp.rule else cfg.evaluate.threshold
+
+
+def _with_site_columns(table: pd.DataFrame, recal: Recalibration, s: np.ndarray, pred: Predictor) -> pd.DataFrame:
+    """``table`` with which films the site was fitted on, their site scores and decisions."""
+    out = table.copy()
+    out["recalibration"] = np.where(recal.fit, "fit", "held_out")
+    cal = recal.site.calibrate(s)
+    for j, col in enumerate(score_columns(pred.task, pred.classes)):
+        out[f"site_{col}"] = cal[:, j]
+    dec = recal.site.decide(cal)
+    if pred.task == "multilabel":
+        for j, name in enumerate(pred.classes):
+            out[f"site_prediction_{name}"] = dec[:, j]
+    else:
+        out["site_prediction"] = dec[:, 0]
+    return out
+
+
+def _recalibration(pred: Predictor, recal: Recalibration, y: np.ndarray, s: np.ndarray, groups: np.ndarray,
+                   cfg: Config, site_path: Path) -> dict[str, Any]:
+    """Metrics of the held-out patients with the run's post-processing and with the site's,
+    on the same bootstrap replicates (same seed and patients)."""
+    h = recal.held_out
+    yh, gh, sh = y[h], groups[h], s[h]
+    sides = {"before": (sh, pred.thresholds), "after": (recal.site.calibrate(sh), recal.site.thresholds)}
+    res: dict[str, Any] = {"k": recal.k, "n_fit": int(recal.fit.sum()), "n_held_out": int(h.sum()),
+                           "n_patients_held_out": int(pd.Series(gh).nunique()), "site_file": str(site_path),
+                           "calibration": recal.site.calibration, "rule": recal.site.rule}
+    for side, (ss, thr) in sides.items():
+        t = np.tile(np.asarray(thr, dtype=np.float64), (len(ss), 1))
+        m, ci = table_metrics(pred.task, pred.classes, yh, ss, t, gh, n_boot=cfg.evaluate.bootstrap, seed=cfg.seed)
+        if pred.task == "multilabel":
+            vals, ci = m["macro"], {"roc_auc": ci.get("macro_roc_auc", {})}
+        else:
+            vals = m
+        d: dict[str, Any] = {}
+        for k in RECALIBRATION_METRICS:
+            d[k] = vals.get(k)
+            c = ci.get(k) or {}
+            d[f"{k}_ci"] = [c.get("low"), c.get("high")]
+        res[side] = d
+        res[f"threshold_{side}"] = thr[0] if pred.task == "binary" else list(thr)
+    return res
 
 
 def _shift(pred: Predictor, features: np.ndarray | None, groups: np.ndarray, seed: int) -> ShiftResult | None:

@@ -218,6 +218,18 @@ def format_external(metrics: dict[str, Any], title: str = "External test") -> st
     for k in ("pr_auc", "accuracy", "balanced_accuracy", "sensitivity", "specificity", "ppv", "npv", "f1",
               "brier", "ece"):
         lines.append(f"{k:<18} {f(metrics.get(k))}")
+    rc = metrics.get("recalibration")
+    if rc:
+        lines.append(f"Local recalibration: {rc['rule']} threshold (calibration {rc['calibration']}) refitted on "
+                     f"{rc['k']} patients ({rc['n_fit']} films); the other {rc['n_patients_held_out']} patients "
+                     f"({rc['n_held_out']} films), 95% patient-bootstrap intervals:")
+        lines.append(f"{'':<18} {'before':<24} after")
+        lines.append(f"{'threshold':<18} {f(rc['threshold_before']):<24} {f(rc['threshold_after'])}")
+        for k in [k for k in rc["before"] if not k.endswith("_ci")]:
+            cell = [f"{f(m[k])} [{f(m[k + '_ci'][0])}, {f(m[k + '_ci'][1])}]" if m[k + "_ci"][0] is not None
+                    else f(m[k]) for m in (rc["before"], rc["after"])]
+            lines.append(f"{k:<18} {cell[0]:<24} {cell[1]}")
+        lines.append(f"site post-processing: {rc['site_file']} (medtl predict RUN FILES --site FILE applies it)")
     return "\n".join(lines)
 
 

@@ -56,7 +56,7 @@ from medtl.io.pseudonyms import SALT_FILE  # the run's secret salt (deid.salt): 
 
 __all__ = [
     "CONFIG_FILE", "MODEL_FILE", "MODEL_INFO_FILE", "METRICS_FILE", "VAL_PREDICTIONS", "HISTORY_FILE",
-    "SKIPPED_FILE", "POSTPROCESS_FILE", "CKPT_DIR", "STATE_FILE", "TENSORBOARD_DIR",
+    "SKIPPED_FILE", "POSTPROCESS_FILE", "SITE_POSTPROCESS_FILE", "CKPT_DIR", "STATE_FILE", "TENSORBOARD_DIR",
     "CV_FILE", "FOLDS_FILE", "SPLIT_FILE", "FOLD_DONE", "TEST_PREDICTIONS", "TEST_SKIPPED", "LOCK_FILE",
     "OOF_FILE", "ENSEMBLE_FILE", "FINAL_DIR", "FINAL_DONE", "PREDICTIONS_FILE", "FEATURE_SUMMARY_FILE",
     "OVERLAYS_FILE", "REPORT_FILE", "DEID_INDEX_FILE", "SALT_FILE", "EXPLANATIONS_FILE",
@@ -72,6 +72,7 @@ VAL_PREDICTIONS = "val_predictions.csv"
 HISTORY_FILE = "history.csv"
 SKIPPED_FILE = "skipped.csv"
 POSTPROCESS_FILE = "postprocess.json"
+SITE_POSTPROCESS_FILE = "site_postprocess.json"  # medtl evaluate --recalibrate; medtl predict --site
 CKPT_DIR = "ckpt"
 STATE_FILE = "state.json"  # inside CKPT_DIR
 TENSORBOARD_DIR = "tensorboard"

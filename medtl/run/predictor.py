@@ -29,8 +29,8 @@ from medtl.run.files import (
     ensemble_thresholds, pipeline_config, read_feature_summary, read_model_info, read_postprocess, score_columns,
 )
 from medtl.run.layout import (
-    CONFIG_FILE, CV_FILE, FINAL_DONE, MODEL_FILE, MODEL_INFO_FILE, POSTPROCESS_FILE, final_dir, finished_folds,
-    fold_dir, is_cv_run,
+    CONFIG_FILE, CV_FILE, FINAL_DONE, MODEL_FILE, MODEL_INFO_FILE, POSTPROCESS_FILE, SITE_POSTPROCESS_FILE, final_dir,
+    finished_folds, fold_dir, is_cv_run,
 )
 from medtl.run.tta import predict_dataset_views, predict_views, tta_views
 from medtl.stats.postprocess import PostProcess
@@ -63,6 +63,8 @@ class Predictor:
         folds: the fold of each member of an ensemble (empty for one model).
         info: the first member's model_info.json.
         tta: the test-time augmentation mode in use.
+        site: the site post-processing (``site=``, a ``site_postprocess.json`` from ``medtl
+            evaluate --recalibrate``) applied on top of the run's scores, or None.
 
     Example:
         >>> p = Predictor("runs/demo/cv-1a2b3c4d5e")
@@ -70,7 +72,7 @@ class Predictor:
         ['lesion', 'normal']
     """
 
-    def __init__(self, run_or_model: str | Path, tta: str | None = None) -> None:
+    def __init__(self, run_or_model: str | Path, tta: str | None = None, site: str | Path | None = None) -> None:
         p = Path(run_or_model)
         if not p.exists():
             raise FileNotFoundError(f"{p}: not found; pass a medtl run folder (CV or training) or a .keras file")
@@ -99,6 +101,27 @@ class Predictor:
         if "flip" in self.tta and not hflip:
             raise ValueError(f"tta {self.tta!r}: {p} was trained without left-right flips (augment.hflip false), "
                              "so a mirrored film is new to it; use tta 'shift' or 'none'")
+        self.site: PostProcess | None = None
+        if site is not None:
+            self._use_site(Path(site))
+
+    def _use_site(self, path: Path) -> None:
+        """Apply a site post-processing (``medtl evaluate --recalibrate``) on top of the run:
+        its calibrator maps the ensemble's decision-scale scores, its thresholds decide."""
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no such site file; pass the {SITE_POSTPROCESS_FILE} that "
+                                    "`medtl evaluate RUN DATA --recalibrate K` wrote")
+        site = PostProcess.from_dict(read_json(path))
+        if site.task != self.task or list(site.classes) != self.classes or site.thresholds is None:
+            raise ValueError(f"{path}: a site file for a {site.task} model of classes {site.classes}, but {self.path} "
+                             f"is {self.task} with {self.classes}; refit it with medtl evaluate {self.path} DATA "
+                             "--recalibrate K")
+        self.site = site
+        self.thresholds = list(site.thresholds)
+        k = (site.extra.get("site") or {}).get("k")
+        fitted = f", refitted on {k} local patients" if k else ""
+        self.threshold_source = (f"site file {path} ({site.rule}, calibration {site.calibration}{fitted}); "
+                                 f"the run's own: {self.threshold_source}")
 
     def _use_folds(self, run: Path) -> None:
         """The ensemble of a CV run's finished folds."""
@@ -192,9 +215,14 @@ class Predictor:
         return cfg
 
     def combine(self, raw: Sequence[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
-        """(ensemble decision-scale scores, per-member decision-scale scores) from raw scores."""
+        """(ensemble decision-scale scores, per-member decision-scale scores) from raw scores;
+        with a site file, both through the site calibrator (if it has one)."""
         members = [pp.calibrate(r) if pp is not None else np.asarray(r, dtype=np.float64)
                    for pp, r in zip(self.pps, raw)]
+        if self.site is not None:
+            # The site calibrator maps the ensemble score; the members get the same (increasing)
+            # map so that their decisions at the site threshold stay comparable with the ensemble's.
+            return self.site.calibrate(np.mean(members, axis=0)), [self.site.calibrate(m) for m in members]
         return np.mean(members, axis=0), members
 
     def decide(self, s: np.ndarray) -> np.ndarray:

@@ -238,3 +238,67 @@ def test_compare_external_outputs_and_label_clash(data, tmp_path, monkeypatch):
         compare_runs(tmp_path / "e1", tmp_path / "e2")
     with pytest.raises(FileNotFoundError, match="neither"):
         compare_runs(tmp_path / "e1", tmp_path)
+
+
+# --------------------------------------------------------------------------------------------
+# Local recalibration (--recalibrate K, then predict --site)
+
+
+def test_recalibration_reports_held_out_patients_before_and_after(data, tmp_path, monkeypatch):
+    from medtl.evaluate.tables import table_metrics
+    from medtl.stats.recalibrate import pick_patients
+
+    cfg = make_cfg(data, tmp_path / "w")
+    run = _cv_run(cfg, monkeypatch, tmp_path / "run")
+    _fake_score(monkeypatch)
+    out = tmp_path / "ext"
+    m = evaluate_external(run, data, out, progress=False, recalibrate=12)
+    assert list(m) == list(EXTERNAL_KEYS)
+    rc = m["recalibration"]
+    pred = pd.read_csv(out / "predictions.csv", dtype={"patient": str})
+    fit = pred["recalibration"] == "fit"
+    # the K patients are the seeded stratified draw; the others are held out
+    expected = pick_patients(pred["label"], pred["patient"], 12, seed=cfg.seed)
+    assert (fit.to_numpy() == expected).all() and pred.loc[fit, "patient"].nunique() == 12
+    assert rc["k"] == 12 and rc["n_held_out"] == int((~fit).sum()) and rc["n_patients_held_out"] == 12
+    site = PostProcess.from_dict(read_json(out / "site_postprocess.json"))
+    assert rc["site_file"] == str(out / "site_postprocess.json") and rc["threshold_after"] == site.thresholds[0]
+    assert rc["threshold_before"] == m["threshold"]
+    # before / after are table_metrics on the held-out films with the run's and the site's threshold
+    h = pred[~fit]
+    y, s, g = h[["label"]].to_numpy(float), h[["score"]].to_numpy(), h["patient"].to_numpy(dtype=object)
+    for side, t in (("before", m["threshold"]), ("after", site.thresholds[0])):
+        ref, ci = table_metrics("binary", ["negative", "positive"], y, s, np.full_like(s, t), g, n_boot=50,
+                                seed=cfg.seed)
+        assert rc[side]["balanced_accuracy"] == pytest.approx(ref["balanced_accuracy"])
+        assert rc[side]["balanced_accuracy_ci"] == [ci["balanced_accuracy"]["low"], ci["balanced_accuracy"]["high"]]
+    assert (pred["site_prediction"] == (pred["score"] >= site.thresholds[0]).astype(int)).all()
+    text = format_external(m)
+    assert "Local recalibration" in text and "before" in text and "site_postprocess.json" in text
+    from medtl.cli import main
+
+    cli_out = str(tmp_path / "cli")
+    assert main(["evaluate", str(run), str(data), "--out", cli_out, "--recalibrate", "12", "--quiet"]) == 0
+    assert read_json(tmp_path / "cli" / "metrics.json")["recalibration"]["after"] == rc["after"]
+
+    # the Predictor with the site file decides as the 'after' column did
+    from medtl.data.manifest import load_manifest
+
+    man = load_manifest(cfg)
+    raw = [fake_scores(man.df, "binary", man.classes, salt=f"member{i}") for i in range(3)]
+    p = Predictor(run, site=out / "site_postprocess.json")
+    assert p.threshold_source.startswith(f"site file {out / 'site_postprocess.json'}")
+    s_site, _ = p.combine(raw)
+    assert (p.decide(s_site)[:, 0] == pred["site_prediction"].to_numpy()).all()
+
+
+def test_recalibration_refusals_name_the_option(data, tmp_path, monkeypatch):
+    cfg = make_cfg(data, tmp_path / "w")
+    run = _cv_run(cfg, monkeypatch, tmp_path / "run")
+    _fake_score(monkeypatch)
+    with pytest.raises(ValueError, match="--recalibrate 20: the set has 24 patients and at least 10"):
+        evaluate_external(run, data, tmp_path / "ext", progress=False, recalibrate=20)
+    bare = pd.read_csv(data).drop(columns=["label"])
+    bare.to_csv(data.parent / "bare.csv", index=False)
+    with pytest.raises(ValueError, match="--recalibrate 5: bare.csv has no label column"):
+        evaluate_external(run, data.parent / "bare.csv", tmp_path / "ext2", progress=False, recalibrate=5)
