@@ -34,6 +34,7 @@ _API = {
     "map_grid": "medtl.explain.cam",
     "faithfulness": "medtl.explain.faithfulness",
     "faithfulness_table": "medtl.explain.faithfulness",
+    "pool_faithfulness": "medtl.explain.faithfulness",
     "Occlusion": "medtl.explain.cam",
     "METHODS": "medtl.explain.cam",
     "register": "medtl.explain.cam",

@@ -31,7 +31,7 @@ from medtl.explain.cam import ClassIndex, _selector, compute_cam, map_grid
 from medtl.registry import map_methods, method_label, takes_target_layer
 from medtl.stats.faithfulness import curve_auc, mean_interval, salience_ranks, step_masks
 
-__all__ = ["faithfulness", "faithfulness_table", "class_probabilities"]
+__all__ = ["faithfulness", "faithfulness_table", "class_probabilities", "pool_faithfulness"]
 
 
 def class_probabilities(model: keras.Model, x: np.ndarray, selector: np.ndarray,
@@ -159,6 +159,55 @@ def faithfulness(
         grid_opts = {k2: v for k2, v in opts.items() if name == "occlusion" and k2 in ("patch", "stride")}
         entry.update(label=method_label(name), grid=list(map_grid(model, name, layer, **grid_opts)),
                      seconds=seconds, maps_per_second=n / seconds if seconds > 0 else float("inf"),
+                     verdict=_verdict(entry["deletion_vs_random"], entry["insertion_vs_random"]))
+        result["methods"][name] = entry
+    return result
+
+
+def pool_faithfulness(parts: Sequence[dict[str, Any]], groups: Sequence[Any] | None = None,
+                      n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """One :func:`faithfulness` result from several on disjoint films (e.g. one per fold model,
+    each on the films it did not train on): the per-film AUCs are pooled and the intervals and
+    verdicts recomputed. Methods missing from any part are left out.
+
+    Args:
+        parts: results of :func:`faithfulness` with the same ``steps``.
+        groups: patient id per pooled film (parts in order), so intervals resample patients.
+        n_boot, seed: as for :func:`faithfulness`.
+
+    Example:
+        >>> res = pool_faithfulness([faithfulness(m0, x0, ["gradcam"]), faithfulness(m1, x1, ["gradcam"])])
+    """
+    if not parts:
+        raise ValueError("parts: expected at least one faithfulness result")
+    if len({p["steps"] for p in parts}) > 1:
+        raise ValueError("parts: all results must have the same number of steps")
+    weights = np.array([p["n_films"] for p in parts], np.float64)
+
+    def pooled(entries: list[dict]) -> dict[str, Any]:
+        out: dict[str, Any] = {"per_film": {}}
+        for c in ("deletion", "insertion"):
+            per = np.concatenate([np.asarray(e["per_film"][c], np.float64) for e in entries])
+            out[c] = mean_interval(per, groups, n_boot, seed=seed).to_dict()
+            out[f"{c}_curve"] = (weights @ np.array([e[f"{c}_curve"] for e in entries]) / weights.sum()).tolist()
+            out["per_film"][c] = per.tolist()
+        return out
+
+    rand = pooled([p["random"] for p in parts])
+    result: dict[str, Any] = {"n_films": int(weights.sum()), "steps": parts[0]["steps"],
+                              "fractions": parts[0]["fractions"], "blur": parts[0]["blur"],
+                              "methods": {}, "random": rand}
+    for name, first in parts[0]["methods"].items():
+        if not all(name in p["methods"] for p in parts):
+            continue
+        entries = [p["methods"][name] for p in parts]
+        entry = pooled(entries)
+        for c in ("deletion", "insertion"):
+            diff = np.subtract(entry["per_film"][c], rand["per_film"][c])
+            entry[f"{c}_vs_random"] = mean_interval(diff, groups, n_boot, seed=seed).to_dict()
+        seconds = float(sum(e["seconds"] for e in entries))
+        entry.update(label=first["label"], grid=first["grid"], seconds=seconds,
+                     maps_per_second=result["n_films"] / seconds if seconds > 0 else float("inf"),
                      verdict=_verdict(entry["deletion_vs_random"], entry["insertion_vs_random"]))
         result["methods"][name] = entry
     return result

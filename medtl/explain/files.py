@@ -34,7 +34,7 @@ from medtl.run.files import score_columns
 from medtl.run.layout import EXPLANATIONS_FILE
 from medtl.run.predictor import Predictor
 
-__all__ = ["FileMaps", "maps_for_files", "explain_paths", "overlay_stem", "OFF_FILM_NOTE"]
+__all__ = ["FileMaps", "maps_for_files", "faithfulness_for_files", "explain_paths", "overlay_stem", "OFF_FILM_NOTE"]
 
 #: From this share of a map's heat on the padding on, ``medtl explain`` and the report say so.
 OFF_FILM_NOTE = 0.25
@@ -160,6 +160,52 @@ def maps_for_files(
         side = 0.125 if patch is None else patch
         reason += f"; patch {side:g}, step {side / 2 if stride is None else stride:g} of the image side"
     return FileMaps(films, out, errors, str(choice), reason, shown, scores, off, padded)
+
+
+def faithfulness_for_files(
+    run_or_model: str | Path,
+    paths: Sequence[str | Path],
+    methods: Sequence[str],
+    class_names: Sequence[str] | None = None,
+    target_layer: str | None = None,
+    patch: float | None = None,
+    stride: float | None = None,
+    groups: Sequence[str] | None = None,
+    steps: int = 10,
+    n_boot: int = 1000,
+    seed: int = 0,
+    batch_size: int = 16,
+) -> dict:
+    """:func:`medtl.explain.faithfulness.faithfulness` of ``paths`` with the (first) model of
+    ``run_or_model``, each film read as the model read it.
+
+    Args:
+        run_or_model: a fold or training run folder, or a ``.keras`` file.
+        paths: image files, read at the model's input size.
+        methods: map methods; a backbone without a spatial feature map gets occlusion instead
+            (as in :func:`maps_for_files`), and repeats are dropped.
+        class_names: the class to score per film (default binary: the positive class).
+        target_layer, patch, stride: as for :func:`maps_for_files`.
+        groups, steps, n_boot, seed, batch_size: as for ``faithfulness``.
+    """
+    from medtl.data.pipeline import ImagePipeline  # why: loads TensorFlow, which only computing maps needs
+    from medtl.explain.cam import method_for_model  # why: loads TensorFlow, as above
+    from medtl.explain.faithfulness import faithfulness  # why: loads TensorFlow, as above
+
+    predictor = Predictor(run_or_model)
+    pipe = ImagePipeline(predictor.pipeline_config())
+    x = np.stack([pipe.load(str(p))[0] for p in paths])
+    model = predictor.models()[0]
+    chosen = list(dict.fromkeys(str(method_for_model(model, m)) for m in methods))
+    options: dict[str, dict] = {}
+    for m in chosen:
+        if takes_target_layer(m) and target_layer:
+            options[m] = {"target_layer": target_layer}
+        elif is_perturbation(m):
+            options[m] = {k: v for k, v in (("patch", patch), ("stride", stride)) if v is not None}
+    index = None if class_names is None else [predictor.classes.index(c) for c in class_names]
+    return faithfulness(model, x, chosen, class_index=index, steps=steps, seed=seed, groups=groups,
+                        n_boot=n_boot, batch_size=batch_size, options=options)
 
 
 def explain_paths(

@@ -121,6 +121,11 @@ class ReportData:
     notes: list[str] = field(default_factory=list)
     # What medtl localise wrote (localisation.json) when data.annotations is set; None otherwise.
     localisation: dict[str, Any] | None = None
+    # "Which map to trust": faithfulness_table rows (deletion/insertion vs a random map) on the
+    # gallery's held-out true positives; [] with faithfulness_note saying why it is absent.
+    faithfulness: list[dict[str, str]] = field(default_factory=list)
+    faithfulness_note: str = ""
+    faithfulness_films: int = 0
     # Films to refer (binary): accuracy against the share of films kept, and one sentence; None: no section.
     refer: Plot | None = None
     refer_text: str = ""
@@ -572,6 +577,8 @@ def collect_report_data(run_dir: str | Path, compute_cams: bool = True, n_cases:
         read={"window": cfg.data.window, "frame": cfg.data.frame, "max_pixels": cfg.data.max_pixels})
 
     notes = list(src.notes)
+    faith, faith_note, faith_films = _faithfulness(
+        cases, cfg, compute_cams, src.classes, _second_method(compare or cfg.report.compare, cfg.report.cam))
     localisation = _localisation(run, cfg, compute_cams)
     if not has_patient_ids(cfg):
         notes.insert(0, NO_PATIENTS_NOTE + ".")
@@ -604,6 +611,9 @@ def collect_report_data(run_dir: str | Path, compute_cams: bool = True, n_cases:
         gallery_note=gallery_note,
         notes=notes,
         localisation=localisation,
+        faithfulness=faith,
+        faithfulness_note=faith_note,
+        faithfulness_films=faith_films,
         refer=refer,
         refer_text=refer_text,
         forbidden=forbidden,
@@ -622,3 +632,53 @@ def _localisation(run: Path, cfg: Any, compute: bool) -> dict[str, Any] | None:
 
         localise_run(run, cfg.data.annotations, done.parent, n_boot=cfg.evaluate.bootstrap, seed=cfg.seed)
     return read_json(done) if done.is_file() else None
+
+
+FAITHFULNESS_PER_MODEL = 12  # held-out true positives per fold model: the report stays quick
+FAITHFULNESS_STEPS = 10
+FAITHFULNESS_BOOT = 200
+
+
+def _faithfulness(cases: pd.DataFrame, cfg: Any, compute: bool, classes: list[str],
+                  compare: str | None) -> tuple[list[dict[str, str]], str, int]:
+    """Deletion/insertion faithfulness of the report's map methods on the gallery's true
+    positives, each film with the model that did not train on it (at most
+    :data:`FAITHFULNESS_PER_MODEL` per fold model), the per-film AUCs pooled over the folds.
+
+    Returns:
+        (faithfulness_table rows, '' or one sentence on why there are none, films scored).
+    """
+    if not compute:
+        return [], "Not computed: this report was made without computing heat maps.", 0
+    tps = cases[cases["kind"] == "true positive"].drop_duplicates(["file", "target"])
+    if tps.empty:
+        return [], "Not computed: there is no held-out true positive to test the maps on.", 0
+    if not any((Path(m) / MODEL_FILE).is_file() for m in tps["model_dir"]):  # before TensorFlow loads
+        return [], "Not computed: the run folder holds no saved model to score the maps with.", 0
+    # why: the map methods load TensorFlow; only a report that computes maps pays for it
+    from medtl.explain.faithfulness import faithfulness_table, pool_faithfulness
+    # why: as above (reads the films as the fold model read them)
+    from medtl.explain.files import faithfulness_for_files
+
+    methods = [cfg.report.cam] + ([compare] if compare else [])
+    parts, groups, failed = [], [], []
+    for model_dir, part in tps.groupby("model_dir", sort=False):
+        part = part.head(FAITHFULNESS_PER_MODEL)
+        try:
+            parts.append(faithfulness_for_files(
+                model_dir, part["file"].tolist(), methods,
+                class_names=None if cfg.task == "binary" else part["target"].tolist(),
+                target_layer=cfg.report.target_layer, patch=cfg.report.occlusion_patch,
+                stride=cfg.report.occlusion_stride, groups=part["patient"].astype(str).tolist(),
+                steps=FAITHFULNESS_STEPS, n_boot=min(int(cfg.evaluate.bootstrap), FAITHFULNESS_BOOT),
+                seed=int(cfg.seed)))
+        except Exception as exc:  # noqa: BLE001 - the section says the maps could not be scored
+            failed.append(type(exc).__name__)
+            continue
+        groups += part["patient"].astype(str).tolist()
+    if not parts:
+        return [], f"Not computed: the fold models could not score the maps ({', '.join(sorted(set(failed)))}).", 0
+    pooled = pool_faithfulness(parts, groups=groups, n_boot=min(int(cfg.evaluate.bootstrap), FAITHFULNESS_BOOT),
+                               seed=int(cfg.seed))
+    note = (f"{len(failed)} fold model(s) could not be scored and are left out." if failed else "")
+    return faithfulness_table(pooled), note, int(pooled["n_films"])

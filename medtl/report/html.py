@@ -26,7 +26,7 @@ from markupsafe import Markup
 
 from medtl.explain.files import OFF_FILM_NOTE
 from medtl.io.atomic import write_atomic
-from medtl.report.data import Cell, ReportData, collect_report_data
+from medtl.report.data import FAITHFULNESS_PER_MODEL, Cell, ReportData, collect_report_data
 from medtl.report.deid import deid_check, find_in_text
 from medtl.report.gallery import NOT_COMPUTED
 from medtl.report.model_card import build_model_card, write_model_card
@@ -96,7 +96,8 @@ def render_html(data: ReportData) -> str:
     Raises:
         ExternalResourceError: the page would fetch an external resource.
     """
-    page = _environment().get_template(TEMPLATE).render(d=data, off_film_note=OFF_FILM_NOTE)
+    page = _environment().get_template(TEMPLATE).render(d=data, off_film_note=OFF_FILM_NOTE,
+                                                          faithfulness_per_model=FAITHFULNESS_PER_MODEL)
     bad = _EXTERNAL.search(_DATA_URI.sub("data:", page))
     if bad:
         raise ExternalResourceError(f"report template: references an external resource near "

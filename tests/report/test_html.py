@@ -264,6 +264,20 @@ def test_end_to_end_real_cv_run_with_cams_leaks_no_planted_phi(tmp_path):
                for c in maps)
     assert all(c.peak_gap is None or 0.0 <= c.peak_gap <= 1.42 for c in maps)
     assert out.read_text(encoding="utf-8").count('alt="occlusion map"') == len(maps)
+    # Which map to trust: one row per method and the random map, AUCs and intervals in [0, 1].
+    page = out.read_text(encoding="utf-8")
+    assert 'id="faithfulness"' in page and 'href="#faithfulness"' in page
+    assert data.faithfulness_films > 0 and not data.faithfulness_note
+    rows = data.faithfulness
+    from medtl.registry import method_label
+
+    assert sorted(r["method"] for r in rows) == sorted([method_label("gradcam++"), method_label("occlusion"),
+                                                        "Random map"])
+    for r in rows:
+        nums = [float(v) for v in re.findall(r"-?\d+\.\d+", r["deletion"] + " " + r["insertion"])]
+        assert len(nums) == 6 and all(0.0 <= v <= 1.0 for v in nums)
+        assert f"<b>{r['method']}</b>" in page and r["deletion"] in page
+    assert all(r["grid"] for r in rows[:-1]) and rows[-1]["method"] == "Random map"
 
     phi = json.loads((tmp_path / "data" / "phi.json").read_text())["patients"]
     planted = sorted({v for d in phi.values() for k, vals in d.items() if k != "PatientSex"
