@@ -11,35 +11,36 @@ Example:
     1.0
 """
 
-from medtl.stats.bootstrap import (
-    Interval,
-    bootstrap_ci,
-    bootstrap_metrics,
-    bootstrap_paired_difference,
-    resample_weights,
-)
-from medtl.stats.calibration import (
-    PlattScaling,
-    TemperatureScaling,
-    calibrator_from_dict,
-    fit_platt,
-    fit_temperature,
-)
-from medtl.stats.compare import delong_auc_variance, delong_ci, delong_test
-from medtl.stats.metrics import (
-    BINARY_METRICS,
-    average_precision,
-    binarize,
-    binary_metrics,
-    brier_score,
-    expected_calibration_error,
-    multiclass_metrics,
-    multilabel_metrics,
-    reliability_curve,
-    roc_auc,
-    summarize_folds,
-)
-from medtl.stats.thresholds import choose_threshold, parse_threshold_rule, threshold_interval
+from importlib import import_module
+from typing import Any
+
+# Names resolved on first use (PEP 562): medtl.config imports medtl.stats.thresholds, and the
+# eager form pulled scipy.stats and scipy.optimize into every ``import medtl.config``.
+_WHERE = {
+    "bootstrap": ("Interval", "bootstrap_ci", "bootstrap_metrics", "bootstrap_paired_difference",
+                  "resample_weights"),
+    "calibration": ("PlattScaling", "TemperatureScaling", "calibrator_from_dict", "fit_platt", "fit_temperature"),
+    "compare": ("delong_auc_variance", "delong_ci", "delong_test"),
+    "metrics": ("BINARY_METRICS", "average_precision", "binarize", "binary_metrics", "brier_score",
+                "expected_calibration_error", "multiclass_metrics", "multilabel_metrics", "reliability_curve",
+                "roc_auc", "summarize_folds"),
+    "thresholds": ("choose_threshold", "parse_threshold_rule", "threshold_interval"),
+}
+_MODULE_OF = {name: mod for mod, names in _WHERE.items() for name in names}
+
+
+def __getattr__(name: str) -> Any:
+    mod = _MODULE_OF.get(name)
+    if mod is None:
+        raise AttributeError(f"module 'medtl.stats' has no attribute {name!r}")
+    value = getattr(import_module(f"medtl.stats.{mod}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_MODULE_OF])
+
 
 __all__ = [
     "BINARY_METRICS",
