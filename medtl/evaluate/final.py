@@ -138,8 +138,8 @@ def retrain_final(run: Path, cfg: Config, manifest, metrics: dict, progress: boo
                            "the best epoch in its metrics.json; delete that fold's fold.json and run medtl cv again")
     epochs = retrain_schedule(means)
     done = list(metrics["finished_folds"])
-    thresholds, rule = final_thresholds(
-        [read_postprocess(fold_dir(run, f)) for f in done])
+    fold_pps = [read_postprocess(fold_dir(run, f)) for f in done]
+    thresholds, rule = final_thresholds(fold_pps)
     fin.mkdir(parents=True, exist_ok=True)
     with FoldLock(fin / LOCK_FILE) as lock:
         if not lock.acquired:
@@ -156,7 +156,10 @@ def retrain_final(run: Path, cfg: Config, manifest, metrics: dict, progress: boo
         pp = PostProcess(task=cfg.task, classes=list(manifest.classes),
                          rule=None if thresholds is None else cfg.evaluate.threshold, calibration="none",
                          thresholds=thresholds, raw_thresholds=thresholds, calibrators=None, n_val=0,
-                         extra={"threshold_rule": rule, "folds": done})
+                         extra={"threshold_rule": rule, "folds": done},
+                         # the views the fold thresholds were chosen under; folds that differ give
+                         # e.g. "none,shift", which matches no mode, so prediction warns
+                         tta=",".join(sorted({p.tta for p in fold_pps})))
         write_postprocess(fin, pp)
         if thresholds is not None:
             set_threshold(fin, thresholds[0] if cfg.task == "binary" else thresholds, rule=rule)

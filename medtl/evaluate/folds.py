@@ -108,7 +108,10 @@ def run_fold(run: Path, cfg: Config, manifest, split, f: int, progress: bool, re
                       f"{len(test_idx)} test images; {df['patient_id'].iloc[test_idx].nunique()} test patients")
         val_df, model = _train_fold(cfg, manifest, train_idx, val_idx, fdir, progress)
         t_trained = time.perf_counter()
-        pp = _fit_postprocess(cfg, manifest, val_df, val_idx, fdir, f)
+        # The trainer's metrics.json says which predict.tta views its validation scores average
+        # (none for folds trained before it said so), so the threshold records what it was chosen on.
+        val_tta = str(read_trainer_metrics(fdir).get("val_tta") or "none")
+        pp = _fit_postprocess(cfg, manifest, val_df, val_idx, fdir, f, tta=val_tta)
         used, raw, skipped = _predict_fold(cfg, fdir, model, manifest.subset(test_idx))
         del model
         release_memory()
@@ -209,8 +212,10 @@ def release_memory() -> None:
         keras.backend.clear_session()
 
 
-def _fit_postprocess(cfg: Config, manifest, val_df: pd.DataFrame, val_idx, fdir: Path, f: int) -> PostProcess:
-    """Threshold and calibrator from the fold's validation predictions, and nothing else."""
+def _fit_postprocess(cfg: Config, manifest, val_df: pd.DataFrame, val_idx, fdir: Path, f: int,
+                     tta: str = "none") -> PostProcess:
+    """Threshold and calibrator from the fold's validation predictions (averaged over the ``tta``
+    views, as the test fold is), and nothing else."""
     where = str(fdir / VAL_PREDICTIONS)
     allowed = set(np.asarray(manifest.paths, dtype=object)[val_idx])
     stray = sorted(set(val_df["path"]) - allowed) if "path" in val_df.columns else ["(no path column)"]
@@ -218,7 +223,7 @@ def _fit_postprocess(cfg: Config, manifest, val_df: pd.DataFrame, val_idx, fdir:
         raise RuntimeError(f"{where}: {len(stray)} file(s) outside fold {f}'s validation split, e.g. {stray[0]}; "
                            "refusing to choose a threshold on them")
     try:
-        return save_postprocess(cfg, manifest.classes, val_df, fdir, where=where)
+        return save_postprocess(cfg, manifest.classes, val_df, fdir, where=where, tta=tta)
     except ValueError as exc:
         raise ValueError(f"fold {f}: {exc}") from None
 

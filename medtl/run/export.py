@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import warnings
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable
@@ -40,7 +41,7 @@ import numpy as np
 
 from medtl.io.atomic import write_json
 from medtl.run.files import score_columns
-from medtl.run.predictor import Predictor
+from medtl.run.predictor import Predictor, TTAMismatchWarning
 from medtl.stats.calibration import EPS
 
 __all__ = ["FORMATS", "SIDECAR_FILE", "export_run", "build_export_model", "sidecar"]
@@ -283,7 +284,10 @@ def export_run(run_or_model: str | Path, out: str | Path, fmt: str = "savedmodel
     run_tta = str(getattr(predictor, "tta", "none"))
     if run_tta != "none":
         # Test-time views are resampled films, made outside the graph: the graph scores one view.
-        predictor = Predictor(run_or_model, tta="none")
+        # The sidecar's note says so; the predictor's threshold-views warning would only repeat it.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", TTAMismatchWarning)
+            predictor = Predictor(run_or_model, tta="none")
     out_dir.mkdir(parents=True, exist_ok=True)
     content = sidecar(predictor, fmt, name)
     content["test_time_augmentation"] = {
@@ -291,7 +295,7 @@ def export_run(run_or_model: str | Path, out: str | Path, fmt: str = "savedmodel
         "note": "none: the graph equals medtl predict" if run_tta == "none" else
         f"the run's predict.tta is {run_tta!r}; the graph scores the film as given (medtl predict "
         "without test-time augmentation); average its raw scores over the views yourself for medtl "
-        "predict's figures"}
+        f"predict's figures (the threshold was chosen on validation scores under {predictor.threshold_tta!r})"}
     old = out_dir / SIDECAR_FILE
     if old.is_file():
         # Several formats of the same run may share a folder: keep the others listed.

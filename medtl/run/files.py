@@ -201,13 +201,15 @@ def write_postprocess(folder: str | Path, pp: PostProcess) -> Path:
 
 
 def save_postprocess(cfg: Any, classes: Sequence[str], val_df: pd.DataFrame, out_dir: str | Path,
-                     where: str | None = None) -> PostProcess:
+                     where: str | None = None, tta: str = "none") -> PostProcess:
     """Fit the decision threshold and calibrator on validation predictions and save them.
 
     ``evaluate.threshold`` and ``evaluate.calibration`` are fitted on ``val_df`` (the scores a
     model gave its own validation split, e.g. val_predictions.csv) and written to
     ``out_dir/postprocess.json``, which ``medtl predict`` applies; the model's
     model_info.json gets the raw-score threshold, for callers of the bare model file.
+    ``tta`` is the ``predict.tta`` mode ``val_df``'s scores were averaged over; it is saved
+    (``PostProcess.tta``) so that prediction can say when it scores films otherwise.
 
     Raises:
         ValueError: the validation predictions cannot support the rule (e.g. one class only).
@@ -220,6 +222,7 @@ def save_postprocess(cfg: Any, classes: Sequence[str], val_df: pd.DataFrame, out
     groups = val_df["patient_id"].to_numpy(dtype=object) if "patient_id" in val_df.columns else None
     pp = PostProcess.fit(cfg.task, list(classes), y, s, cfg.evaluate.threshold, cfg.evaluate.calibration,
                          groups=groups, n_boot=cfg.evaluate.bootstrap, seed=cfg.seed)
+    pp.tta = str(tta)
     write_postprocess(out, pp)
     if pp.raw_thresholds is not None and (out / MODEL_INFO_FILE).exists():
         # The model alone sees raw scores, so it gets the raw-scale threshold.

@@ -8,8 +8,10 @@ A training run (made by :func:`medtl.train.trainer.train`)::
         model_info.json      task, classes and preprocessing; what predict needs
         history_stage<i>.csv, history.csv, tensorboard/
         metrics.json         best validation metrics, per-stage summary, epochs, wall time
-        val_predictions.csv  the best model's scores on the validation split
-        postprocess.json     threshold(s) and calibrator fitted on the validation split
+        val_predictions.csv  the best model's scores on the validation split (averaged over the
+                             predict.tta views, as predict scores films)
+        postprocess.json     threshold(s) and calibrator fitted on the validation split, and the
+                             predict.tta mode they were fitted under
         skipped.csv          files skipped as unreadable (data.on_error: skip)
         feature_summary.npz  training films in the model's pooled feature space (float16 vectors,
                              projection, reference k-NN distances; no pixels, paths or ids): what

@@ -16,6 +16,7 @@ Example:
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -32,12 +33,48 @@ from medtl.run.layout import (
     CONFIG_FILE, CV_FILE, FINAL_DONE, MODEL_FILE, MODEL_INFO_FILE, POSTPROCESS_FILE, SITE_POSTPROCESS_FILE, final_dir,
     finished_folds, fold_dir, is_cv_run,
 )
-from medtl.run.tta import predict_dataset_views, predict_views, tta_views
+from medtl.run.tta import TTA_MODES, predict_dataset_each_view, predict_each_view, tta_views, view_mean
 from medtl.stats.postprocess import PostProcess
-from medtl.stats.selective import uncertain_flags
+from medtl.stats.selective import decides_otherwise, member_spread, uncertain_flags
 from medtl.stats.shift import FeatureSummary, ShiftResult, assess_shift
 
-__all__ = ["Predictor", "predict_paths", "collect_paths", "with_ood_columns", "with_uncertain_columns"]
+__all__ = ["Predictor", "MemberScores", "TTAMismatchWarning", "predict_paths", "collect_paths", "with_ood_columns",
+           "with_uncertain_columns"]
+
+
+class TTAMismatchWarning(UserWarning):
+    """Films are scored with other test-time views (``predict.tta``) than the validation scores
+    the run's threshold and calibrator were chosen on."""
+
+
+class MemberScores(list):
+    """Each member model's raw scores (N, K), averaged over the test-time views: a list, as
+    :meth:`Predictor.combine` takes it. ``views`` keeps each member's raw scores per view
+    (V, N, K) when there are several views (None with one), for :meth:`Predictor.with_uncertain`.
+
+    Example:
+        >>> raw = p.predict_dataset(ds)
+        >>> s, members = p.combine(raw); raw.views is None   # True without predict.tta
+    """
+
+    def __init__(self, means: Sequence[np.ndarray] = (), views: list[np.ndarray] | None = None) -> None:
+        super().__init__(means)
+        self.views = views
+
+    @classmethod
+    def of_views(cls, each: list[np.ndarray]) -> MemberScores:
+        """From each member's per-view raw scores (V, N, K); one view keeps no ``views``."""
+        return cls([view_mean(e) for e in each], each if each and len(each[0]) > 1 else None)
+
+    def head(self, n: int) -> MemberScores:
+        """The first ``n`` films (a padded batch cut back to its films)."""
+        return MemberScores([m[:n] for m in self], None if self.views is None else [v[:, :n] for v in self.views])
+
+    @classmethod
+    def concat(cls, parts: Sequence[MemberScores]) -> MemberScores:
+        """``parts`` (at least one) joined film-wise."""
+        views = None if parts[0].views is None else [np.concatenate(v, axis=1) for v in zip(*(p.views for p in parts))]
+        return cls([np.concatenate(m) for m in zip(*parts)], views)
 
 
 class Predictor:
@@ -54,6 +91,9 @@ class Predictor:
 
     With ``tta`` (``predict.tta``, :mod:`medtl.run.tta`) each member's raw scores are the mean
     over the test-time views, before its calibrator; ``none`` is the plain prediction exactly.
+    The trainer chose each threshold on validation scores averaged over the run's own
+    ``predict.tta`` views (``postprocess.json`` records which); scoring with other views warns
+    (:class:`TTAMismatchWarning`), once, naming both modes and the fix.
 
     Attributes:
         task, classes: of the models.
@@ -63,6 +103,9 @@ class Predictor:
         folds: the fold of each member of an ensemble (empty for one model).
         info: the first member's model_info.json.
         tta: the test-time augmentation mode in use.
+        threshold_tta: the ``predict.tta`` mode(s) the members' thresholds and calibrators were
+            chosen under (``none`` for files from before it was recorded; folds that differ
+            are joined with ','), or None when no postprocess.json was saved.
         site: the site post-processing (``site=``, a ``site_postprocess.json`` from ``medtl
             evaluate --recalibrate``) applied on top of the run's scores, or None.
 
@@ -101,6 +144,11 @@ class Predictor:
         if "flip" in self.tta and not hflip:
             raise ValueError(f"tta {self.tta!r}: {p} was trained without left-right flips (augment.hflip false), "
                              "so a mirrored film is new to it; use tta 'shift' or 'none'")
+        chosen = sorted({m for pp in self.pps if pp is not None for m in str(pp.tta).split(",")})
+        self.threshold_tta: str | None = ",".join(chosen) if chosen else None
+        mismatch = _tta_mismatch(p, chosen, self.tta)
+        if mismatch:
+            warnings.warn(mismatch, TTAMismatchWarning, stacklevel=2)
         self.site: PostProcess | None = None
         if site is not None:
             self._use_site(Path(site))
@@ -231,14 +279,16 @@ class Predictor:
             return s.argmax(axis=1)
         return (s >= np.asarray(self.thresholds)[None, :]).astype(np.int8)
 
-    def raw_scores(self, x: np.ndarray) -> list[np.ndarray]:
-        """Each member model's raw scores (N, K) for a batch of model inputs (N, H, W, 1)."""
-        return [predict_views(m, x, self._views) for m in self._load()]
+    def raw_scores(self, x: np.ndarray) -> MemberScores:
+        """Each member model's raw scores (N, K) for a batch of model inputs (N, H, W, 1), with
+        the per-view scores when ``tta`` has several views (:class:`MemberScores`)."""
+        return MemberScores.of_views([predict_each_view(m, x, self._views) for m in self._load()])
 
-    def predict_dataset(self, ds) -> list[np.ndarray]:
-        """Each member model's raw scores (N, K) over a ``tf.data`` dataset of (x, y)."""
+    def predict_dataset(self, ds) -> MemberScores:
+        """Each member model's raw scores (N, K) over a ``tf.data`` dataset of (x, y), with the
+        per-view scores when ``tta`` has several views (:class:`MemberScores`)."""
         xs = ds.map(lambda x, y: x)
-        return [predict_dataset_views(m, xs, self._views) for m in self._load()]
+        return MemberScores.of_views([predict_dataset_each_view(m, xs, self._views) for m in self._load()])
 
     # -- shift ---------------------------------------------------------------------------------
 
@@ -257,7 +307,7 @@ class Predictor:
             self._dual = with_pooled_features(self._load()[0])
         return self._dual
 
-    def predict_dataset_with_features(self, ds) -> tuple[list[np.ndarray], np.ndarray]:
+    def predict_dataset_with_features(self, ds) -> tuple[MemberScores, np.ndarray]:
         """(each member's raw scores (N, K), the first member's pooled features (N, D)) over a
         ``tf.data`` dataset of (x, y); the first member's features come from the same forward
         pass as its scores.
@@ -270,7 +320,7 @@ class Predictor:
             feats = self._dual_model().predict(xs, verbose=0)[1]
             return self.predict_dataset(ds), np.asarray(feats, dtype=np.float32)
         s0, feats = self._dual_model().predict(xs, verbose=0)
-        raw = [np.asarray(s0, dtype=np.float64)]
+        raw = MemberScores([np.asarray(s0, dtype=np.float64)])
         raw += [np.asarray(m.predict(xs, verbose=0), dtype=np.float64) for m in self._load()[1:]]
         return raw, np.asarray(feats, dtype=np.float32)
 
@@ -299,21 +349,66 @@ class Predictor:
             >>> shift.domain_auc if shift else None
         """
         if self.feature_summary() is None:
-            return self.with_uncertain(self.predict_paths(paths, batch_size=batch_size)), None
-        df, feats = self.predict_paths(paths, batch_size=batch_size, features=True)
+            df, _, raw = self._predict_paths(paths, batch_size, features=False)
+            return self.with_uncertain(df, raw), None
+        df, feats, raw = self._predict_paths(paths, batch_size, features=True)
         result = self.shift(feats, seed=seed) if len(feats) else None
-        return self.with_uncertain(with_ood_columns(df, result)), result
+        return self.with_uncertain(with_ood_columns(df, result), raw), result
 
-    def with_uncertain(self, df: pd.DataFrame) -> pd.DataFrame:
-        """``df`` with ``spread`` and ``uncertain`` (:func:`with_uncertain_columns`) for an
-        ensemble; unchanged for one model (one member cannot disagree with itself).
+    def with_uncertain(self, df: pd.DataFrame, raw: Sequence[np.ndarray] | None = None) -> pd.DataFrame:
+        """``df`` with per-film ``spread`` and ``uncertain``: the films to refer.
+
+        ``uncertain`` is True when any score that went into the film's decision decides
+        otherwise than the decision given: a fold model (its view-averaged score) against the
+        ensemble, or one test-time view of a model against the mean the film is decided on
+        (for an ensemble with ``tta``: any fold model or any view). The rule is fixed, not a
+        tuned cut on ``spread``: a cut would have to be chosen on films scored this way with
+        known labels, and the only such films a run has are its test films
+        (:mod:`medtl.stats.selective`). ``spread`` is the standard deviation, on the decision
+        scale (calibrated, probability), of the fold models' scores (no ``tta``), of the
+        views' scores (one model with ``tta``), or of every fold model's score under every
+        view (an ensemble with ``tta``); the largest over score columns.
+
+        Without ``tta``: from the ``<col>_fold<k>`` columns (:func:`with_uncertain_columns`);
+        ``df`` unchanged for one model (one member cannot disagree with itself). With ``tta``
+        the views' scores are not in ``df``: pass ``raw``, the :class:`MemberScores` of
+        ``df``'s readable rows (``error`` empty; all rows without an ``error`` column) in
+        order, as :meth:`predict_dataset` or :meth:`raw_scores` give them.
 
         Example:
-            >>> p.with_uncertain(p.predict_paths(paths))[["spread", "uncertain"]]
+            >>> raw = p.predict_dataset(ds)
+            >>> p.with_uncertain(table, raw)[["spread", "uncertain"]]
         """
-        if len(self.members) < 2:
-            return df
-        return with_uncertain_columns(df, self.folds, score_columns(self.task, self.classes), self.thresholds)
+        if getattr(raw, "views", None) is None:
+            if len(self.members) < 2:
+                return df
+            return with_uncertain_columns(df, self.folds, score_columns(self.task, self.classes), self.thresholds)
+        ok = (df["error"] == "").to_numpy() if "error" in df.columns else np.ones(len(df), bool)
+        n = len(raw[0])  # type: ignore[index]
+        if int(ok.sum()) != n:
+            raise ValueError(f"with_uncertain: {n} scored films for {int(ok.sum())} readable rows; "
+                             "pass the scores the table was made from")
+        spread, flag = self.disagreement(raw)  # type: ignore[arg-type]
+        return _put_uncertain(df, ok, spread, flag)
+
+    def disagreement(self, raw: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """Per film (``spread``, ``uncertain``) of raw member scores, as :meth:`with_uncertain`
+        defines them; with ``raw.views`` (:class:`MemberScores`) the test-time views count.
+
+        Example:
+            >>> spread, uncertain = p.disagreement(p.raw_scores(x))
+        """
+        _, members = self.combine(raw)
+        stacked = np.stack(members)
+        views = getattr(raw, "views", None)
+        if views is None:
+            spread, _, flag = uncertain_flags(stacked, self.thresholds)
+            return spread, flag
+        # Each view through each member's calibrator (and the site's), as the mean is.
+        voters = np.stack([m for v in range(len(views[0])) for m in self.combine([e[v] for e in views])[1]])
+        reference = stacked.mean(axis=0)  # the ensemble's score (one model: its view mean)
+        flag = decides_otherwise(reference, np.concatenate([stacked, voters]), self.thresholds)
+        return member_spread(voters), flag
 
     def labels(self, decisions: np.ndarray) -> list[str]:
         """Readable prediction per row: class name (binary, multiclass) or ';'-joined labels."""
@@ -332,6 +427,13 @@ class Predictor:
         With ``features=True``: ``(table, pooled features)``, the features (first member, same
         forward pass) one row per readable file (``error`` empty), in table order.
         """
+        df, feats, _ = self._predict_paths(paths, batch_size, features)
+        return (df, feats) if features else df
+
+    def _predict_paths(self, paths: Sequence[str | Path], batch_size: int, features: bool
+                       ) -> tuple[pd.DataFrame, np.ndarray | None, MemberScores]:
+        """(:meth:`predict_paths`' table, the features or None, the raw scores of the readable
+        rows in order, for :meth:`with_uncertain`)."""
         from medtl.data.pipeline import ImagePipeline  # imports TensorFlow: loaded only when predicting
 
         pipe = ImagePipeline(self.pipeline_config())
@@ -340,6 +442,7 @@ class Predictor:
         ok: list[int] = []
         batch: list[np.ndarray] = []
         feats: list[np.ndarray] = []
+        scored: list[MemberScores] = []
 
         def flush() -> None:
             idx = ok[len(ok) - len(batch):]
@@ -354,10 +457,11 @@ class Predictor:
                 s0, f = self._dual_model().predict_on_batch(x)
                 feats.append(np.asarray(f, dtype=np.float32)[:len(batch)])
                 others = [np.asarray(m.predict_on_batch(x), dtype=np.float64) for m in self._load()[1:]]
-                raw = [np.asarray(s0, dtype=np.float64), *others]
+                raw = MemberScores([np.asarray(s0, dtype=np.float64), *others])
             else:
                 raw = self.raw_scores(x)
-            s, members = self.combine([r[:len(batch)] for r in raw])
+            scored.append(raw.head(len(batch)))
+            s, members = self.combine(scored[-1])
             labels = self.labels(self.decide(s))
             for r, i in enumerate(idx):
                 rows[i].update(zip(cols, s[r].tolist()))
@@ -382,9 +486,39 @@ class Predictor:
         extra = [f"{c}_fold{f}" for f in self.folds for c in cols] if len(self.members) > 1 else []
         df = pd.DataFrame(rows, columns=["path", *cols, *extra, "prediction", "error"])
         df["prediction"] = df["prediction"].fillna("")
+        if scored:
+            raw_ok = MemberScores.concat(scored)
+        else:  # no readable film: no scores, in the shapes scores have
+            none = np.zeros((len(self._views), 0, len(cols)))
+            raw_ok = MemberScores.of_views([none] * len(self.members))
         if features:
-            return df, (np.concatenate(feats) if feats else np.zeros((0, 0), np.float32))
-        return df
+            return df, (np.concatenate(feats) if feats else np.zeros((0, 0), np.float32)), raw_ok
+        return df, None, raw_ok
+
+
+def _tta_mismatch(where: Path, chosen: Sequence[str], tta: str) -> str | None:
+    """The one-line warning when films are scored with ``tta`` views but the thresholds were
+    chosen under the ``chosen`` mode(s); None when they agree (or nothing was recorded)."""
+    if not chosen or list(chosen) == [tta]:
+        return None
+    was = repr(chosen[0]) if len(chosen) == 1 else f"{' and '.join(map(repr, chosen))} (the folds differ)"
+    other = chosen[0] if len(chosen) == 1 and chosen[0] in TTA_MODES else None
+    instead = (f", or score with tta {other!r} (Predictor/evaluate_external tta={other!r})" if other else "")
+    return (f"{where}: its decision threshold was chosen on validation scores under predict.tta {was}, but films "
+            f"are scored with predict.tta {tta!r}, so the threshold may not fit their scores; retrain with "
+            f"predict.tta: {tta} (the threshold is then chosen on the same views){instead}")
+
+
+def _put_uncertain(df: pd.DataFrame, ok: np.ndarray, spread: np.ndarray, flag: np.ndarray) -> pd.DataFrame:
+    """``df`` with ``spread`` and ``uncertain`` given for its ``ok`` rows (NaN / False elsewhere)."""
+    out = df.copy()
+    full = np.full(len(df), np.nan)
+    full[ok] = spread
+    out["spread"] = full
+    flags = np.zeros(len(df), dtype=bool)
+    flags[ok] = flag
+    out["uncertain"] = flags
+    return out
 
 
 def _saved_tta(p: Path) -> tuple[str, bool]:
@@ -416,7 +550,8 @@ def predict_paths(run_or_model: str | Path, paths: Sequence[str | Path], batch_s
         multilabel: names joined with ';') and ``error`` (empty, or why the file could not be
         read; such rows have no scores); with the run's feature summary also ``ood_percentile``
         and ``ood`` per film, and ``df.attrs["shift"]`` the figures of the whole set; for an
-        ensemble also ``spread`` and ``uncertain`` (the fold models disagree: a film to refer).
+        ensemble or with ``predict.tta`` also ``spread`` and ``uncertain`` (the fold models or
+        the test-time views disagree: a film to refer; :meth:`Predictor.with_uncertain`).
 
     Example:
         >>> predict_paths("runs/demo/cv-1a2b3c4d5e", ["a.dcm"]).loc[0, "score"]

@@ -12,13 +12,18 @@ Modes:
 Why raw scores are averaged before calibration: the fold calibrators and thresholds are
 functions of one model's raw score; the mean over views is a smoother estimate of that same
 score, so it stays on the scale they were fitted on, and the ensemble code (calibrate each
-member, then average members) is unchanged. The thresholds were chosen on single-view
-validation scores; averaging pulls uncertain scores towards the middle a little, which
-``benchmarks/bench_shift_proxy.py`` measures.
+member, then average members) is unchanged. The trainer scores the validation split with the
+same views (:func:`predict_dataset_views`), so a run's threshold and calibrator are chosen on
+the scores they are applied to (averaging pulls uncertain scores towards the middle, which
+moved a single-view threshold off its mark: ``benchmarks/bench_shift_proxy.py``).
+
+The views' own scores (:func:`predict_each_view`) tell whether the views disagree on a film
+(the ``spread`` and ``uncertain`` columns of :class:`medtl.run.predictor.Predictor`).
 
 Example:
     >>> views = tta_views("shift")
     >>> raw = predict_views(model, x_batch, views)   # (N, K) mean over 5 views
+    >>> predict_each_view(model, x_batch, views).shape   # (5, N, K): one score per view
 """
 
 from __future__ import annotations
@@ -28,7 +33,8 @@ from typing import Callable, Sequence
 import cv2
 import numpy as np
 
-__all__ = ["TTA_MODES", "tta_views", "predict_views", "predict_dataset_views"]
+__all__ = ["TTA_MODES", "tta_views", "predict_views", "predict_dataset_views", "predict_each_view",
+           "predict_dataset_each_view", "view_mean"]
 
 TTA_MODES = ("none", "flip", "shift", "flip+shift")
 View = Callable[[np.ndarray], np.ndarray]
@@ -86,6 +92,16 @@ def tta_views(mode: str) -> list[View]:
     return views
 
 
+def predict_each_view(model, x: np.ndarray, views: Sequence[View]) -> np.ndarray:
+    """Raw scores (V, N, K) of ``model`` on a batch ``x``, one slice per view.
+
+    Example:
+        >>> predict_each_view(model, x, tta_views("flip")).shape
+        (2, 16, 1)
+    """
+    return np.stack([np.asarray(model.predict_on_batch(v(x)), dtype=np.float64) for v in views])
+
+
 def predict_views(model, x: np.ndarray, views: Sequence[View]) -> np.ndarray:
     """Raw scores (N, K) of ``model`` on a batch ``x``, averaged over ``views``.
 
@@ -95,18 +111,36 @@ def predict_views(model, x: np.ndarray, views: Sequence[View]) -> np.ndarray:
         >>> predict_views(model, x, tta_views("none")).shape
         (16, 1)
     """
-    outs = [np.asarray(model.predict_on_batch(v(x)), dtype=np.float64) for v in views]
-    return outs[0] if len(outs) == 1 else np.mean(outs, axis=0)
+    return view_mean(predict_each_view(model, x, views))
+
+
+def predict_dataset_each_view(model, xs, views: Sequence[View]) -> np.ndarray:
+    """Raw scores (V, N, K) of ``model`` over a ``tf.data`` dataset of image batches, one slice
+    per view; one view is ``model.predict(xs)`` itself (the same numbers as without TTA).
+
+    Example:
+        >>> predict_dataset_each_view(model, ds.map(lambda x, y: x), tta_views("shift")).shape
+        (5, 40, 1)
+    """
+    if len(views) == 1:
+        return np.asarray(model.predict(xs, verbose=0), dtype=np.float64)[None]
+    parts = [predict_each_view(model, np.asarray(b), views) for b in xs.as_numpy_iterator()]
+    return np.concatenate(parts, axis=1) if parts else np.zeros((len(views), 0, model.outputs[0].shape[-1]))
 
 
 def predict_dataset_views(model, xs, views: Sequence[View]) -> np.ndarray:
     """Raw scores (N, K) of ``model`` over a ``tf.data`` dataset of image batches, averaged over
     ``views``; one view is ``model.predict(xs)`` itself (the same numbers as without TTA).
 
+    The trainer scores the validation split with this (``predict.tta``), as the CV test folds
+    and :class:`medtl.run.predictor.Predictor` score films, so thresholds fit their scores.
+
     Example:
         >>> raw = predict_dataset_views(model, ds.map(lambda x, y: x), tta_views("shift"))
     """
-    if len(views) == 1:
-        return np.asarray(model.predict(xs, verbose=0), dtype=np.float64)
-    parts = [predict_views(model, np.asarray(b), views) for b in xs.as_numpy_iterator()]
-    return np.concatenate(parts) if parts else np.zeros((0, model.outputs[0].shape[-1]))
+    return view_mean(predict_dataset_each_view(model, xs, views))
+
+
+def view_mean(each: np.ndarray) -> np.ndarray:
+    """(N, K) mean over the views of (V, N, K) raw scores; one view is returned as it is."""
+    return each[0] if len(each) == 1 else each.mean(axis=0)

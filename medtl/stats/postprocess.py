@@ -67,6 +67,9 @@ class PostProcess:
             not computed (multiclass, ``n_boot=0``, files from before it existed).
         raw_threshold_ci: the same on the scale of ``raw_thresholds``.
         extra: notes: ``warnings``; ``threshold_ci`` (n_boot, alpha, seed, unit) when computed.
+        tta: the test-time augmentation (``predict.tta``) the validation scores were averaged
+            over, so the scores this was fitted on; files from before it existed load as
+            ``none`` (they were fitted on single-view scores).
     """
 
     task: str
@@ -80,6 +83,7 @@ class PostProcess:
     extra: dict = field(default_factory=dict)
     threshold_ci: list[list[float] | None] | None = None
     raw_threshold_ci: list[list[float] | None] | None = None
+    tta: str = "none"
 
     # ------------------------------------------------------------------------------------
 

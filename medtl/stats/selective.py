@@ -35,8 +35,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-__all__ = ["KEPT", "SUMMARY_KEPT", "member_spread", "member_disagreement", "uncertain_flags", "confidence",
-           "selective_curve", "selective_summary"]
+__all__ = ["KEPT", "SUMMARY_KEPT", "member_spread", "member_disagreement", "decides_otherwise", "uncertain_flags",
+           "confidence", "selective_curve", "selective_summary"]
 
 KEPT: tuple[float, ...] = tuple(round(1.0 - 0.05 * i, 2) for i in range(11))  # 100%, 95%, ..., 50% kept
 SUMMARY_KEPT: tuple[float, ...] = (1.0, 0.9, 0.8)  # the shares metrics.json and the report quote
@@ -84,6 +84,20 @@ def member_disagreement(members: Sequence[np.ndarray] | np.ndarray,
     ens = _decide(m.mean(axis=0), thresholds)
     each = _decide(m, thresholds)
     return (each != ens[None]).any(axis=-1).mean(axis=0)
+
+
+def decides_otherwise(reference: np.ndarray, voters: Sequence[np.ndarray] | np.ndarray,
+                      thresholds: Sequence[float] | None) -> np.ndarray:
+    """(N,) True where at least one voter's decision differs from the decision of the
+    ``reference`` scores (N, K): the rule of :func:`uncertain_flags` with the reference given,
+    e.g. a model's score averaged over test-time views, its voters the single views.
+
+    Example:
+        >>> decides_otherwise(np.array([[0.6], [0.7]]), [[[0.45], [0.8]], [[0.75], [0.6]]], [0.5]).tolist()
+        [True, False]
+    """
+    ref = _decide(np.asarray(reference, dtype=np.float64), thresholds)
+    return (_decide(_stack(voters), thresholds) != ref[None]).any(axis=-1).any(axis=0)
 
 
 def uncertain_flags(members: Sequence[np.ndarray] | np.ndarray, thresholds: Sequence[float] | None

@@ -67,6 +67,7 @@ from medtl.run.layout import (
 )
 from medtl.run.refusal import removed_if_refused
 from medtl.run.resume import check_same_config, training_key_is_free
+from medtl.run.tta import predict_dataset_views, tta_views
 from medtl.stats.shift import MAX_VECTORS, build_summary
 from medtl.train.batchnorm import trainable_batchnorm
 from medtl.train.callbacks import RecalibrateBatchNorm
@@ -97,6 +98,8 @@ class TrainResult:
             for a ``fixed_epochs`` run, which has no validation split.
         metrics: the contents of metrics.json.
         model: the best model, in memory (None when a finished run was only re-read).
+        val_tta: the ``predict.tta`` views the validation scores are averaged over
+            (``val_tta`` in metrics.json; ``none`` for runs from before it was recorded).
     """
 
     run_dir: Path
@@ -105,6 +108,7 @@ class TrainResult:
     val_predictions: pd.DataFrame
     metrics: dict
     model: keras.Model | None = None
+    val_tta: str = "none"
 
 
 def stage_seed(seed: int, stage: int, epoch: int) -> int:
@@ -164,7 +168,8 @@ def train(
         # A run of its own (not a CV fold, which does this itself): choose evaluate.threshold and
         # fit evaluate.calibration on the validation split, so predict applies them.
         try:
-            pp = save_postprocess(cfg, read_model_info(res.run_dir)["classes"], res.val_predictions, res.run_dir)
+            pp = save_postprocess(cfg, read_model_info(res.run_dir)["classes"], res.val_predictions, res.run_dir,
+                                  tta=res.val_tta)
         except ValueError as exc:  # the model is fine; only the threshold rule cannot be applied
             print(f"No decision threshold chosen ({exc}); medtl predict uses 0.5", file=sys.stderr)
             return res
@@ -432,6 +437,7 @@ class _Run:
             "best_val_metrics": {k: v for k, v in state.best_logs.items() if k.startswith("val_")},
             "best_train_metrics": {k: v for k, v in state.best_logs.items() if not k.startswith("val_")},
             **self._run_summary(validated=True),
+            "val_tta": self.cfg.predict.tta,  # the views val_predictions.csv is averaged over
         }
         write_json(self.dir / METRICS_FILE, metrics)
         state.finished = True
@@ -440,7 +446,7 @@ class _Run:
         self.log(f"Best {self.monitor} {metrics['best']['value']:.4f} (stage {state.best_at['stage']}, "
                  f"epoch {state.best_at['epoch']}); saved {self.dir / MODEL_FILE}")
         return TrainResult(self.dir, self.dir / MODEL_FILE, pd.DataFrame(state.history), val,
-                           metrics, self.model)
+                           metrics, self.model, val_tta=self.cfg.predict.tta)
 
     def _run_summary(self, validated: bool) -> dict:
         """The metrics.json fields that describe the run rather than its scores."""
@@ -513,8 +519,11 @@ class _Run:
         write_feature_summary(self.dir, summary)
 
     def _val_predictions(self) -> pd.DataFrame:
+        """The best model's validation scores, averaged over the ``predict.tta`` views: the
+        threshold and calibrator are chosen on these, so they must be the scores predict,
+        evaluate and the CV test folds apply them to (one view: ``model.predict`` exactly)."""
         ds = self._val_dataset()
-        scores = np.asarray(self.model.predict(ds, verbose=0), dtype=np.float64)
+        scores = predict_dataset_views(self.model, ds.map(lambda x, y: x), tta_views(self.cfg.predict.tta))
         targets = np.concatenate([np.asarray(y) for y in ds.map(lambda x, y: y)])
         if not np.array_equal(targets, self.val_m.targets()):
             raise RuntimeError("validation dataset order differs from the manifest; "
@@ -643,4 +652,6 @@ def _read_result(run_dir: Path) -> TrainResult:
     val_file = run_dir / VAL_PREDICTIONS
     # A fixed-epoch run has no validation split and so no val_predictions.csv.
     val = pd.read_csv(val_file) if metrics.get("mode") != "fixed_epochs" else pd.DataFrame()
-    return TrainResult(run_dir, run_dir / MODEL_FILE, history, val, metrics, None)
+    # Runs finished before val_tta was recorded scored their validation split on one view.
+    return TrainResult(run_dir, run_dir / MODEL_FILE, history, val, metrics, None,
+                       val_tta=str(metrics.get("val_tta") or "none"))

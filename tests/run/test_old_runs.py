@@ -100,3 +100,42 @@ def test_predict_paths_on_a_cv_run_flags_films_the_fold_models_disagree_on(old_r
     assert got["uncertain"].tolist() == differs.any(axis=1).tolist()
     one = medtl.predict_paths(run / "fold_1", films)
     assert "spread" not in one.columns and "uncertain" not in one.columns
+
+
+def test_old_postprocess_loads_as_chosen_without_tta_and_a_mismatch_warns_once(old_runs):
+    """Issue 19: postprocess.json records the predict.tta its threshold was chosen under; files
+    from before load as 'none'. Scoring under other views warns (one line naming both and the
+    fix), scoring under the same views does not."""
+    import warnings
+
+    from medtl.run.files import write_postprocess
+    from medtl.run.predictor import TTAMismatchWarning
+    from medtl.stats.postprocess import PostProcess
+
+    run = old_runs / "cv_run"
+    old = json.loads((run / "fold_0" / "postprocess.json").read_text())
+    assert "tta" not in old and read_postprocess(run / "fold_0").tta == "none"
+    assert PostProcess.from_dict({**old, "tta": "shift"}).to_dict()["tta"] == "shift"
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", TTAMismatchWarning)
+        assert Predictor(run).threshold_tta == "none"
+        assert Predictor(old_runs / "train_run", tta="none").threshold_tta == "none"
+    with pytest.warns(TTAMismatchWarning) as caught:
+        Predictor(run, tta="shift")
+    assert len(caught) == 1
+    msg = str(caught[0].message)
+    assert "\n" not in msg and str(run) in msg
+    assert "predict.tta 'none'" in msg and "predict.tta 'shift'" in msg
+    assert "retrain with predict.tta: shift" in msg and "score with tta 'none'" in msg
+
+    # A CV run whose folds were chosen under different views (a run resumed across versions).
+    pp = read_postprocess(run / "fold_1")
+    pp.tta = "shift"
+    write_postprocess(run / "fold_1", pp)
+    for tta in ("none", "shift"):
+        with pytest.warns(TTAMismatchWarning, match="'none' and 'shift' \\(the folds differ\\)"):
+            assert Predictor(run, tta=tta).threshold_tta == "none,shift"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", TTAMismatchWarning)
+        Predictor(run / "fold_1", tta="shift")  # the fold alone: chosen and scored under shift

@@ -92,3 +92,32 @@ def test_predictor_tta_none_equals_plain_and_flip_is_refused(reference_run):
         config_from_dict(raw)
     raw["augment"]["hflip"] = True
     assert config_from_dict(raw).predict.tta == "flip"
+
+
+def test_each_view_scores_average_to_the_tta_scores():
+    """predict_each_view keeps one score per view; their mean is predict_views, batch by batch or
+    over a dataset, and one view is the plain prediction (no per-view scores kept)."""
+    import tensorflow as tf
+
+    from medtl.run.predictor import MemberScores
+    from medtl.run.tta import predict_dataset_each_view, predict_each_view, predict_views, tta_views
+
+    model = _conv_model()
+    x = np.random.default_rng(3).random((5, 32, 32, 1), dtype=np.float32)
+    views = tta_views("flip+shift")
+    each = predict_each_view(model, x, views)
+    assert each.shape == (6, 5, 1)
+    assert np.array_equal(each[0], np.asarray(model.predict_on_batch(x), dtype=np.float64))
+    np.testing.assert_allclose(each[-1], model.predict_on_batch(x[:, :, ::-1]), atol=1e-6)
+    np.testing.assert_allclose(each.mean(axis=0), predict_views(model, x, views), rtol=0, atol=0)
+    ds = tf.data.Dataset.from_tensor_slices(x).batch(2)
+    np.testing.assert_allclose(predict_dataset_each_view(model, ds, views), each, atol=1e-6)
+    assert predict_dataset_each_view(model, ds, tta_views("none")).shape == (1, 5, 1)
+
+    one = MemberScores.of_views([predict_each_view(model, x, tta_views("none"))])
+    assert one.views is None and np.array_equal(one[0], np.asarray(model.predict_on_batch(x), dtype=np.float64))
+    many = MemberScores.of_views([each, 2 * each])
+    assert len(many) == 2 and many.views[1].shape == (6, 5, 1)
+    np.testing.assert_allclose(many[1], 2 * each.mean(axis=0))
+    cut = MemberScores.concat([many.head(2), many.head(3)])
+    assert cut[0].shape == (5, 1) and cut.views[0].shape == (6, 5, 1)

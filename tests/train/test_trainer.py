@@ -371,3 +371,43 @@ def test_fixed_epochs_arguments_are_checked(reference_run, tiny_data, tmp_path):
         train(cfg, None, [0, 1], [2, 3], run_dir=tmp_path / "c", fixed_epochs=[1, 1], progress=False)
     with pytest.raises(ConfigError, match="a validation split"):
         train(cfg, resume=ref.run_dir, fixed_epochs=[1, 1], progress=False)
+
+
+def test_validation_threshold_is_chosen_on_the_predict_tta_scores(tiny_data, tmp_path, monkeypatch):
+    """Issue 19: with predict.tta the trainer scores the validation split with the same views as
+    predict (one code path, medtl.run.tta), chooses the threshold on those scores and records
+    the mode; predicting with the run's own views then reproduces them and warns of nothing."""
+    import warnings
+
+    from medtl.evaluate import choose_threshold
+    from medtl.run.files import read_postprocess
+    from medtl.run.predictor import Predictor, TTAMismatchWarning
+    from medtl.train import trainer
+    from tests.train.conftest import tiny_weights
+
+    cfg = tiny_config(tiny_data, tmp_path, augment={"preset": "none"}, predict={"tta": "shift"},
+                      train={"feature_cache": True, "stages": [{"unfreeze": "head", "epochs": 1}]})
+    seen = []
+    real = trainer.predict_dataset_views
+
+    def spy(model, xs, views):
+        seen.append([v.__name__ for v in views])
+        return real(model, xs, views)
+
+    monkeypatch.setattr(trainer, "predict_dataset_views", spy)
+    res = trainer.train(cfg, run_dir=tmp_path / "run", progress=False)
+    assert len(seen) == 1 and len(seen[0]) == 5 and seen[0][0] == "_identity"  # the shift views, once
+    val = pd.read_csv(res.run_dir / "val_predictions.csv")
+    pp = read_postprocess(res.run_dir)
+    assert pp.tta == "shift" and res.val_tta == "shift" and res.metrics["val_tta"] == "shift"
+    assert pp.thresholds[0] == pytest.approx(choose_threshold(val["label"], val["score"], pp.rule))
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", TTAMismatchWarning)
+        same = Predictor(res.run_dir)  # the run's own predict.tta: shift
+    assert same.tta == "shift"
+    np.testing.assert_allclose(same.predict_paths(val["path"].tolist())["score"], val["score"], atol=1e-5)
+    with pytest.warns(TTAMismatchWarning, match="predict.tta 'shift'.*predict.tta 'none'"):
+        single = Predictor(res.run_dir, tta="none")
+    if tiny_weights() != "none":  # a random backbone scores every film alike, whatever the view
+        assert not np.allclose(single.predict_paths(val["path"].tolist())["score"], val["score"], atol=1e-5)
