@@ -7,6 +7,12 @@ puts the top k% of the original back. A faithful map has a small area under the 
 curve and a large one under the insertion curve. A uniform-random map, scored the same way on
 the same films, is the chance level: a method is only worth showing where it beats it.
 
+The chance level depends on the map's grain. A coarse map moves whole cells, a pixel-wise
+random map scatters single pixels, and scattered pixels put a blurred lesion back as a dotted
+blob the convolutions see at once: on insertion, a pixel-wise random map beats any honest 16x16
+map. So each method is compared with random maps drawn on its own grid and resized to the input
+as its maps are (``random_by_grid``); the pixel-wise random map stays in ``random``.
+
 Blurring rather than painting a constant keeps the altered films closer to films the model has
 seen, so a drop in the score is less a reaction to an unnatural patch (the concern of ROAD,
 Rong et al. 2022). All steps of a film go through the model in one call.
@@ -27,7 +33,7 @@ import keras
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
-from medtl.explain.cam import ClassIndex, _selector, compute_cam, map_grid
+from medtl.explain.cam import ClassIndex, _resize, _selector, compute_cam, map_grid
 from medtl.registry import map_methods, method_label, takes_target_layer
 from medtl.stats.faithfulness import curve_auc, mean_interval, salience_ranks, step_masks
 
@@ -105,7 +111,10 @@ def faithfulness(
         ``insertion`` (mean AUC intervals as dicts: point, low, high, ...), ``deletion_vs_random``
         and ``insertion_vs_random`` (paired per-film differences, method minus random: negative
         resp. positive is better), the mean curves, ``per_film`` AUCs, ``seconds``,
-        ``maps_per_second`` and a one-line ``verdict``. ``random`` has the same AUC entries.
+        ``maps_per_second`` and a one-line ``verdict``. ``random`` has the same AUC entries
+        for pixel-wise random maps; ``random_by_grid`` ("16x16" -> the same) for random maps
+        drawn on each method's grid and resized as its maps are. A method's ``random_grid``
+        names the one its ``*_vs_random`` differences and verdict are taken against.
 
     Example:
         >>> res = faithfulness(model, x, ["gradcam"], steps=10, seed=0)
@@ -140,28 +149,46 @@ def faithfulness(
                 "deletion_curve": dele.mean(axis=0).tolist(), "insertion_curve": ins.mean(axis=0).tolist(),
                 "per_film": {"deletion": da.tolist(), "insertion": ia.tolist()}}
 
-    rng = np.random.default_rng(seed)
-    random_maps = rng.random((n, h, w))
-    rand = summary(*_curves(model, arr, blurred, random_maps, sel, fractions, seed, batch_size))
+    def random_at(grid: tuple[int, int]) -> dict[str, Any]:
+        # One seeded draw per grid, so methods on the same grid share their chance level.
+        maps = np.random.default_rng([seed, *grid]).random((n, *grid))
+        return summary(*_curves(model, arr, blurred, _resize(maps, (h, w)), sel, fractions, seed, batch_size))
+
+    rand = summary(*_curves(model, arr, blurred, np.random.default_rng(seed).random((n, h, w)), sel,
+                            fractions, seed, batch_size))
     result: dict[str, Any] = {"n_films": n, "steps": steps, "fractions": fractions.tolist(),
-                              "blur": blur, "methods": {}, "random": rand}
+                              "blur": blur, "methods": {}, "random": rand, "random_by_grid": {}}
     for name in methods:
         opts = dict(options.get(name, {}))
+        layer = opts.get("target_layer") if takes_target_layer(name) else None
+        grid_opts = {k2: v for k2, v in opts.items() if name == "occlusion" and k2 in ("patch", "stride")}
+        grid = tuple(int(g) for g in map_grid(model, name, layer, **grid_opts))
+        key = _grid_key(grid)
+        if key not in result["random_by_grid"]:
+            result["random_by_grid"][key] = rand if grid == (h, w) else random_at(grid)
         start = time.perf_counter()
         maps = compute_cam(model, arr, method=name, class_index=[int(i) for i in _class_ids(sel)],
                            batch_size=batch_size, **opts)
         seconds = time.perf_counter() - start
         entry = summary(*_curves(model, arr, blurred, maps, sel, fractions, seed, batch_size))
-        for curve in ("deletion", "insertion"):
-            diff = np.subtract(entry["per_film"][curve], rand["per_film"][curve])
-            entry[f"{curve}_vs_random"] = mean_interval(diff, groups, n_boot, seed=seed).to_dict()
-        layer = opts.get("target_layer") if takes_target_layer(name) else None
-        grid_opts = {k2: v for k2, v in opts.items() if name == "occlusion" and k2 in ("patch", "stride")}
-        entry.update(label=method_label(name), grid=list(map_grid(model, name, layer, **grid_opts)),
-                     seconds=seconds, maps_per_second=n / seconds if seconds > 0 else float("inf"),
-                     verdict=_verdict(entry["deletion_vs_random"], entry["insertion_vs_random"]))
+        entry.update(label=method_label(name), grid=list(grid), random_grid=key, seconds=seconds,
+                     maps_per_second=n / seconds if seconds > 0 else float("inf"))
+        _compare(entry, result["random_by_grid"][key], groups, n_boot, seed)
         result["methods"][name] = entry
     return result
+
+
+def _grid_key(grid: Sequence[int]) -> str:
+    return "x".join(str(int(g)) for g in grid)
+
+
+def _compare(entry: dict[str, Any], rand: dict[str, Any], groups: Sequence[Any] | None, n_boot: int,
+             seed: int) -> None:
+    """Add the paired differences against ``rand`` (the same films) and the verdict to ``entry``."""
+    for curve in ("deletion", "insertion"):
+        diff = np.subtract(entry["per_film"][curve], rand["per_film"][curve])
+        entry[f"{curve}_vs_random"] = mean_interval(diff, groups, n_boot, seed=seed).to_dict()
+    entry["verdict"] = _verdict(entry["deletion_vs_random"], entry["insertion_vs_random"])
 
 
 def pool_faithfulness(parts: Sequence[dict[str, Any]], groups: Sequence[Any] | None = None,
@@ -194,21 +221,22 @@ def pool_faithfulness(parts: Sequence[dict[str, Any]], groups: Sequence[Any] | N
         return out
 
     rand = pooled([p["random"] for p in parts])
+    # Results saved before random_by_grid existed compare with the pixel-wise random map.
+    grids = {key for p in parts for key in p.get("random_by_grid", {})}
+    by_grid = {key: pooled([p.get("random_by_grid", {}).get(key, p["random"]) for p in parts]) for key in grids}
     result: dict[str, Any] = {"n_films": int(weights.sum()), "steps": parts[0]["steps"],
                               "fractions": parts[0]["fractions"], "blur": parts[0]["blur"],
-                              "methods": {}, "random": rand}
+                              "methods": {}, "random": rand, "random_by_grid": by_grid}
     for name, first in parts[0]["methods"].items():
         if not all(name in p["methods"] for p in parts):
             continue
         entries = [p["methods"][name] for p in parts]
         entry = pooled(entries)
-        for c in ("deletion", "insertion"):
-            diff = np.subtract(entry["per_film"][c], rand["per_film"][c])
-            entry[f"{c}_vs_random"] = mean_interval(diff, groups, n_boot, seed=seed).to_dict()
         seconds = float(sum(e["seconds"] for e in entries))
-        entry.update(label=first["label"], grid=first["grid"], seconds=seconds,
-                     maps_per_second=result["n_films"] / seconds if seconds > 0 else float("inf"),
-                     verdict=_verdict(entry["deletion_vs_random"], entry["insertion_vs_random"]))
+        key = first.get("random_grid")
+        entry.update(label=first["label"], grid=first["grid"], random_grid=key, seconds=seconds,
+                     maps_per_second=result["n_films"] / seconds if seconds > 0 else float("inf"))
+        _compare(entry, by_grid.get(key, rand), groups, n_boot, seed)
         result["methods"][name] = entry
     return result
 
@@ -222,7 +250,8 @@ def faithfulness_table(result: dict[str, Any]) -> list[dict[str, str]]:
     """Rows of the report's "which map to trust" table, best deletion AUC first.
 
     Each row: method (label), grid ("16x16"), deletion, insertion (mean AUC with its 95%
-    interval), vs_random (the paired differences), verdict. A last row gives the random map.
+    interval), vs_random (the paired differences with the random map on the method's grid),
+    verdict. Last rows give the random maps: one per grid the methods use, and pixel-wise.
 
     Example:
         >>> faithfulness_table(res)[0]["verdict"]
@@ -238,7 +267,10 @@ def faithfulness_table(result: dict[str, Any]) -> list[dict[str, str]]:
                      "vs_random": f"deletion {e['deletion_vs_random']['point']:+.3f}, "
                                   f"insertion {e['insertion_vs_random']['point']:+.3f}",
                      "verdict": e["verdict"]})
-    r = result["random"]
-    rows.append({"method": "Random map", "grid": "", "deletion": fmt(r["deletion"]),
-                 "insertion": fmt(r["insertion"]), "vs_random": "", "verdict": "chance level"})
+    grids = result.get("random_by_grid") or {}
+    randoms = [(f"Random map on a {key} grid", key, r) for key, r in grids.items() if r is not result["random"]
+               and r.get("per_film") != result["random"].get("per_film")]
+    for label, key, r in [*randoms, ("Random map (pixels)" if randoms else "Random map", "", result["random"])]:
+        rows.append({"method": label, "grid": key, "deletion": fmt(r["deletion"]),
+                     "insertion": fmt(r["insertion"]), "vs_random": "", "verdict": "chance level"})
     return rows

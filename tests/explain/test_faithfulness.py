@@ -50,6 +50,37 @@ def test_driver_ranks_the_known_evidence_above_random() -> None:
                                 "better than a random map on one curve only"), (name, e)
     assert res["methods"]["gradcam"]["grid"] == [32, 32]
     rows = faithfulness_table(res)
-    assert [r["method"] for r in rows][-1] == "Random map" and rows[0]["grid"]
+    assert [r["method"] for r in rows][-1] == "Random map (pixels)" and rows[0]["grid"]
     with pytest.raises(ValueError, match="unknown"):
         faithfulness(model, x, ["lime"])
+
+
+def test_each_method_is_compared_with_random_maps_on_its_own_grid() -> None:
+    """A coarse map is judged against random maps of its own grain, not against scattered
+    pixels; a method at the input resolution against the pixel-wise random map."""
+    from medtl.explain.faithfulness import faithfulness, faithfulness_table, pool_faithfulness
+    from tests.explain.test_cam import _quadrant_images, _quadrant_model
+
+    model, x = _quadrant_model(), _quadrant_images(4, seed=3)
+    res = faithfulness(model, x, ["gradcam", "occlusion"], steps=4, seed=0, n_boot=50)
+    occ, cam = res["methods"]["occlusion"], res["methods"]["gradcam"]
+    key = "x".join(map(str, occ["grid"]))
+    assert occ["random_grid"] == key and key != "32x32"
+    assert cam["random_grid"] == "32x32" and res["random_by_grid"]["32x32"] is res["random"]
+    coarse = res["random_by_grid"][key]
+    assert coarse["per_film"] != res["random"]["per_film"]
+    for curve in ("deletion", "insertion"):
+        diff = np.subtract(occ["per_film"][curve], coarse["per_film"][curve]).mean()
+        assert occ[f"{curve}_vs_random"]["point"] == pytest.approx(diff)
+        plain = np.subtract(cam["per_film"][curve], res["random"]["per_film"][curve]).mean()
+        assert cam[f"{curve}_vs_random"]["point"] == pytest.approx(plain)
+    pooled = pool_faithfulness([res, res], n_boot=50)
+    assert pooled["methods"]["occlusion"]["deletion_vs_random"]["point"] == pytest.approx(
+        occ["deletion_vs_random"]["point"])
+    labels = [r["method"] for r in faithfulness_table(res)]
+    assert labels[-2:] == [f"Random map on a {key} grid", "Random map (pixels)"]
+    # A result saved before the per-grid baselines pools against the pixel-wise random map.
+    old = {k: v for k, v in res.items() if k != "random_by_grid"}
+    old["methods"] = {k: {k2: v2 for k2, v2 in e.items() if k2 != "random_grid"} for k, e in res["methods"].items()}
+    again = pool_faithfulness([old], n_boot=50)["methods"]["occlusion"]["deletion_vs_random"]["point"]
+    assert again == pytest.approx(np.subtract(occ["per_film"]["deletion"], res["random"]["per_film"]["deletion"]).mean())
