@@ -147,3 +147,17 @@ def evaluate_holdout(result, cfg, test, n_boot: int, seed: int) -> tuple[dict, n
         **at,
     }
     return summary, scores
+
+
+def init_overrides(cfg_path: Path, work: Path, weights: Path, size: int, max_epochs: int
+                   ) -> tuple[list[str], list[list]]:
+    """Config overrides that train the ``medtl init`` settings of ``cfg_path`` at CPU size:
+    MobileNetV2 from ``weights`` at ``size`` px, each stage capped at ``max_epochs``, caches and
+    runs under ``work``. Returns (overrides, [[unfreeze, epochs, lr] per stage])."""
+    from medtl.config import load_config
+
+    base = ["model.backbone=mobilenetv2", f"model.weights={weights}", f"data.image_size=[{size},{size}]",
+            f"data.cache_dir={work / 'cache'}", f"output_dir={work / 'runs'}"]
+    stages = load_config(cfg_path, base).train.stages
+    caps = [f"train.stages.{i}.epochs={min(st.epochs, max_epochs)}" for i, st in enumerate(stages)]
+    return base + caps, [[st.unfreeze, min(st.epochs, max_epochs), st.lr] for st in stages]

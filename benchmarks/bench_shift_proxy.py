@@ -132,6 +132,7 @@ def main(argv: list[str] | None = None) -> None:
     from medtl.evaluate.probe import backbone_features, fit_probe
     from medtl.init import write_starter_config
     from medtl.run.tta import predict_views, tta_views
+    from medtl.stats.postprocess import PostProcess
     from medtl.stats.thresholds import choose_threshold
     from medtl.train.trainer import train
 
@@ -182,6 +183,11 @@ def main(argv: list[str] | None = None) -> None:
             t = choose_threshold(val["label"].to_numpy(), val["score"].to_numpy(), rule)
             print(json.dumps(_summary(f"preset={preset} threshold={rule}", y, scores, t, t_train,
                                       val_roc_auc=round(res.metrics["best"]["value"], 4))), flush=True)
+        # calibrated:0.5: Platt-calibrate on validation, cut at probability 0.5 (a raw-scale cut)
+        pp = PostProcess.fit("binary", ["negative", "positive"], val["label"].to_numpy(), val["score"].to_numpy(),
+                             "calibrated:0.5", "platt", n_boot=0, seed=args.seed)
+        print(json.dumps(_summary(f"preset={preset} threshold=calibrated:0.5 (platt)", y, scores,
+                                  pp.raw_thresholds[0], t_train)), flush=True)
         # TTA over the clean set and the middle severity (5x the forward passes)
         t1 = time.perf_counter()
 

@@ -1,9 +1,10 @@
 """The ``medtl`` commands as Python functions: one per subcommand, named after it.
 
 Each function takes the command's arguments (``--set`` is ``overrides``, ``--quiet`` is
-``progress=False``, ``--no-cams`` is ``cams=False``) and returns what the command prints from,
-as a value. ``medtl.cli`` only parses arguments, calls these and prints; errors it shows as one
-line are raised here as exceptions with that line as their message.
+``progress=False``, ``--no-cams`` is ``cams=False``, ``--no-report`` is ``report=False``) and
+returns what the command prints from, as a value. ``medtl.cli`` only parses arguments, calls
+these and prints; errors it shows as one line are raised here as exceptions with that line as
+their message.
 
 This module imports nothing heavy at import time (``import medtl.api`` loads neither
 TensorFlow nor scipy): each function imports the layer it drives when called.
@@ -267,9 +268,9 @@ def predict(model: PathLike, inputs: PathLike | Sequence[PathLike], out: PathLik
 
 
 def evaluate(model: PathLike, data: ConfigLike, out: PathLike, progress: bool = True,
-             recalibrate: int | None = None, site_calibration: str = "none") -> dict[str, Any]:
+             recalibrate: int | None = None, site_calibration: str = "none", report: bool = True) -> dict[str, Any]:
     """Score a trained run on an external test set with its saved threshold, as
-    ``medtl evaluate`` does.
+    ``medtl evaluate`` does, and write ``out/report.html``.
 
     Args:
         model: a CV run, a training run folder or a ``model.keras`` file.
@@ -281,6 +282,11 @@ def evaluate(model: PathLike, data: ConfigLike, out: PathLike, progress: bool = 
             intervals (``recalibration`` in the metrics) and write ``out/site_postprocess.json``
             for ``predict(..., site=)``. None: the run's post-processing unchanged.
         site_calibration: none, platt or temperature, fitted with ``recalibrate`` on the run's scores.
+        report: also write the self-contained HTML report ``out/report.html`` (the shift
+            warning or figures first, then the metrics, score distribution, films to refer and
+            recalibration; :func:`medtl.report.evaluation.write_evaluation_report`). A page that
+            would name a film or patient is not written, and that is warned about
+            (:class:`medtl.report.ReportWarning`); the metrics stand.
 
     Returns:
         The metrics dict written to ``out/metrics.json`` (``medtl.evaluate.external.format_external``
@@ -296,8 +302,18 @@ def evaluate(model: PathLike, data: ConfigLike, out: PathLike, progress: bool = 
     _start_up()
     from medtl.evaluate.external import evaluate_external  # why: scipy, pandas; the model loads TensorFlow
 
-    return evaluate_external(model, data, out, progress=progress, recalibrate=recalibrate,
-                             site_calibration=site_calibration)
+    metrics = evaluate_external(model, data, out, progress=progress, recalibrate=recalibrate,
+                                site_calibration=site_calibration)
+    if report:
+        # why: matplotlib and jinja2 load only when a report is wanted; evaluate cannot import report
+        from medtl.report.evaluation import write_evaluation_report
+        from medtl.report.html import PHIError, ReportWarning  # why: as above
+
+        try:
+            write_evaluation_report(out)
+        except PHIError as exc:  # the metrics are written; the page is refused, said in one line
+            warnings.warn(ReportWarning(f"{Path(out) / 'report.html'} not written: {exc}"), stacklevel=2)
+    return metrics
 
 
 def compare(run_a: PathLike, run_b: PathLike) -> dict[str, Any]:
@@ -369,7 +385,7 @@ def explain(model: PathLike, inputs: PathLike | Sequence[PathLike], out: PathLik
                          dicom_out=dicom_out)
 
 
-def localise(model: PathLike, annotations: PathLike, out: PathLike, method: Sequence[str] | str | None = None,
+def localise(model: PathLike, annotations: PathLike | None, out: PathLike, method: Sequence[str] | str | None = None,
              hot_fraction: float = 0.5, iou_hit: float = 0.3, iobb_hit: float = 0.1, n_boot: int = 1000,
              seed: int = 0) -> dict[str, Any]:
     """Score whether a run's heat maps point at annotated findings, as ``medtl localise`` does.
@@ -381,7 +397,8 @@ def localise(model: PathLike, annotations: PathLike, out: PathLike, method: Sequ
 
     Args:
         model: a CV run, a training run folder or a ``model.keras`` file (binary task).
-        annotations: a CSV of boxes (file, x, y, w, h in the film's pixels) or masks (file, mask).
+        annotations: a CSV of boxes (file, x, y, w, h in the film's pixels) or masks (file, mask);
+            None: the run's ``data.annotations``.
         out: folder for ``localisation.json`` and the per-film ``localisation.csv``.
         method: one or more map methods (default: the run's ``report.cam`` and ``report.compare``).
         hot_fraction: the hot region for IoU / IoBB, a fraction of the map's maximum (0.5).
@@ -408,18 +425,24 @@ def localise(model: PathLike, annotations: PathLike, out: PathLike, method: Sequ
 
 
 def report(run: PathLike, out: PathLike | None = None, pdf: bool = False, cams: bool = True,
-           compare: str | None = None) -> Path:
+           compare: str | None = None, annotations: PathLike | None = None) -> Path:
     """Write the self-contained, de-identified HTML report of a run, as ``medtl report`` does.
 
     A gallery film or map that cannot be made is said on the page and warned about
-    (:class:`medtl.report.ReportWarning`); the ``medtl report`` command then exits 1.
+    (:class:`medtl.report.ReportWarning`); the ``medtl report`` command then exits 1. An
+    output folder of ``medtl evaluate`` (metrics.json and predictions.csv, no config) gets its
+    evaluation report re-rendered instead (``cams`` and ``compare`` do not apply to it).
 
     Args:
-        run: a CV run or training run folder.
+        run: a CV run or training run folder, or a ``medtl evaluate`` output folder.
         out: the HTML file to write (default: ``RUN/report.html``).
         pdf: also write ``<out>.pdf`` (needs weasyprint or chromium).
         cams: draw the heat-map gallery (False is faster: ``--no-cams``).
         compare: also map each gallery case with this method (default: the run's report.compare).
+        annotations: a CSV of boxes or masks to score the maps against in the report's "Do the
+            maps point at the findings?" section, instead of the run's ``data.annotations``
+            (``RUN/localisation/`` is read when it was scored against this CSV, else made again;
+            with ``cams=False`` it is only read).
 
     Returns:
         The path of the HTML file written.
@@ -431,11 +454,21 @@ def report(run: PathLike, out: PathLike | None = None, pdf: bool = False, cams: 
     from medtl.run.layout import REPORT_FILE  # why: medtl.run loads pandas and scipy; `import medtl.api` does not
 
     target = Path(out) if out else Path(run) / REPORT_FILE
+    # why: matplotlib and jinja2; loaded when used
+    from medtl.report.evaluation import is_evaluation_dir, write_evaluation_report
+
+    if is_evaluation_dir(run):
+        path = write_evaluation_report(run, target)
+        if pdf:
+            from medtl.report.html import export_pdf  # why: as above
+
+            export_pdf(path, path.with_suffix(".pdf"))
+        return path
     if cams:  # the fold models are loaded for the heat maps
         import_tensorflow()
     from medtl.report.html import write_report  # why: matplotlib; loaded when used
 
-    return write_report(run, target, pdf=pdf, compute_cams=cams, compare=compare)
+    return write_report(run, target, pdf=pdf, compute_cams=cams, compare=compare, annotations=annotations)
 
 
 def export(run: PathLike, out: PathLike, format: str = "savedmodel", overwrite: bool = False) -> Path:

@@ -89,9 +89,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    from medtl.run.predictor import TTAMismatchWarning  # loads when a command runs: `medtl --help` stays quick
+
     out = Path(args.out)
-    df = api.predict(args.model, args.inputs, out=out, batch_size=args.batch_size, dicom_sr=args.dicom_sr,
-                     site=args.site)
+    with _plain_warnings(TTAMismatchWarning):  # threshold chosen under other test-time views: one line
+        df = api.predict(args.model, args.inputs, out=out, batch_size=args.batch_size, dicom_sr=args.dicom_sr,
+                         site=args.site)
     n_err = int((df["error"].fillna("") != "").sum()) if "error" in df.columns else 0
     print(f"wrote {len(df)} rows to {out} (threshold: {df.attrs['threshold_source']})")
     shift = df.attrs.get("shift")
@@ -130,12 +133,17 @@ def cmd_cv(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from medtl.evaluate.external import format_external  # loads when a command runs: `medtl --help` stays quick
+    from medtl.run.predictor import TTAMismatchWarning  # loads when a command runs: `medtl --help` stays quick
 
-    metrics = api.evaluate(args.model, args.data, args.out, progress=not args.quiet, recalibrate=args.recalibrate,
-                           site_calibration=args.site_calibration)
+    with _plain_warnings(TTAMismatchWarning):  # threshold chosen under other test-time views: one line
+        metrics = api.evaluate(args.model, args.data, args.out, progress=not args.quiet,
+                               recalibrate=args.recalibrate, site_calibration=args.site_calibration,
+                               report=not args.no_report)
     print(format_external(metrics))
     site = " and site_postprocess.json" if args.recalibrate is not None else ""
-    print(f"wrote {Path(args.out) / 'metrics.json'}, {Path(args.out) / 'predictions.csv'}{site}")
+    page = Path(args.out) / "report.html"
+    shown = f", {page}" if not args.no_report and page.is_file() else ""
+    print(f"wrote {Path(args.out) / 'metrics.json'}, {Path(args.out) / 'predictions.csv'}{shown}{site}")
     return 0
 
 
@@ -153,7 +161,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     # line and exits 1, so a script sees an incomplete report.
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ReportWarning)
-        path = api.report(args.run, args.out, pdf=args.pdf, cams=not args.no_cams, compare=args.compare)
+        path = api.report(args.run, args.out, pdf=args.pdf, cams=not args.no_cams, compare=args.compare,
+                          annotations=args.annotations)
     print(f"report: {path}")
     if args.pdf:
         print(f"pdf: {path.with_suffix('.pdf')}")
@@ -200,7 +209,11 @@ def cmd_explain(args: argparse.Namespace) -> int:
 def cmd_localise(args: argparse.Namespace) -> int:
     from medtl.explain.localise import format_localisation  # loads when a command runs: `medtl --help` stays quick
 
-    result = api.localise(args.model, args.annotations, args.out, method=args.method, hot_fraction=args.hot_fraction,
+    if args.annotations and args.annotations_option and args.annotations != args.annotations_option:
+        raise ValueError(f"annotations: given twice ({args.annotations} and --annotations "
+                         f"{args.annotations_option}); give one")
+    annotations = args.annotations_option or args.annotations
+    result = api.localise(args.model, annotations, args.out, method=args.method, hot_fraction=args.hot_fraction,
                           iou_hit=args.iou_hit, iobb_hit=args.iobb_hit, n_boot=args.n_boot, seed=args.seed)
     print(format_localisation(result))
     print(f"wrote localisation.json and localisation.csv to {args.out}")
@@ -344,6 +357,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "write OUT/site_postprocess.json for medtl predict --site")
     p.add_argument("--site-calibration", choices=("none", "platt", "temperature"), default="none",
                    help="with --recalibrate, also fit this calibrator on the run's scores (default: none)")
+    p.add_argument("--no-report", action="store_true",
+                   help="do not write OUT/report.html (the shift warning, metrics, score distribution and films "
+                        "to refer as one self-contained page; `medtl report OUT` writes it later)")
     p.add_argument("--quiet", action="store_true")
 
     p = add(
@@ -361,13 +377,16 @@ def build_parser() -> argparse.ArgumentParser:
         "medtl report runs/demo/cv-1a2b3c4d5e --out report.html",
         cmd_report,
     )
-    p.add_argument("run", help="CV run or training run folder")
+    p.add_argument("run", help="CV run or training run folder, or the --out folder of medtl evaluate")
     p.add_argument("--out", help="output HTML file (default: RUN/report.html)")
     p.add_argument("--pdf", action="store_true", help="also write a PDF (needs weasyprint or chromium)")
     p.add_argument("--no-cams", action="store_true", help="skip the heat-map gallery (faster)")
     p.add_argument("--compare", choices=map_methods(),
                    help="also map each gallery case with this method, beside the first map "
                         "(default: the run's report.compare)")
+    p.add_argument("--annotations", metavar="CSV",
+                   help="boxes (file, x, y, w, h in the film's pixels) or masks (file, mask) to score the maps "
+                        "against in the report's localisation section (default: the run's data.annotations)")
 
     p = add(
         "export",
@@ -424,7 +443,11 @@ def build_parser() -> argparse.ArgumentParser:
         cmd_localise,
     )
     p.add_argument("model", help="CV run, training run folder or model.keras (binary task)")
-    p.add_argument("annotations", help="CSV of boxes (file, x, y, w, h in the film's pixels) or masks (file, mask)")
+    p.add_argument("annotations", nargs="?",
+                   help="CSV of boxes (file, x, y, w, h in the film's pixels) or masks (file, mask); "
+                        "default: the run's data.annotations")
+    p.add_argument("--annotations", dest="annotations_option", metavar="CSV",
+                   help="the annotations CSV as an option, as medtl report takes it")
     p.add_argument("--out", required=True, help="output folder for localisation.json and localisation.csv")
     p.add_argument("--method", action="append", choices=map_methods(),
                    help="map method (repeatable; default: the run's report.cam and report.compare)")

@@ -23,7 +23,8 @@ from medtl.cli import build_parser, main
 FIXTURES = Path(__file__).resolve().parent / "run" / "fixtures"
 
 # CLI option dests whose API parameter has another, Pythonic name (``--quiet`` -> progress=False).
-RENAMED = {"set": "overrides", "quiet": "progress", "no_cams": "cams"}
+RENAMED = {"set": "overrides", "quiet": "progress", "no_cams": "cams", "no_report": "report",
+           "annotations_option": "annotations"}  # medtl localise takes the CSV as ANNOTATIONS or --annotations
 # Options of the parser itself, not of a command.
 GLOBAL_DESTS = {"help", "debug", "version", "command", "func"}
 
@@ -196,3 +197,25 @@ def test_deid_check_finds_a_run_film_name_in_shared_files_and_passes_a_clean_fol
     assert "P0001_1_gradcam.png: file name" in out.out and "2 place(s) with PHI" in out.err
     # The index holds salted hashes only: no film name or patient id in the clear.
     assert "P0001" not in (run / "deid_index.json").read_text()
+
+
+def test_evaluate_writes_its_report_and_a_refused_page_leaves_the_metrics(tmp_path, monkeypatch):
+    import medtl.report.evaluation as evaluation
+    from medtl.report.html import PHIError, ReportWarning
+    from tests.evaluate.test_external_shift import _fake_score, _run_with_summary
+
+    run, data = _run_with_summary(tmp_path, monkeypatch)
+    _fake_score(monkeypatch, shift=0.0)
+    monkeypatch.setattr(medtl.api, "_start_up", lambda: None)  # the fake scorer needs no TensorFlow
+    m = medtl.evaluate(run, data, tmp_path / "ev", progress=False)
+    assert (tmp_path / "ev" / "report.html").is_file() and m["selective"] is not None
+    assert medtl.report(tmp_path / "ev", out=tmp_path / "again.html") == tmp_path / "again.html"
+
+    def refuse(eval_dir, out_path=None):
+        raise PHIError("the rendered report contains a raw patient id")
+
+    monkeypatch.setattr(evaluation, "write_evaluation_report", refuse)
+    with pytest.warns(ReportWarning, match="report.html not written: the rendered report contains"):
+        again = medtl.evaluate(run, data, tmp_path / "ev2", progress=False)
+    assert again["n"] == m["n"] and (tmp_path / "ev2" / "metrics.json").is_file()
+    assert not (tmp_path / "ev2" / "report.html").exists()

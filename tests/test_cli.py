@@ -83,6 +83,34 @@ def test_inspect_exits_nonzero_and_names_every_unreadable_file(tmp_path, capsys)
     assert main(["inspect", str(tmp_path)]) == 0
 
 
+def test_evaluate_writes_the_report_and_medtl_report_renders_it_again(tmp_path, monkeypatch, capsys):
+    from tests.evaluate.test_external_shift import _fake_score, _run_with_summary
+
+    import medtl.api
+
+    run, data = _run_with_summary(tmp_path, monkeypatch)
+    _fake_score(monkeypatch, shift=4.0)
+    monkeypatch.setattr(medtl.api, "_start_up", lambda: None)  # the fake scorer needs no TensorFlow
+    ev = tmp_path / "eval"
+    assert main(["evaluate", str(run), str(data), "--out", str(ev), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    page = ev / "report.html"
+    assert page.is_file() and f"{page}" in out.splitlines()[-1]
+    warning = next(w for w in json.loads((ev / "metrics.json").read_text())["warnings"]
+                   if "differ from the training films" in w)
+    assert f"WARNING {warning}" in out  # the console and the page give the same line
+    first = page.read_text()
+    assert "differ from the training films" in first and "Films to refer" in first
+    page.unlink()
+    assert main(["report", str(ev)]) == 0  # an evaluation folder: re-rendered, no run or models needed
+    assert capsys.readouterr().out.strip() == f"report: {page}"
+    strip = re.compile(r"data:image/png;base64,[A-Za-z0-9+/=]+|report generated [0-9: -]+")
+    assert strip.sub("", page.read_text()) == strip.sub("", first)
+    assert main(["evaluate", str(run), str(data), "--out", str(tmp_path / "quiet"), "--no-report", "--quiet"]) == 0
+    assert not (tmp_path / "quiet" / "report.html").exists() and (tmp_path / "quiet" / "metrics.json").is_file()
+    assert "report.html" not in capsys.readouterr().out
+
+
 def test_cv_one_fold_says_how_to_pool_and_how_to_finish_a_retrain_run(tmp_path, monkeypatch, capsys):
     from tests.evaluate._cv_helpers import install_fakes, make_cfg, make_png_set
 

@@ -21,6 +21,7 @@ Example:
 from __future__ import annotations
 
 import csv
+import hashlib
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +30,7 @@ import numpy as np
 
 from medtl.io.image import read_image
 
-__all__ = ["Annotations", "AnnotationError", "read_annotations", "BOX_COLUMNS"]
+__all__ = ["Annotations", "AnnotationError", "read_annotations", "annotations_digest", "BOX_COLUMNS"]
 
 BOX_COLUMNS = ("file", "x", "y", "w", "h")
 _HELP = ("an annotations CSV needs columns file, x, y, w, h (a box in the film's pixels) or file, mask "
@@ -107,6 +108,25 @@ def _number(text: str, where: str, column: str, positive: bool) -> float:
         raise AnnotationError(f"{where}, column {column}: {text!r} is not {need}; give the box in the film's "
                               "own pixels (x, y: top-left column and row; w, h: width and height)")
     return v
+
+
+def annotations_digest(path: str | Path) -> str:
+    """The sha256 of an annotations CSV's bytes (not of the mask files it names).
+
+    ``localisation.json`` records it, so the report can tell whether a stored result was scored
+    against the CSV it is asked to show.
+
+    Raises:
+        AnnotationError: the file is missing.
+
+    Example:
+        >>> len(annotations_digest("sample_data/boxes.csv"))
+        64
+    """
+    src = Path(path)
+    if not src.is_file():
+        raise AnnotationError(f"{src}: annotations file not found; give a CSV of boxes or masks ({_HELP})")
+    return hashlib.sha256(src.read_bytes()).hexdigest()
 
 
 def read_annotations(path: str | Path) -> Annotations:

@@ -39,6 +39,7 @@ from medtl.run.layout import (
 )
 from medtl.run.predictor import Predictor, with_ood_columns
 from medtl.stats.recalibrate import Recalibration, recalibrate_site
+from medtl.stats.selective import selective_summary
 from medtl.stats.shift import ShiftResult, shift_warning
 
 # format_external and format_compare live with the other console text; re-exported here, where
@@ -47,8 +48,14 @@ __all__ = ["evaluate_external", "format_external", "compare_runs", "format_compa
 
 EXTERNAL_KEYS = ("roc_auc", "roc_auc_ci", "pr_auc", "accuracy", "balanced_accuracy", "sensitivity",
                  "specificity", "ppv", "npv", "f1", "brier", "ece", "threshold", "n", "n_patients", "task",
-                 "classes", "warnings", "labelled", "shift", "score_distribution", "recalibration")
+                 "classes", "warnings", "labelled", "shift", "score_distribution", "recalibration", "selective",
+                 "intervals")
 """The keys of ``DIR/metrics.json`` written by :func:`evaluate_external`, in order."""
+
+INTERVAL_METRICS = ("roc_auc", "pr_auc", "accuracy", "balanced_accuracy", "sensitivity", "specificity", "ppv",
+                    "npv", "f1", "brier", "ece")
+"""The metrics whose 95% patient-bootstrap intervals go to ``intervals`` in metrics.json (those the
+task's tables bound: all for binary; fewer for multiclass and multilabel)."""
 
 RECALIBRATION_METRICS = ("roc_auc", "balanced_accuracy", "sensitivity", "specificity", "ppv", "npv", "f1",
                          "accuracy", "brier", "ece")
@@ -92,8 +99,9 @@ def evaluate_external(run_or_model: str | Path, data_manifest_or_config: str | P
         unlike the training films these films are (domain AUC with interval, share of films
         out of distribution, n; :mod:`medtl.stats.shift`), None for runs without a feature
         summary; its one-line warning, if any, is in ``warnings`` and predictions.csv gets
-        ``ood_percentile`` and ``ood`` (and, for an ensemble, ``spread`` and ``uncertain``:
-        a fold model decides otherwise than the ensemble). ``score_distribution``: quantiles of each score
+        ``ood_percentile`` and ``ood`` (and, for an ensemble or with ``tta``, ``spread`` and
+        ``uncertain``: a fold model or a test-time view decides otherwise than the decision
+        given; :meth:`~medtl.run.predictor.Predictor.with_uncertain`). ``score_distribution``: quantiles of each score
         column. A CSV without the label column(s) (``labelled`` False) gets no label metrics
         (None), only these. ``recalibration`` (None without ``recalibrate``): ``k``,
         ``n_fit`` / ``n_held_out`` (films), ``n_patients_held_out``, ``site_file``,
@@ -101,7 +109,14 @@ def evaluate_external(run_or_model: str | Path, data_manifest_or_config: str | P
         :data:`RECALIBRATION_METRICS` of the held-out patients with ``<name>_ci``
         patient-bootstrap intervals (macro values for multilabel, interval for ROC AUC only);
         predictions.csv then gains ``recalibration`` (fit / held_out), ``site_<score column>``
-        and ``site_prediction`` columns.
+        and ``site_prediction`` columns. ``selective`` (labelled binary data, else None):
+        accuracy and balanced accuracy with 100/90/80% of films kept, the least confident
+        (``|logit(score) - logit(threshold)|``) referred first, at the run's threshold
+        (:func:`medtl.stats.selective.selective_summary`, as ``medtl cv`` gives for its
+        out-of-fold films). ``intervals``: metric -> [low, high] 95% patient-bootstrap interval
+        of each of :data:`INTERVAL_METRICS` the task bounds (multiclass: ROC AUC, accuracy and
+        balanced accuracy; multilabel: the macro ROC AUC only, per-label intervals are in
+        per_class.json; {} for unlabelled data or ``evaluate.bootstrap: 0``).
 
     Raises:
         ConfigError: the dataset's task or classes differ from the model's, or no config can
@@ -162,7 +177,7 @@ def evaluate_external(run_or_model: str | Path, data_manifest_or_config: str | P
                              ok=np.ones(len(used), bool))
     if recal is not None:
         table = _with_site_columns(table, recal, s, pred)
-    table = pred.with_uncertain(table)  # an ensemble: spread and uncertain (the fold models disagree)
+    table = pred.with_uncertain(table, raw)  # spread, uncertain: the fold models or the test-time views disagree
     write_csv(out / PREDICTIONS_FILE, table)
     extra = {"labelled": labelled, "shift": None if shift is None else shift.as_dict(),
              "score_distribution": score_distribution(s, score_columns(pred.task, pred.classes), pred.thresholds)}
@@ -174,7 +189,7 @@ def evaluate_external(run_or_model: str | Path, data_manifest_or_config: str | P
         flat = {"threshold": None if pred.thresholds is None else
                 (pred.thresholds[0] if pred.task == "binary" else list(pred.thresholds)),
                 "n": int(len(used)), "n_patients": int(pd.Series(groups).nunique()), "task": pred.task,
-                "classes": list(pred.classes), "roc_auc_ci": [None, None],
+                "classes": list(pred.classes), "roc_auc_ci": [None, None], "intervals": {},
                 "warnings": [f"no label column {cfg.data.label_column!r} in {Path(cfg.data.manifest).name}: label "
                              "metrics were not computed; shift figures and the score distribution are given "
                              "instead"] + ([shift_line] if shift_line else []), **extra}
@@ -196,6 +211,12 @@ def evaluate_external(run_or_model: str | Path, data_manifest_or_config: str | P
         flat["threshold"] = None if pred.task == "multiclass" else list(pred.thresholds)
         write_json(out / "per_class.json", {"metrics": m, "intervals": ci, "threshold_source": pred.threshold_source})
     flat["roc_auc_ci"] = [roc_ci.get("low"), roc_ci.get("high")]
+    flat["intervals"] = {k: [ci[k].get("low"), ci[k].get("high")] for k in INTERVAL_METRICS
+                         if pred.task != "multilabel" and isinstance(ci.get(k), dict)}
+    if pred.task != "binary" and roc_ci:  # the macro ROC AUC's interval, under its flat name
+        flat["intervals"] = {"roc_auc": flat["roc_auc_ci"], **flat["intervals"]}
+    if pred.task == "binary":  # films to refer: accuracy when the least confident 10% / 20% are referred
+        flat["selective"] = selective_summary(y[:, 0], s[:, 0], pred.thresholds[0])
     flat["n"] = int(len(used))
     flat["n_patients"] = int(pd.Series(groups).nunique())
     flat["task"], flat["classes"] = pred.task, list(pred.classes)

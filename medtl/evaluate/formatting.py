@@ -218,6 +218,10 @@ def format_external(metrics: dict[str, Any], title: str = "External test") -> st
     for k in ("pr_auc", "accuracy", "balanced_accuracy", "sensitivity", "specificity", "ppv", "npv", "f1",
               "brier", "ece"):
         lines.append(f"{k:<18} {f(metrics.get(k))}")
+    sel = metrics.get("selective")
+    if sel:
+        acc = ", ".join(f"{f(sel['accuracy'][k])} with {k}%" for k in sel["kept_percent"])
+        lines.append(f"films to refer: accuracy {acc} of films kept (the least confident referred first)")
     rc = metrics.get("recalibration")
     if rc:
         lines.append(f"Local recalibration: {rc['rule']} threshold (calibration {rc['calibration']}) refitted on "

@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from medtl.data.annotations import read_annotations
+from medtl.data.annotations import annotations_digest, read_annotations
 from medtl.explain.files import maps_for_files
 from medtl.io.atomic import write_json
 from medtl.registry import DEFAULT_METHOD, method_label
@@ -73,7 +73,7 @@ def _patients(files: Sequence[str], given: dict[str, str], raw_cfg: dict) -> tup
 
 def localise_run(
     run_or_model: str | Path,
-    annotations: str | Path,
+    annotations: str | Path | None,
     out_dir: str | Path,
     methods: Sequence[str] | None = None,
     hot_fraction: float = loc.HOT_FRACTION,
@@ -87,7 +87,8 @@ def localise_run(
 
     Args:
         run_or_model: a CV run, a training run or fold folder, or a ``.keras`` file (binary task).
-        annotations: boxes or masks CSV (:mod:`medtl.data.annotations`).
+        annotations: boxes or masks CSV (:mod:`medtl.data.annotations`); None: the run's
+            ``data.annotations``.
         out_dir: folder for ``localisation.json`` and ``localisation.csv`` (created).
         methods: map methods (default: the run's ``report.cam``, and ``report.compare`` if set).
         hot_fraction: hot region threshold for IoU / IoBB, a fraction of the map's maximum.
@@ -100,7 +101,8 @@ def localise_run(
         (intervals per measure), ``verdicts`` (one sentence per method).
 
     Raises:
-        ValueError: the run is not binary, or a setting is out of range.
+        ValueError: the run is not binary, a setting is out of range, or no annotations are
+            given and the run's config sets no ``data.annotations``.
 
     Example:
         >>> r = localise_run("runs/demo/20260101-120000", "boxes.csv", "loc/", methods=["gradcam", "occlusion"])
@@ -112,8 +114,13 @@ def localise_run(
             raise ValueError(f"{name}: invalid value {v!r}; expected 0 <= x < 1 (IoU 0.3, IoBB 0.1 are usual)")
     if not 0.0 < hot_fraction <= 1.0:
         raise ValueError(f"hot_fraction: invalid value {hot_fraction!r}; expected 0 < f <= 1 (0.5 is usual)")
-    ann = read_annotations(annotations)
     raw_cfg = _run_config(run_or_model)
+    if annotations is None:
+        annotations = (raw_cfg.get("data") or {}).get("annotations")
+        if not annotations:
+            raise ValueError(f"{run_or_model}: no annotations given and the run's config sets no data.annotations; "
+                             "pass a CSV of boxes or masks")
+    ann = read_annotations(annotations)
     report = raw_cfg.get("report") or {}
     if not methods:
         methods = [report.get("cam") or DEFAULT_METHOD] + ([report["compare"]] if report.get("compare") else [])
@@ -171,7 +178,8 @@ def localise_run(
         "counts": {"annotated": len(files), "unreadable": len(files) - len(readable), "scored": len(scored),
                    "annotated_not_called_positive": len(readable) - len(scored),
                    "patients": len(set(groups))},
-        "settings": {"methods": {m: used[m] for m in methods}, "hot_fraction": hot_fraction, "iou_hit": iou_hit,
+        "settings": {"methods": {m: used[m] for m in methods}, "annotations_sha256": annotations_digest(annotations),
+                     "hot_fraction": hot_fraction, "iou_hit": iou_hit,
                      "iobb_hit": iobb_hit, "n_boot": n_boot, "seed": seed, "alpha": 0.05,
                      "interval": "patient bootstrap, percentile", "patients_from": group_source,
                      "rule": "not better than chance when the interval's lower end <= the best baseline's value"},

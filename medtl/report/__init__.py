@@ -21,6 +21,7 @@ _API = {
     "PHIError": "medtl.report.html",
     "ReportWarning": "medtl.report.html",
     "ExternalResourceError": "medtl.report.html",
+    "write_evaluation_report": "medtl.report.evaluation",
     "ReportData": "medtl.report.data",
     "collect_report_data": "medtl.report.data",
     "select_cases": "medtl.report.gallery",

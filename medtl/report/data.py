@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from medtl.config import load_resolved
+from medtl.data.annotations import annotations_digest
 from medtl.evaluate.cv_folder import has_patient_ids
 from medtl.evaluate.formatting import NO_PATIENTS_NOTE, format_thresholds
 from medtl.evaluate.tables import interval_warning, table_metrics
@@ -468,7 +469,7 @@ def _refer(src: _Source) -> tuple[Plot | None, str]:
             f"{c['n_kept'][c['kept'].index(0.9)]} kept when the least confident 10% are referred to a reader.")
     caption = ("Confidence: the distance of the score from the threshold in logit space; each film is "
                f"scored by one model ({where}). On new films, medtl predict and medtl evaluate also flag "
-               "a film uncertain when the fold models disagree.")
+               "a film uncertain when the fold models (or, with predict.tta, the test-time views) disagree.")
     return Plot("Accuracy against the share of films kept", plots.to_png(plots.plot_selective(c)), caption), text
 
 
@@ -535,7 +536,7 @@ def _second_method(compare: str | None, cam: str) -> str | None:
 
 
 def collect_report_data(run_dir: str | Path, compute_cams: bool = True, n_cases: int | None = None,
-                        compare: str | None = None) -> ReportData:
+                        compare: str | None = None, annotations: str | Path | None = None) -> ReportData:
     """Read a cross-validation (or training) run folder into a :class:`ReportData`.
 
     Args:
@@ -544,6 +545,8 @@ def collect_report_data(run_dir: str | Path, compute_cams: bool = True, n_cases:
             TensorFlow); False shows only precomputed overlays (``overlays/overlays.csv``).
         n_cases: cases per gallery group (default ``report.cases`` of the run's config).
         compare: a second CAM method for each gallery case (default ``report.compare``).
+        annotations: boxes or masks CSV for the localisation section (default
+            ``data.annotations`` of the run's config).
 
     Raises:
         FileNotFoundError: not a run folder, or a CV run that has not been merged yet.
@@ -579,7 +582,7 @@ def collect_report_data(run_dir: str | Path, compute_cams: bool = True, n_cases:
     notes = list(src.notes)
     faith, faith_note, faith_films = _faithfulness(
         cases, cfg, compute_cams, src.classes, _second_method(compare or cfg.report.compare, cfg.report.cam))
-    localisation = _localisation(run, cfg, compute_cams)
+    localisation = _localisation(run, cfg, compute_cams, annotations)
     if not has_patient_ids(cfg):
         notes.insert(0, NO_PATIENTS_NOTE + ".")
     now = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
@@ -620,18 +623,27 @@ def collect_report_data(run_dir: str | Path, compute_cams: bool = True, n_cases:
     )
 
 
-def _localisation(run: Path, cfg: Any, compute: bool) -> dict[str, Any] | None:
-    """localisation.json of ``RUN/localisation/`` when ``data.annotations`` is set: read if it is
-    there, else made with the run's models (when maps may be computed), else None."""
-    if not cfg.data.annotations:
+def _localisation(run: Path, cfg: Any, compute: bool, annotations: str | Path | None = None
+                  ) -> dict[str, Any] | None:
+    """localisation.json of ``RUN/localisation/`` for ``annotations`` (default:
+    ``data.annotations``; None when neither is set): read if it was scored against that CSV
+    (the same bytes), else made with the run's models (when maps may be computed), else None.
+    A stored result that records no CSV (older medtl) is read for ``data.annotations`` only."""
+    source = annotations or cfg.data.annotations
+    if not source:
         return None
     done = run / "localisation" / "localisation.json"
-    if not done.is_file() and compute and cfg.task == "binary":
-        # why: maps need the models (TensorFlow); only a config with annotations pays for it
-        from medtl.explain.localise import localise_run
+    stored = read_json(done) if done.is_file() else None
+    scored_on = ((stored or {}).get("settings") or {}).get("annotations_sha256")
+    if stored is not None and (scored_on == annotations_digest(source) or (scored_on is None and not annotations)):
+        return stored
+    if not (compute and cfg.task == "binary"):
+        return None
+    # why: maps need the models (TensorFlow); only a config with annotations pays for it
+    from medtl.explain.localise import localise_run
 
-        localise_run(run, cfg.data.annotations, done.parent, n_boot=cfg.evaluate.bootstrap, seed=cfg.seed)
-    return read_json(done) if done.is_file() else None
+    localise_run(run, source, done.parent, n_boot=cfg.evaluate.bootstrap, seed=cfg.seed)
+    return read_json(done)
 
 
 FAITHFULNESS_PER_MODEL = 12  # held-out true positives per fold model: the report stays quick

@@ -40,7 +40,7 @@ from medtl.run.layout import MODEL_FILE, OVERLAYS_FILE
 NOT_COMPUTED = "CAM not computed (compute=False and no precomputed overlay)"
 
 __all__ = ["KINDS", "Case", "class_views", "select_cases", "render_gallery", "read_overlays", "cam_overlays",
-           "peak_gap"]
+           "peak_gap", "map_grid"]
 
 KINDS = ("true positive", "false positive", "false negative")
 FILM_SIDE = 384  # pixels on the longer side of each gallery image
@@ -77,6 +77,29 @@ class Case:
         without a map or for a precomputed one by a method medtl does not know."""
         # The template asks this, not the name, so a new gradient method gets the same notes.
         return method_kind(self.method) if self.method in map_methods() else ""
+
+    @property
+    def map_grids(self) -> list[str]:
+        """The grids this case's maps (first, then second) are computed on, as
+        :func:`map_grid` names them; unknown methods left out."""
+        return [g for g in (map_grid(self.method), map_grid(self.second_method)) if g]
+
+
+def map_grid(method: str | None) -> str:
+    """The grid a method's map is computed on, which sets how precise it can be: "feature map"
+    (a target layer's grid: Grad-CAM and its kin, Score-CAM), "input" (pixel by pixel at the
+    model's input: integrated gradients) or "patch" (the occlusion patch and step); '' for no
+    method or one medtl does not know (a precomputed overlay).
+
+    Example:
+        >>> map_grid("gradcam"), map_grid("intgrad"), map_grid("occlusion")
+        ('feature map', 'input', 'patch')
+    """
+    if method not in map_methods():
+        return ""
+    if takes_target_layer(method):
+        return "feature map"
+    return "patch" if is_perturbation(method) else "input"
 
 
 def class_views(preds: pd.DataFrame, task: str, classes: Sequence[str]) -> list[pd.DataFrame]:

@@ -98,11 +98,16 @@ def render_html(data: ReportData) -> str:
     """
     page = _environment().get_template(TEMPLATE).render(d=data, off_film_note=OFF_FILM_NOTE,
                                                           faithfulness_per_model=FAITHFULNESS_PER_MODEL)
+    _self_contained(page, TEMPLATE)
+    return page
+
+
+def _self_contained(page: str, template: str) -> None:
+    """Raise :class:`ExternalResourceError` if ``page`` would fetch anything from outside itself."""
     bad = _EXTERNAL.search(_DATA_URI.sub("data:", page))
     if bad:
-        raise ExternalResourceError(f"report template: references an external resource near "
+        raise ExternalResourceError(f"{template}: references an external resource near "
                                     f"{page[bad.start():bad.start() + 60]!r}; embed it as a data URI")
-    return page
 
 
 def _check_phi(page: str, forbidden: list[str]) -> None:
@@ -114,7 +119,8 @@ def _check_phi(page: str, forbidden: list[str]) -> None:
 
 
 def write_report(run_dir: str | Path, out_path: str | Path, pdf: bool = False,
-                 compute_cams: bool = True, compare: str | None = None) -> Path:
+                 compute_cams: bool = True, compare: str | None = None,
+                 annotations: str | Path | None = None) -> Path:
     """Write the self-contained HTML report of a run (and ``<out>.pdf`` with ``pdf=True``).
 
     Args:
@@ -125,6 +131,8 @@ def write_report(run_dir: str | Path, out_path: str | Path, pdf: bool = False,
         compute_cams: compute the gallery's CAM maps with the saved models (needs TensorFlow).
         compare: also map each gallery case with this method (default: the run's
             ``report.compare``), beside the first map, with how far apart their peaks lie.
+        annotations: boxes or masks CSV scored in the "Do the maps point at the findings?"
+            section (default: the run's ``data.annotations``).
 
     Returns:
         The HTML file's path.
@@ -142,7 +150,7 @@ def write_report(run_dir: str | Path, out_path: str | Path, pdf: bool = False,
         >>> write_report("runs/demo/cv-1a2b3c4d5e", "runs/demo/report.html")
         PosixPath('runs/demo/report.html')
     """
-    data = collect_report_data(run_dir, compute_cams=compute_cams, compare=compare)
+    data = collect_report_data(run_dir, compute_cams=compute_cams, compare=compare, annotations=annotations)
     data.model_card = build_model_card(run_dir, data)
     # Left out on purpose with compute_cams=False, so not a problem to warn about.
     problems = [p for p in (c.note.replace(NOT_COMPUTED, "").strip("; ") for c in data.gallery) if p]

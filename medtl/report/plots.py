@@ -44,6 +44,7 @@ __all__ = [
     "plot_pr",
     "plot_reliability",
     "plot_roc",
+    "plot_score_distribution",
     "plot_selective",
     "plot_training",
     "png_size",
@@ -289,6 +290,43 @@ def plot_selective(curve: Mapping[str, Sequence[Any]], title: str = "Films to re
            ylabel="on the films kept", title=title)
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
+    return fig
+
+
+def plot_score_distribution(groups: Mapping[str, Any], threshold: float | None = None, n_bins: int = 20,
+                            title: str = "Score distribution", xlabel: str = "score",
+                            size: tuple[float, float] = DEFAULT_SIZE) -> Figure:
+    """Overlaid histograms of scores, one per group (e.g. per true class), on shared bins.
+
+    Args:
+        groups: name -> scores; empty groups are left out.
+        threshold: drawn as a dashed vertical line when given.
+        n_bins: equal-width bins over [0, 1] (widened to the scores' range if they leave it).
+        title: the axes title.
+        xlabel: the x axis label (say which score).
+        size: figure size in inches.
+
+    Example:
+        >>> fig = plot_score_distribution({"normal": [.1, .2], "pneumonia": [.7, .9]}, threshold=0.5)
+    """
+    vals = {k: np.asarray(v, dtype=np.float64).ravel() for k, v in groups.items()}
+    vals = {k: v[np.isfinite(v)] for k, v in vals.items() if np.isfinite(v).any()}
+    lo = min([0.0, *(v.min() for v in vals.values())])
+    hi = max([1.0, *(v.max() for v in vals.values())])
+    edges = np.linspace(lo, hi, n_bins + 1)
+    fig = new_figure(size)
+    ax = fig.add_subplot()
+    for i, (name, v) in enumerate(vals.items()):
+        ax.hist(v, bins=edges, alpha=0.55, color=f"C{i}", edgecolor="white", label=f"{name} ({v.size})",
+                gid=f"hist:{name}")
+    if threshold is not None:
+        ax.axvline(float(threshold), linestyle="--", color="black", linewidth=1.2,
+                   label=f"threshold {float(threshold):.3f}", gid="threshold")
+    ax.set(xlim=(lo, hi), xlabel=xlabel, ylabel="films", title=title)
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="upper center", fontsize=8)
     return fig
 
 

@@ -451,6 +451,7 @@ def test_real_cv_end_to_end(tmp_path):
     out = tmp_path / "external"
     m = evaluate_external(run, csv_path, out, progress=False)
     assert list(m) == list(EXTERNAL_KEYS) and m["n"] == len(oof) and m["threshold"] == 0.5
+    assert m["selective"]["n_kept"]["100"] == m["n"] and m["intervals"]["roc_auc"] == m["roc_auc_ci"]
     pred = pd.read_csv(out / "predictions.csv")
     assert np.allclose(pred["score"], (pred["score_fold0"] + pred["score_fold1"]) / 2)
     some = pred["file"].tolist()[:3]

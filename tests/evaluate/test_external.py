@@ -54,6 +54,10 @@ def test_external_metrics_have_exactly_the_keys_and_right_values(data, tmp_path,
     m = evaluate_external(run, data, out, progress=False)
     assert list(m) == list(EXTERNAL_KEYS)
     assert read_json(out / "metrics.json") == m
+    # selective and intervals are in the pinned keys on purpose (issue 20): films to refer, and
+    # the interval of every binary metric for the evaluation report
+    assert m["selective"]["kept_percent"] == ["100", "90", "80"]
+    assert set(m["intervals"]) == set(external.INTERVAL_METRICS) and m["intervals"]["roc_auc"] == m["roc_auc_ci"]
     # recompute: mean over folds of each fold's calibrated score, median fold threshold
     pred = pd.read_csv(out / "predictions.csv")
     df = pd.read_csv(data)
@@ -81,6 +85,37 @@ def test_external_metrics_have_exactly_the_keys_and_right_values(data, tmp_path,
     assert {"score_fold0", "score_fold1", "score_fold2"} <= set(pred.columns)
     text = format_external(m)
     assert "roc_auc" in text and "95% CI" in text
+
+
+def test_selective_block_matches_a_hand_count_of_the_predictions(data, tmp_path, monkeypatch):
+    """metrics.json's films to refer, recounted from predictions.csv: the films farthest from the
+    threshold in logit space kept first (ties: the earlier row), ceil(share x N) of them."""
+    import math
+
+    run = _cv_run(make_cfg(data, tmp_path / "w"), monkeypatch, tmp_path / "run")
+    _fake_score(monkeypatch)
+    m = evaluate_external(run, data, tmp_path / "ext", progress=False)
+    pred = pd.read_csv(tmp_path / "ext" / "predictions.csv")
+    t = m["threshold"]
+
+    def logit(p: float) -> float:
+        return math.log(p / (1 - p))
+
+    rows = list(zip(pred["score"], pred["label"], pred["prediction"]))
+    order = sorted(range(len(rows)), key=lambda i: -abs(logit(rows[i][0]) - logit(t)))
+    sel = m["selective"]
+    for share, key in ((1.0, "100"), (0.9, "90"), (0.8, "80")):
+        n = math.ceil(round(share * len(rows), 6))
+        kept = [rows[i] for i in order[:n]]
+        right = [lab == dec for _, lab, dec in kept]
+        assert sel["n_kept"][key] == n
+        assert sel["accuracy"][key] == pytest.approx(sum(right) / n)
+        pos = [r for r, (_, lab, _) in zip(right, kept) if lab == 1]
+        neg = [r for r, (_, lab, _) in zip(right, kept) if lab == 0]
+        bal = (sum(pos) / len(pos) + sum(neg) / len(neg)) / 2 if pos and neg else None
+        assert sel["balanced_accuracy"][key] == (None if bal is None else pytest.approx(bal))
+    assert sel["accuracy"]["100"] == pytest.approx(m["accuracy"])
+    assert "films to refer: accuracy" in format_external(m)
 
 
 def test_external_with_one_fold_model_and_a_yaml_config(data, tmp_path, monkeypatch):
@@ -141,6 +176,10 @@ def _external_of(task, tmp_path, monkeypatch):
     per = read_json(tmp_path / "ext" / "per_class.json")
     assert list(m) == list(EXTERNAL_KEYS) and m["task"] == task
     assert m["roc_auc"] == pytest.approx(per["metrics"]["macro"]["roc_auc"])
+    assert m["selective"] is None  # films to refer: binary only (one threshold per film)
+    assert m["intervals"]["roc_auc"] == m["roc_auc_ci"]
+    assert set(m["intervals"]) == ({"roc_auc", "accuracy", "balanced_accuracy"} if task == "multiclass"
+                                   else {"roc_auc"})
     return m, per
 
 

@@ -47,7 +47,7 @@ def test_same_source_films_give_figures_and_no_warning(tmp_path, monkeypatch):
     run, data = _run_with_summary(tmp_path, monkeypatch)
     _fake_score(monkeypatch, shift=0.0)
     m = evaluate_external(run, data, tmp_path / "ext", progress=False)
-    assert list(m) == list(EXTERNAL_KEYS) and m["labelled"] is True
+    assert list(m) == list(EXTERNAL_KEYS) and m["labelled"] is True and m["selective"]["n_kept"]["100"] == m["n"]
     sh = m["shift"]
     assert sh["n"] == m["n"] and sh["reliable"] and sh["warning"] is None
     assert 0.3 < sh["domain_auc"] < 0.7 and sh["share_ood"] < 0.2
@@ -77,6 +77,7 @@ def test_unlabelled_csv_gives_shift_and_score_distribution(tmp_path, monkeypatch
     _fake_score(monkeypatch, shift=4.0)
     m = evaluate_external(run, nolab, tmp_path / "ext", progress=False)
     assert m["labelled"] is False and m["roc_auc"] is None and m["n"] == len(df) == m["n_patients"]
+    assert m["selective"] is None and m["intervals"] == {}  # no labels: no accuracy, kept or not
     assert m["shift"]["share_ood"] == 1.0
     dist = m["score_distribution"]["score"]
     s = pd.read_csv(tmp_path / "ext" / "predictions.csv")["score"].to_numpy()

@@ -134,3 +134,62 @@ def test_report_has_the_section_only_when_annotations_are_configured(case, tmp_p
     html = write_report(run, tmp_path / "r.html", compute_cams=False).read_text()
     assert "Do the maps point at the findings?" in html
     assert res["verdicts"]["gradcam"].replace("&", "&amp;") in html  # the console's and the JSON's words
+
+
+@pytest.mark.filterwarnings("ignore:.*gallery case")  # the fixture run's films are elsewhere
+def test_annotations_option_reaches_the_reports_localisation(case, tmp_path, monkeypatch, capsys):
+    """``medtl report --annotations CSV`` scores that CSV in place of data.annotations: a stored
+    result is shown only when it was scored against the same CSV, else made again with the maps;
+    ``medtl localise`` takes the CSV as ``--annotations`` too, or the run's data.annotations."""
+    import yaml
+
+    import medtl.explain.localise as localise
+    from medtl.cli import main
+    from medtl.report.html import write_report
+
+    src, work = case
+    run = tmp_path / "run"
+    shutil.copytree(src, run)
+    far, near = str(work / "far.csv"), str(work / "boxes.csv")
+    title = "Do the maps point at the findings?"
+
+    def report(*extra: str) -> str:
+        main(["report", str(run), "--out", str(tmp_path / "r.html"), "--no-cams", *extra])  # 1: films elsewhere
+        return (tmp_path / "r.html").read_text()
+
+    assert main(["localise", str(run), "--annotations", far, "--out", str(run / "localisation"),
+                 "--method", "gradcam", "--bootstrap", "200"]) == 0
+    verdict = json.loads((run / "localisation" / "localisation.json").read_text())["verdicts"]["gradcam"]
+    assert title not in report()  # the config sets no data.annotations
+    page = report("--annotations", far)
+    assert title in page and verdict.replace("&", "&amp;") in page
+    assert title not in report("--annotations", near)  # scored against another CSV; no maps to redo it
+
+    # With maps, the report scores the CSV it is given (and stores it for the next report).
+    calls = []
+    real = localise.localise_run
+
+    def spy(run_or_model, annotations, out_dir, **kwargs):
+        calls.append(str(annotations))
+        return real(run_or_model, annotations, out_dir, methods=["gradcam"], n_boot=200)
+
+    monkeypatch.setattr(localise, "localise_run", spy)
+    page = write_report(run, tmp_path / "cams.html", compute_cams=True, annotations=near).read_text()
+    assert calls == [near] and title in page
+    assert "Grad-CAM: better than every chance baseline on every measure" in page
+    assert title in report("--annotations", near) and calls == [near]  # read back, not made again
+
+    # medtl localise: no CSV and no data.annotations is an error that says what to pass; with
+    # data.annotations set, the CSV may be left out.
+    capsys.readouterr()
+    assert main(["localise", str(run), "--out", str(tmp_path / "none"), "--method", "gradcam"]) == 1
+    assert "sets no data.annotations; pass a CSV of boxes or masks" in capsys.readouterr().err
+    assert main(["localise", str(run), near, "--annotations", far, "--out", str(tmp_path / "two")]) == 1
+    assert "given twice" in capsys.readouterr().err
+    raw = yaml.safe_load((run / "config.yaml").read_text())
+    raw["data"]["annotations"] = far
+    (run / "config.yaml").write_text(yaml.safe_dump(raw))
+    monkeypatch.setattr(localise, "localise_run", real)
+    assert main(["localise", str(run), "--out", str(tmp_path / "cfg"), "--method", "gradcam",
+                 "--bootstrap", "200"]) == 0
+    assert json.loads((tmp_path / "cfg" / "localisation.json").read_text())["verdicts"]["gradcam"] == verdict

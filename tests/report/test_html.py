@@ -271,13 +271,15 @@ def test_end_to_end_real_cv_run_with_cams_leaks_no_planted_phi(tmp_path):
     rows = data.faithfulness
     from medtl.registry import method_label
 
-    assert sorted(r["method"] for r in rows) == sorted([method_label("gradcam++"), method_label("occlusion"),
-                                                        "Random map"])
+    methods = [r["method"] for r in rows if not r["method"].startswith("Random map")]
+    assert sorted(methods) == sorted([method_label("gradcam++"), method_label("occlusion")])
+    # the chance level on each method's own grid, then pixel-wise
+    assert {r["method"] for r in rows[len(methods):-1]} <= {f"Random map on a {r['grid']} grid" for r in rows[:2]}
     for r in rows:
         nums = [float(v) for v in re.findall(r"-?\d+\.\d+", r["deletion"] + " " + r["insertion"])]
         assert len(nums) == 6 and all(0.0 <= v <= 1.0 for v in nums)
         assert f"<b>{r['method']}</b>" in page and r["deletion"] in page
-    assert all(r["grid"] for r in rows[:-1]) and rows[-1]["method"] == "Random map"
+    assert all(r["grid"] for r in rows[:-1]) and rows[-1]["method"] == "Random map (pixels)"
 
     phi = json.loads((tmp_path / "data" / "phi.json").read_text())["patients"]
     planted = sorted({v for d in phi.values() for k, vals in d.items() if k != "PatientSex"
@@ -448,6 +450,29 @@ def test_second_map_sits_beside_the_first_with_the_distance_between_their_peaks(
     shown, _ = render_gallery(cases, b"salt", classes=["a", "b"], compare="occlusion")
     assert all(c.overlay_png and c.second_png is None for c in shown)
     assert all(c.note == "second map not computed: MemoryError: out of memory" for c in shown)
+
+
+@pytest.mark.parametrize("first, second, coarse, fine, patch", [
+    ("gradcam", None, True, False, False),
+    ("intgrad", None, False, True, False),
+    ("occlusion", None, False, False, True),
+    ("intgrad", "scorecam", True, True, False),  # the second map is on a feature map
+    ("precomputed-method", None, False, False, False),
+])
+def test_gallery_says_how_coarse_a_map_is_by_the_grid_its_method_computes_it_on(
+        fake_cv_run, first, second, coarse, fine, patch):
+    """The feature-map sentence is for maps on a target layer's grid only: integrated gradients
+    are at the input's resolution and occlusion on its patch grid, each with its own sentence."""
+    from medtl.report.gallery import Case
+
+    data = collect_report_data(fake_cv_run.run, compute_cams=False)
+    data.gallery = [Case(kind="true positive", patient="p", image="i", source="s", label="1", score=0.9,
+                         threshold=0.5, method=first, second_method=second)]
+    page = render_html(data)
+    assert ("as coarse as that feature map" in page) == coarse
+    assert ("pixel by pixel at the model's input size" in page) == fine
+    assert ("as coarse as the occlusion patch" in page) == patch
+    assert "last feature map" not in page
 
 
 def test_cli_report_warns_and_exits_1_when_gallery_cases_are_incomplete(fake_cv_run, tmp_path, capsys):

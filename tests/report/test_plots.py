@@ -151,3 +151,16 @@ def test_selective_plot_draws_the_curve():
     np.testing.assert_allclose(line.get_ydata(), c["accuracy"])
     assert ax.get_xlim()[0] > ax.get_xlim()[1]  # 100% kept on the left
     assert plots.png_size(plots.to_png(fig)) == (640, 480)
+
+
+def test_score_distribution_plot_counts_each_group_on_shared_bins():
+    rng = np.random.default_rng(0)
+    a, b = rng.random(30), rng.random(12)
+    fig = plots.plot_score_distribution({"neg": a, "pos": b, "none": []}, threshold=0.4, n_bins=10)
+    ax = fig.axes[0]
+    for name, v in (("neg", a), ("pos", b)):
+        bars = [p for p in ax.patches if p.get_gid() == f"hist:{name}"]
+        assert [int(p.get_height()) for p in bars] == np.histogram(v, bins=np.linspace(0, 1, 11))[0].tolist()
+    assert not [p for p in ax.patches if p.get_gid() == "hist:none"]  # an empty group draws nothing
+    assert _line(fig, "threshold").get_xdata()[0] == pytest.approx(0.4)
+    assert plots.png_size(plots.to_png(fig)) == (640, 480)
