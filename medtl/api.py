@@ -217,7 +217,8 @@ def cv(config: ConfigLike | None = None, overrides: Iterable[str] | None = None,
 
 
 def predict(model: PathLike, inputs: PathLike | Sequence[PathLike], out: PathLike | None = None,
-            batch_size: int = 16, dicom_sr: PathLike | None = None, site: PathLike | None = None) -> pd.DataFrame:
+            batch_size: int = 16, dicom_sr: PathLike | None = None, site: PathLike | None = None,
+            tta: str | None = None) -> pd.DataFrame:
     """Score image files with a finished run, using its training-time preprocessing, as
     ``medtl predict`` does.
 
@@ -234,6 +235,9 @@ def predict(model: PathLike, inputs: PathLike | Sequence[PathLike], out: PathLik
         site: a site post-processing file (``site_postprocess.json`` from ``medtl evaluate
             RUN DATA --recalibrate K``): its calibrator (if any) maps the run's scores and its
             threshold decides, instead of the run's.
+        tta: test-time augmentation (none, flip, shift, flip+shift); None: the run's
+            ``predict.tta``. Another mode than the threshold was chosen under warns
+            (:class:`medtl.run.predictor.TTAMismatchWarning`).
 
     Returns:
         One row per file: ``path``, score column(s), ``prediction`` and ``error`` (a reason for
@@ -253,7 +257,7 @@ def predict(model: PathLike, inputs: PathLike | Sequence[PathLike], out: PathLik
     _start_up()
     from medtl.run.predictor import Predictor  # why: pandas; the model loads TensorFlow
 
-    predictor = Predictor(model, site=site)
+    predictor = Predictor(model, site=site, tta=tta)
     df, shift = predictor.predict_with_shift(paths, batch_size=batch_size)
     df.attrs["threshold_source"] = predictor.threshold_source
     df.attrs["shift"] = shift.as_dict() if shift is not None else None
@@ -268,7 +272,8 @@ def predict(model: PathLike, inputs: PathLike | Sequence[PathLike], out: PathLik
 
 
 def evaluate(model: PathLike, data: ConfigLike, out: PathLike, progress: bool = True,
-             recalibrate: int | None = None, site_calibration: str = "none", report: bool = True) -> dict[str, Any]:
+             recalibrate: int | None = None, site_calibration: str = "none", report: bool = True,
+             tta: str | None = None) -> dict[str, Any]:
     """Score a trained run on an external test set with its saved threshold, as
     ``medtl evaluate`` does, and write ``out/report.html``.
 
@@ -287,6 +292,7 @@ def evaluate(model: PathLike, data: ConfigLike, out: PathLike, progress: bool = 
             recalibration; :func:`medtl.report.evaluation.write_evaluation_report`). A page that
             would name a film or patient is not written, and that is warned about
             (:class:`medtl.report.ReportWarning`); the metrics stand.
+        tta: test-time augmentation, as for :func:`predict`; None: the run's ``predict.tta``.
 
     Returns:
         The metrics dict written to ``out/metrics.json`` (``medtl.evaluate.external.format_external``
@@ -303,7 +309,7 @@ def evaluate(model: PathLike, data: ConfigLike, out: PathLike, progress: bool = 
     from medtl.evaluate.external import evaluate_external  # why: scipy, pandas; the model loads TensorFlow
 
     metrics = evaluate_external(model, data, out, progress=progress, recalibrate=recalibrate,
-                                site_calibration=site_calibration)
+                                site_calibration=site_calibration, tta=tta)
     if report:
         # why: matplotlib and jinja2 load only when a report is wanted; evaluate cannot import report
         from medtl.report.evaluation import write_evaluation_report

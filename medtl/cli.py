@@ -21,6 +21,8 @@ from typing import Callable, Iterator, Sequence, TextIO
 from medtl import __version__, api  # api imports nothing heavy until a command runs
 from medtl.registry import map_methods, method_label
 
+_TTA_MODES = ("none", "flip", "shift", "flip+shift")  # medtl.run.tta.TTA_MODES, without importing TensorFlow
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
@@ -94,7 +96,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     out = Path(args.out)
     with _plain_warnings(TTAMismatchWarning):  # threshold chosen under other test-time views: one line
         df = api.predict(args.model, args.inputs, out=out, batch_size=args.batch_size, dicom_sr=args.dicom_sr,
-                         site=args.site)
+                         site=args.site, tta=args.tta)
     n_err = int((df["error"].fillna("") != "").sum()) if "error" in df.columns else 0
     print(f"wrote {len(df)} rows to {out} (threshold: {df.attrs['threshold_source']})")
     shift = df.attrs.get("shift")
@@ -138,7 +140,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     with _plain_warnings(TTAMismatchWarning):  # threshold chosen under other test-time views: one line
         metrics = api.evaluate(args.model, args.data, args.out, progress=not args.quiet,
                                recalibrate=args.recalibrate, site_calibration=args.site_calibration,
-                               report=not args.no_report)
+                               report=not args.no_report, tta=args.tta)
     print(format_external(metrics))
     site = " and site_postprocess.json" if args.recalibrate is not None else ""
     page = Path(args.out) / "report.html"
@@ -327,6 +329,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--site", metavar="FILE",
                    help="site post-processing from `medtl evaluate RUN DATA --recalibrate K` "
                         "(site_postprocess.json): its threshold (and calibrator) replace the run's")
+    p.add_argument("--tta", choices=_TTA_MODES, default=None,
+                   help="test-time augmentation: scores averaged over these views (default: the run's "
+                        "predict.tta; a mode other than the one its threshold was chosen under warns)")
 
     p = add(
         "cv",
@@ -357,6 +362,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "write OUT/site_postprocess.json for medtl predict --site")
     p.add_argument("--site-calibration", choices=("none", "platt", "temperature"), default="none",
                    help="with --recalibrate, also fit this calibrator on the run's scores (default: none)")
+    p.add_argument("--tta", choices=_TTA_MODES, default=None,
+                   help="test-time augmentation: scores averaged over these views (default: the run's "
+                        "predict.tta; a mode other than the one its threshold was chosen under warns)")
     p.add_argument("--no-report", action="store_true",
                    help="do not write OUT/report.html (the shift warning, metrics, score distribution and films "
                         "to refer as one self-contained page; `medtl report OUT` writes it later)")

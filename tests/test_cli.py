@@ -190,3 +190,34 @@ def test_train_without_patient_ids_warns_before_training(tmp_path, monkeypatch, 
     with pytest.raises(Reached):
         main(["--debug", "train", str(cfg)])
     assert "WARNING: no patient ids (data.patient_column: none)" in capsys.readouterr().err
+
+
+def test_tta_option_reaches_predict_and_evaluate(monkeypatch, tmp_path):
+    """--tta on predict and evaluate is passed on; its choices are medtl.run.tta's modes."""
+    import pandas as pd
+
+    import medtl.api
+    from medtl.cli import _TTA_MODES
+    from medtl.run.tta import TTA_MODES
+
+    assert _TTA_MODES == TTA_MODES
+    seen = {}
+
+    def fake_predict(*args, **kwargs):
+        seen["predict"] = kwargs["tta"]
+        df = pd.DataFrame({"path": ["a.png"], "score": [0.5], "prediction": ["x"], "error": [""]})
+        df.attrs.update(threshold_source="test", shift=None)
+        return df
+
+    def fake_evaluate(*args, **kwargs):
+        seen["evaluate"] = kwargs["tta"]
+        raise SystemExit(0)  # the console table needs real metrics; the option is what is checked
+
+    monkeypatch.setattr(medtl.api, "predict", fake_predict)
+    monkeypatch.setattr(medtl.api, "evaluate", fake_evaluate)
+    assert main(["predict", "run", "films", "--tta", "shift", "--out", str(tmp_path / "p.csv")]) == 0
+    with pytest.raises(SystemExit):
+        main(["evaluate", "run", "data.csv", "--out", str(tmp_path / "e"), "--tta", "flip+shift"])
+    assert seen == {"predict": "shift", "evaluate": "flip+shift"}
+    with pytest.raises(SystemExit):
+        main(["predict", "run", "films", "--tta", "rotate"])
