@@ -149,6 +149,10 @@ class EvaluateConfig:
     calibration: Literal["none", "temperature", "platt"] = "none"
     bootstrap: int = 1000
     final_model: Literal["ensemble", "retrain"] = "ensemble"
+    # Where the deployed model's threshold comes from: the median of the folds' validation
+    # thresholds, or the rule applied once to the pooled out-of-fold scores of every film
+    # (medtl.evaluate.pooling; written at merge). The CV figures use each fold's own either way.
+    ensemble_threshold: Literal["median", "pooled"] = "median"
     # A logistic regression on the ImageNet backbone's pooled features, scored beside each fold
     # (medtl.evaluate.probe): shows whether fine-tuning was worth it. Costs one backbone pass.
     linear_probe: bool = False

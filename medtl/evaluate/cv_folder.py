@@ -37,7 +37,8 @@ __all__ = ["run_folder", "config_digest", "has_patient_ids", "check_supported", 
 # Keys added after runs existed: left out of the digest at their default, so a config written
 # before them still finds its run folder (and an interrupted run resumes).
 _ADDED_KEYS = {"data.label_separator": None, "data.frame": None, "data.max_pixels": 50_000_000,
-               "evaluate.linear_probe": False, "predict.tta": "none"}
+               "evaluate.linear_probe": False, "predict.tta": "none", "evaluate.ensemble_threshold": "median",
+               "augment.mixup": 0.0, "augment.cutmix": 0.0, "train.swa_epochs": 0}
 
 
 def config_digest(cfg: Config) -> str:

@@ -4,7 +4,9 @@
 It has no validation split and no early stopping, so its schedule and threshold come from the
 folds: each stage trains the mean over folds of the epochs that stage ran up to the fold's best
 checkpoint, rounded half up and at least 1 (:func:`retrain_schedule`), and its threshold is the
-median of the folds' validation thresholds on the raw score scale (:func:`final_thresholds`).
+median of the folds' validation thresholds on the raw score scale (:func:`final_thresholds`), or
+with ``evaluate.ensemble_threshold: pooled`` the rule applied to the pooled raw out-of-fold
+scores (:func:`medtl.evaluate.pooling.pooled_thresholds`).
 It has no calibrator: no held-out data are left to fit one. An interrupted retraining resumes
 from its last epoch; a finished one (``final/final.json``) is kept.
 
@@ -139,7 +141,9 @@ def retrain_final(run: Path, cfg: Config, manifest, metrics: dict, progress: boo
     epochs = retrain_schedule(means)
     done = list(metrics["finished_folds"])
     fold_pps = [read_postprocess(fold_dir(run, f)) for f in done]
-    thresholds, rule = final_thresholds(fold_pps)
+    planned = metrics.get("final") or {}  # merge_cv chose them (evaluate.ensemble_threshold)
+    thresholds, rule = ((planned["thresholds"], planned["threshold_rule"]) if "threshold_rule" in planned
+                        else final_thresholds(fold_pps))
     fin.mkdir(parents=True, exist_ok=True)
     with FoldLock(fin / LOCK_FILE) as lock:
         if not lock.acquired:

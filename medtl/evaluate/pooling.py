@@ -39,7 +39,7 @@ from medtl.stats.metrics import summarize_folds
 from medtl.stats.postprocess import PostProcess
 from medtl.stats.selective import selective_summary
 
-__all__ = ["merge_cv"]
+__all__ = ["merge_cv", "pooled_thresholds"]
 
 
 def merge_cv(run_dir: str | Path) -> dict[str, Any]:
@@ -127,8 +127,16 @@ def merge_cv(run_dir: str | Path) -> dict[str, Any]:
         "thresholds": ens,
         "threshold_rule": (None if ens is None else
                            f"median of the fold thresholds, each chosen by {first.rule!r} on its validation split"),
+        "threshold_source": "median",
         "complete": not missing,
     }
+    pooled_final: tuple[list[float] | None, str | None] | None = None
+    if cfg.evaluate.ensemble_threshold == "pooled" and ens is not None:
+        ensemble.update(pooled_thresholds(oof, task, classes, suffix, first.rule, "none", cfg.evaluate.bootstrap,
+                                          cfg.seed))
+        if cfg.evaluate.final_model == "retrain":  # the retrained model has raw scores only
+            raw = pooled_thresholds(oof, task, classes, "", first.rule, first.calibration, 0, cfg.seed)
+            pooled_final = raw["raw_thresholds"], raw["threshold_rule"]
     metrics: dict[str, Any] = {
         "kind": "cv",
         "run_dir": str(run),
@@ -161,7 +169,7 @@ def merge_cv(run_dir: str | Path) -> dict[str, Any]:
     }
     if cfg.evaluate.final_model == "retrain":
         metrics["final"] = final_summary(run, metrics["retrain_epochs_per_stage"], len(assign), first.calibration,
-                                         *final_thresholds(list(pps.values())))
+                                         *(pooled_final or final_thresholds(list(pps.values()))))
     notes = [f"fold {f}: {w}" for f in done for w in pps[f].extra.get("warnings", [])]
     few = interval_warning(task, classes, targets_from_frame(oof, task, classes, where=str(run / OOF_FILE)),
                            oof["patient"].to_numpy(dtype=object))
@@ -183,6 +191,48 @@ def merge_cv(run_dir: str | Path) -> dict[str, Any]:
     write_json(run / ENSEMBLE_FILE, ensemble)
     write_json(run / METRICS_FILE, metrics)
     return json.loads(json.dumps(jsonable(metrics)))
+
+
+def pooled_thresholds(oof: pd.DataFrame, task: str, classes: list[str], suffix: str, rule: str, calibration: str,
+                      n_boot: int, seed: int) -> dict[str, Any]:
+    """The threshold of ``evaluate.ensemble_threshold: pooled``: ``rule`` applied once to the
+    out-of-fold scores of every film (column ``score<suffix>``), not to one small validation
+    split per fold.
+
+    The pooled cut sees all films, about six times one fold's validation split at 5 folds,
+    so it moves less from sample to sample (its patient-bootstrap interval says how much). It
+    is chosen on the same scores the pooled CV figures are computed from, so those figures,
+    which use each fold's own validation threshold, do not estimate it without optimism.
+
+    Args:
+        oof: the out-of-fold predictions (``oof_predictions.csv``).
+        task: binary or multilabel (multiclass decides by arg-max and has no threshold).
+        classes: the class (label) names.
+        suffix: ``""`` for raw scores, ``"_calibrated"`` for the folds' calibrated scores.
+        rule: ``evaluate.threshold``.
+        calibration: a calibrator to fit on the pooled scores first (``none`` on calibrated
+            scores; the retrained final model's raw cut uses the run's own, so that
+            ``calibrated:P`` means the same probability).
+        n_boot: bootstrap replicates of the interval (patients resampled); 0 skips it.
+        seed: bootstrap seed.
+
+    Returns:
+        ``thresholds`` (on the scale of ``score<suffix>``), ``raw_thresholds``,
+        ``threshold_ci``, ``threshold_rule`` (in words) and ``threshold_source: pooled``.
+
+    Example:
+        >>> pooled_thresholds(oof, "binary", ["normal", "pneumonia"], "", "youden", "none", 200, 0)["thresholds"]
+    """
+    y = targets_from_frame(oof, task, classes, where=OOF_FILE)
+    s = scores_from_frame(oof, task, classes, suffix, where=OOF_FILE)
+    patients = oof["patient"].to_numpy(dtype=object)
+    pp = PostProcess.fit(task, classes, y, s, rule, calibration, groups=patients, n_boot=n_boot, seed=seed)
+    scale = "calibrated " if suffix else ""
+    return {"thresholds": pp.thresholds, "raw_thresholds": pp.raw_thresholds, "threshold_ci": pp.threshold_ci,
+            "threshold_source": "pooled",
+            "threshold_rule": (f"chosen by {rule!r} on the pooled out-of-fold {scale}scores of all {len(oof)} films "
+                               f"({len(set(patients))} patients) of folds "
+                               f"{', '.join(map(str, sorted(set(oof['fold'].astype(int)))))}")}
 
 
 def _read_fold(run: Path, f: int, assign: pd.DataFrame, task: str,

@@ -14,7 +14,8 @@ Example:
 """
 
 from medtl.run.files import (
-    decision_suffix, ensemble_thresholds, label_columns, pipeline_config, read_model_info, read_postprocess,
+    decision_suffix, deployed_ensemble_thresholds, ensemble_thresholds, label_columns, pipeline_config,
+    read_model_info, read_postprocess,
     save_postprocess, score_columns, scores_from_frame, set_threshold, targets_from_frame, threshold_columns,
     write_model_info, write_postprocess,
 )
@@ -25,7 +26,7 @@ __all__ = [
     "Predictor", "predict_paths", "collect_paths",
     "is_cv_run", "fold_dir", "final_dir", "finished_folds",
     "write_model_info", "read_model_info", "set_threshold", "pipeline_config",
-    "read_postprocess", "write_postprocess", "save_postprocess", "ensemble_thresholds",
+    "read_postprocess", "write_postprocess", "save_postprocess", "ensemble_thresholds", "deployed_ensemble_thresholds",
     "label_columns", "score_columns", "threshold_columns", "targets_from_frame", "scores_from_frame",
     "decision_suffix",
 ]

@@ -28,7 +28,7 @@ import pandas as pd
 
 from medtl.config import Config, DataConfig
 from medtl.io.atomic import read_json, write_atomic, write_json
-from medtl.run.layout import FEATURE_SUMMARY_FILE, MODEL_INFO_FILE, POSTPROCESS_FILE, VAL_PREDICTIONS
+from medtl.run.layout import ENSEMBLE_FILE, FEATURE_SUMMARY_FILE, MODEL_INFO_FILE, POSTPROCESS_FILE, VAL_PREDICTIONS
 from medtl.stats.postprocess import PostProcess
 from medtl.stats.shift import FeatureSummary
 
@@ -36,6 +36,7 @@ __all__ = [
     "write_model_info", "read_model_info", "set_threshold", "pipeline_config", "model_info_path",
     "label_columns", "score_columns", "threshold_columns", "targets_from_frame", "scores_from_frame",
     "decision_suffix", "read_postprocess", "write_postprocess", "save_postprocess", "ensemble_thresholds",
+    "deployed_ensemble_thresholds",
     "write_feature_summary", "read_feature_summary",
 ]
 
@@ -243,6 +244,28 @@ def ensemble_thresholds(pps: Sequence[PostProcess]) -> list[float] | None:
         return None
     t = np.array([pp.thresholds for pp in pps], dtype=np.float64)
     return [float(v) for v in np.median(t, axis=0)]
+
+
+def deployed_ensemble_thresholds(run: str | Path, folds: Sequence[int],
+                                 pps: Sequence[PostProcess]) -> tuple[list[float] | None, str]:
+    """(thresholds, where they come from) of a CV run's fold ensemble as deployed.
+
+    ``ensemble.json`` decides when it was written for exactly these folds with
+    ``evaluate.ensemble_threshold: pooled``; otherwise the median of the folds' thresholds
+    (:func:`ensemble_thresholds`), which is also what ``median`` writes there.
+    """
+    path = Path(run) / ENSEMBLE_FILE
+    saved = read_json(path) if path.is_file() else {}
+    if (saved.get("threshold_source") == "pooled" and saved.get("thresholds") is not None
+            and saved.get("members") == [f"fold_{f}" for f in folds]):
+        return [float(v) for v in saved["thresholds"]], str(saved["threshold_rule"])
+    thresholds = ensemble_thresholds(pps)
+    if thresholds is None:
+        return None, "arg-max (multiclass)"
+    text = f"median of the validation-chosen ({pps[0].rule}) thresholds of folds {', '.join(map(str, folds))}"
+    if saved.get("threshold_source") == "pooled":
+        text += " (ensemble.json's pooled threshold is for other folds: run medtl cv --merge to update it)"
+    return thresholds, text
 
 
 # --------------------------------------------------------------------------------------------

@@ -27,7 +27,8 @@ import yaml
 from medtl.io.atomic import read_json
 from medtl.io.image import is_image_file
 from medtl.run.files import (
-    ensemble_thresholds, pipeline_config, read_feature_summary, read_model_info, read_postprocess, score_columns,
+    deployed_ensemble_thresholds, pipeline_config, read_feature_summary, read_model_info, read_postprocess,
+    score_columns,
 )
 from medtl.run.layout import (
     CONFIG_FILE, CV_FILE, FINAL_DONE, MODEL_FILE, MODEL_INFO_FILE, POSTPROCESS_FILE, SITE_POSTPROCESS_FILE, final_dir,
@@ -83,7 +84,7 @@ class Predictor:
 
     A CV run's final model is, by default, the ensemble of its fold models: each model's score
     is calibrated with its fold's calibrator (if any), the ensemble score is the mean over folds
-    and its threshold :func:`~medtl.run.files.ensemble_thresholds`. With
+    and its threshold :func:`~medtl.run.files.deployed_ensemble_thresholds`. With
     ``evaluate.final_model: retrain`` it is the one model in ``RUN/final`` with the threshold
     saved there. A single model uses the ``postprocess.json`` beside it (threshold and
     calibrator chosen on its validation split); without one, the ``model_info.json``
@@ -180,11 +181,8 @@ class Predictor:
         self.members = [fold_dir(run, f) for f in done]
         self.folds = done
         self.pps: list[PostProcess | None] = [read_postprocess(m) for m in self.members]
-        self.thresholds = ensemble_thresholds(self.pps)  # type: ignore[arg-type]
-        rule = self.pps[0].rule  # type: ignore[union-attr]
-        self.threshold_source = (f"median of the validation-chosen ({rule}) thresholds of folds "
-                                 f"{', '.join(map(str, done))}" if self.thresholds is not None
-                                 else "arg-max (multiclass)")
+        self.thresholds, self.threshold_source = deployed_ensemble_thresholds(
+            run, done, self.pps)  # type: ignore[arg-type]
         if len(done) < int(cv["folds"]):
             self.threshold_source += f" (only {len(done)} of {cv['folds']} folds finished)"
 
