@@ -72,12 +72,17 @@ class DataConfig:
 
 @dataclass
 class AugmentConfig:
-    """Training-time augmentation: a named preset plus optional extra albumentations transforms."""
+    """Training-time augmentation: a named preset plus optional extra albumentations transforms,
+    then optional mixup/cutmix of whole batches."""
 
     # chest_xray_robust: chest_xray plus acquisition changes (CLAHE, sharpen, JPEG, down/up-sampling)
     preset: Literal["none", "light", "chest_xray", "chest_xray_robust"] = "chest_xray"
     transforms: list[dict] = field(default_factory=list)
     hflip: bool = False
+    # Batch mixing of training films (medtl.data.mixing): alpha of Beta(alpha, alpha), 0 = off.
+    # Both > 0: each batch uses one of the two, with probability 1/2.
+    mixup: float = 0.0
+    cutmix: float = 0.0
 
 
 @dataclass
@@ -377,6 +382,11 @@ def _validate(cfg: Config) -> None:
         raise ConfigError(
             f"train.loss.label_smoothing: invalid value {cfg.train.loss.label_smoothing}; expected 0 <= x < 0.5"
         )
+    for key in ("mixup", "cutmix"):
+        alpha = getattr(cfg.augment, key)
+        if not 0.0 <= alpha < float("inf"):  # also refuses nan
+            raise ConfigError(f"augment.{key}: invalid value {alpha!r}; expected a finite alpha >= 0 "
+                              "(0 = off; e.g. 0.2)")
     r = cfg.report
     if not 0.0 < r.occlusion_patch <= 1.0:
         raise ConfigError(f"report.occlusion_patch: invalid value {r.occlusion_patch!r}; expected 0 < x <= 1 "

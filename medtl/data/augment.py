@@ -18,6 +18,7 @@ Presets (``augment.preset``):
 ``[{name: CLAHE, clip_limit: 2.0, p: 0.3}]``; unknown names or parameters are rejected.
 
 Each image is augmented from its own seed, so the result does not depend on threads or order.
+``augment.mixup`` / ``augment.cutmix`` then mix whole training batches (:mod:`medtl.data.mixing`).
 
 Example:
     >>> aug = build_augmenter(cfg.augment, image_size=(224, 224))

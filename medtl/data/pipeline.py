@@ -5,6 +5,8 @@
 they fit), augments them and yields batches ``(x float32 [B, H, W, 1] in [0, 1], y float32
 [B, K])``. Shuffle order and augmentation are a function of ``(cfg.seed, epoch)`` only: every
 image gets its own seed from ``(seed, epoch, row)``, so parallelism does not change the result.
+Training batches are then mixed by ``augment.mixup`` / ``augment.cutmix`` (:mod:`medtl.data.mixing`,
+seeded by ``(seed, epoch, batch)``); evaluation batches never are.
 
 Example:
     >>> pipe = ImagePipeline(cfg)
@@ -30,6 +32,7 @@ from medtl.data.augment import Augmenter, build_augmenter
 from medtl.data.cache import ImageCache, read_entry
 from medtl.data.pool import default_workers, start_decoder_server
 from medtl.data.manifest import DataError, Manifest
+from medtl.data.mixing import BatchMixer, build_mixer
 from medtl.data.resize import Geometry
 
 DEFAULT_MEMORY_LIMIT = 2 * 1024**3
@@ -64,6 +67,7 @@ class ImagePipeline:
         self.image_size = (int(d.image_size[0]), int(d.image_size[1]))
         self.cache = ImageCache(d.cache_dir, self.image_size, d.keep_aspect, d.window, d.frame, d.max_pixels)
         self.augmenter: Augmenter | None = build_augmenter(cfg.augment, self.image_size)
+        self.mixer: BatchMixer | None = build_mixer(cfg.augment, cfg.seed)
         self.memory_limit = int(memory_limit)
         self.workers = default_workers(workers if workers is not None else d.workers)
         self.skipped: list[tuple[str, str]] = []
@@ -184,7 +188,8 @@ class ImagePipeline:
 
         Args:
             manifest: prepared rows (see :meth:`prepare`; unprepared rows are prepared here).
-            training: shuffle and augment; False keeps row order and pixels as cached.
+            training: shuffle, augment and mix (mixup/cutmix); False keeps row order, pixels
+                and targets as cached.
             epoch: first epoch number; order and augmentation depend only on (cfg.seed, epoch).
             batch_size: default ``train.batch_size``.
             epochs: how many epochs to chain (epoch, epoch + 1, ...); batches never span two.
@@ -202,6 +207,7 @@ class ImagePipeline:
         targets = manifest.targets()
         seed = int(self.cfg.seed)
         aug = self.augmenter if training else None
+        mixer = self.mixer if training else None
         h, w = self.image_size
         k = targets.shape[1]
 
@@ -222,6 +228,14 @@ class ImagePipeline:
         for e in range(epoch, epoch + epochs):  # each epoch batched alone: no batch spans two
             order = epoch_order(n, seed, e) if training else np.arange(n)
             part = tf.data.Dataset.from_tensor_slices((order.astype(np.int64), np.full(n, e, np.int64))).batch(bs)
+            if mixer is not None:  # each batch's mixing seeds ride with it: (seed, epoch, batch) only
+                seeds = tf.data.Dataset.from_tensor_slices(mixer.batch_seeds(e, -(-n // bs)))
+                part = tf.data.Dataset.zip((part, seeds))
             ds = part if ds is None else ds.concatenate(part)
-        ds = ds.map(lambda idx, ep: to_batch(idx, ep[0]), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        if mixer is None:
+            ds = ds.map(lambda idx, ep: to_batch(idx, ep[0]), num_parallel_calls=tf.data.AUTOTUNE,
+                        deterministic=True)
+        else:
+            ds = ds.map(lambda rows, seeds: mixer(*to_batch(rows[0], rows[1][0]), seeds),
+                        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         return ds.prefetch(tf.data.AUTOTUNE)

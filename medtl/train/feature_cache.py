@@ -27,10 +27,16 @@ __all__ = ["FeatureCache", "use_feature_cache", "split_head", "feature_dataset"]
 
 def use_feature_cache(cfg, st) -> bool:
     """True when stage ``st`` of ``cfg`` can train on cached features: a head-only stage
-    whose images are not augmented (so each epoch's backbone output is the same)."""
+    whose images are not augmented (so each epoch's backbone output is the same).
+
+    ``augment.mixup`` / ``augment.cutmix`` mix images, so they turn the cache off too: the head
+    then trains on mixed films, the same whatever ``train.feature_cache`` says (mixing cached
+    features instead would be a different regulariser, and cutmix has no feature-space form).
+    """
     aug = cfg.augment
     return bool(cfg.train.feature_cache and st.unfreeze == "head"
-                and aug.preset == "none" and not aug.transforms and not aug.hflip)
+                and aug.preset == "none" and not aug.transforms and not aug.hflip
+                and not aug.mixup > 0 and not aug.cutmix > 0)
 
 
 class FeatureCache:

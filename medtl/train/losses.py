@@ -13,6 +13,12 @@ Losses average ``weight * loss`` over the labels of a sample and then over the b
 ``sum_over_batch_size``), so "balanced" weights, whose mean over the training samples is 1,
 keep the loss on the same scale as the unweighted one.
 
+Soft targets (``augment.mixup`` / ``augment.cutmix`` mix two samples' targets by ``lam``) are
+read as that mixture of samples: the loss is ``lam`` times the first sample's class-weighted
+loss plus ``1 - lam`` times the second's. Per label (binary, multilabel), with target ``y``:
+``y * w_pos * ce(p, 1) + (1 - y) * w_neg * ce(p, 0)``; per sample (multiclass), with target row
+``y``: ``sum_c y_c * w_c * ce(p, one-hot c)``. For 0/1 targets this is the usual weighted loss.
+
 Example:
     >>> w = compute_class_weights(y_train, "balanced", ["NORMAL", "PNEUMONIA"])
     >>> loss = make_loss(cfg.train.loss, "binary", w)
@@ -173,7 +179,9 @@ class BinaryLoss(keras.losses.Loss):
     target ``y(1 - s) + s/2``, ``w`` the negative or positive weight of that label, and, for
     ``kind="focal"``, ``f = a_t (1 - p_t)^gamma`` (``p_t`` the probability given to the smoothed
     target, ``a_t`` = alpha for positives and 1 - alpha for negatives, or 1 when alpha is None).
-    A sample's loss is the mean over its labels.
+    A soft target ``y`` in (0, 1) (mixup, cutmix) gives ``y * L(1) + (1 - y) * L(0)``, with
+    ``L(t)`` that loss for the 0/1 target ``t``, its weight included. A sample's loss is the mean
+    over its labels.
 
     Args:
         kind: ``"bce"`` or ``"focal"``.
@@ -215,17 +223,25 @@ class BinaryLoss(keras.losses.Loss):
         y = ops.cast(y_true, "float32")
         p = _clip(y_pred)
         s = self.label_smoothing
-        ys = y * (1.0 - s) + 0.5 * s
+        # A mixed target y is a y : (1 - y) mixture of a positive and a negative sample, so each
+        # side keeps its own class weight (weighting ce(p, y) by y*w_pos + (1-y)*w_neg would not
+        # be the mixed samples' loss) and the focal factor of its own target.
+        pos = self._term(p, 1.0 - 0.5 * s)
+        neg = self._term(p, 0.5 * s)
+        if self.weights is not None:
+            w = ops.convert_to_tensor(self.weights)
+            pos, neg = pos * w[1], neg * w[0]
+        return ops.mean(y * pos + (1.0 - y) * neg, axis=-1)
+
+    def _term(self, p, ys: float):
+        """Elementwise unweighted loss against the constant (smoothed) target ``ys``."""
         loss = -(ys * ops.log(p) + (1.0 - ys) * ops.log(1.0 - p))
         if self.kind == "focal":
             p_t = ys * p + (1.0 - ys) * (1.0 - p)
             loss = loss * ops.power(1.0 - p_t, self.gamma)
             if self.alpha is not None:
                 loss = loss * (ys * self.alpha + (1.0 - ys) * (1.0 - self.alpha))
-        if self.weights is not None:
-            w = ops.convert_to_tensor(self.weights)
-            loss = loss * (y * w[1] + (1.0 - y) * w[0])
-        return ops.mean(loss, axis=-1)
+        return loss
 
     def get_config(self) -> dict:
         return {
@@ -244,7 +260,8 @@ class CategoricalLoss(keras.losses.Loss):
 
     ``-w_c * sum_j a (1 - p_j)^gamma * t_j log p_j`` where ``t`` is the one-hot target smoothed
     to ``t(1 - s) + s/K``, ``w_c`` the weight of the sample's class, and the focal term (with
-    ``a`` = alpha, or 1 when alpha is None) applies for ``kind="focal"`` only.
+    ``a`` = alpha, or 1 when alpha is None) applies for ``kind="focal"`` only. A soft target row
+    ``y`` (mixup, cutmix) gives ``sum_c y_c * L(c)``, ``L(c)`` that loss for class ``c``.
 
     Args:
         kind: ``"cce"`` or ``"focal"``.
@@ -284,16 +301,20 @@ class CategoricalLoss(keras.losses.Loss):
         y = ops.cast(y_true, "float32")
         p = _clip(y_pred)
         k = ops.cast(ops.shape(y)[-1], "float32")
-        ys = y * (1.0 - self.label_smoothing) + self.label_smoothing / k
+        s = self.label_smoothing
+        if self.weights is None:
+            ys = y * (1.0 - s) + s / k
+        else:
+            # Weights go into the target, so a mixed row y gives sum_c y_c w_c L(c) (each
+            # class its own weight) rather than (sum_c y_c w_c) * L(y); equal for one-hot y.
+            yw = y * ops.convert_to_tensor(self.weights)
+            ys = yw * (1.0 - s) + (s / k) * ops.sum(yw, axis=-1, keepdims=True)
         terms = -ys * ops.log(p)
         if self.kind == "focal":
             terms = terms * ops.power(1.0 - p, self.gamma)
             if self.alpha is not None:
                 terms = terms * self.alpha
-        loss = ops.sum(terms, axis=-1)
-        if self.weights is not None:
-            loss = loss * ops.sum(y * ops.convert_to_tensor(self.weights), axis=-1)
-        return loss
+        return ops.sum(terms, axis=-1)
 
     def get_config(self) -> dict:
         return {

@@ -9,9 +9,10 @@ import numpy as np
 from medtl.train.feature_cache import feature_dataset, use_feature_cache
 
 
-def _cfg(feature_cache=True, preset="none", transforms=(), hflip=False):
+def _cfg(feature_cache=True, preset="none", transforms=(), hflip=False, mixup=0.0, cutmix=0.0):
     return SimpleNamespace(train=SimpleNamespace(feature_cache=feature_cache),
-                           augment=SimpleNamespace(preset=preset, transforms=list(transforms), hflip=hflip))
+                           augment=SimpleNamespace(preset=preset, transforms=list(transforms), hflip=hflip,
+                                                   mixup=mixup, cutmix=cutmix))
 
 
 def test_only_unaugmented_head_only_stages_use_the_cache():
@@ -22,6 +23,9 @@ def test_only_unaugmented_head_only_stages_use_the_cache():
     assert not use_feature_cache(_cfg(preset="light"), head)
     assert not use_feature_cache(_cfg(hflip=True), head)
     assert not use_feature_cache(_cfg(transforms=["rotate"]), head)
+    # mixup/cutmix mix images: the head trains on mixed films, never on cached features
+    assert not use_feature_cache(_cfg(mixup=0.2), head)
+    assert not use_feature_cache(_cfg(cutmix=1.0), head)
 
 
 def test_feature_batches_follow_the_given_order():
