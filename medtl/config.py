@@ -139,6 +139,9 @@ class TrainConfig:
     xla: bool = False
     distribute: Literal["auto", "none", "mirrored"] = "auto"
     feature_cache: bool = True
+    # Average the weights of the last stage's epochs ending at the best one (medtl.train.swa);
+    # kept only if it validates at least as well as the best epoch. 0: off.
+    swa_epochs: int = 0
     # TensorBoard event files are always written; mlflow also logs to MLflow (medtl.train.tracking).
     log_to: Literal["tensorboard", "mlflow"] = "tensorboard"
     # MLflow tracking URI; None: $MLFLOW_TRACKING_URI, else a file store <output_dir>/mlruns.
@@ -374,6 +377,9 @@ def _validate(cfg: Config) -> None:
             raise ConfigError(f"train.stages[{i}].epochs: invalid value {st.epochs}; expected >= 1")
         if st.lr <= 0:
             raise ConfigError(f"train.stages[{i}].lr: invalid value {st.lr}; expected > 0")
+    if cfg.train.swa_epochs < 0 or cfg.train.swa_epochs == 1:
+        raise ConfigError(f"train.swa_epochs: invalid value {cfg.train.swa_epochs}; expected 0 (off) or >= 2 "
+                          "(the number of epochs up to the best one to average, e.g. 3)")
     if cfg.train.loss.name == "cce" and cfg.task == "binary":
         raise ConfigError("train.loss.name: cce needs task multiclass; use bce or focal for binary")
     if cfg.train.loss.name == "bce" and cfg.task == "multiclass":

@@ -8,6 +8,10 @@ state.json whose files all exist.
 Weights are npz files of ``model.weights`` positions, applied in order: a stage's full
 snapshot, then only the variables the stage trains (a small file per epoch).
 
+With ``train.swa_epochs`` N the last stage also keeps the files of the epochs a weight
+average (:mod:`medtl.train.swa`) may still need: the N epochs ending at the best so far and
+the N - 1 latest ones (``RunState.swa_saved``), until the run has decided on the average.
+
 Example:
     >>> ck = Checkpointer(run_dir / "ckpt")
     >>> state = ck.load_state()          # a fresh RunState when the run is new
@@ -28,8 +32,9 @@ from medtl.io.atomic import write_atomic, write_json
 from medtl.models.backbones import walk_layers
 from medtl.run.layout import STATE_FILE
 from medtl.train.state import RunState
+from medtl.train.swa import needed_epochs
 
-__all__ = ["Checkpointer", "save_weights", "load_weights", "save_optimizer", "load_optimizer",
+__all__ = ["Checkpointer", "save_weights", "load_weights", "assign_weights", "save_optimizer", "load_optimizer",
            "changing_variables", "save_state", "load_state"]
 
 
@@ -43,6 +48,7 @@ class Checkpointer:
     def __init__(self, ckpt_dir: Path) -> None:
         self.dir = Path(ckpt_dir)
         self._trained: list[int] = []  # model.weights positions the current stage changes
+        self._keep = 0  # epochs kept for a weight average in the current stage (train.swa_epochs)
 
     @property
     def state_path(self) -> Path:
@@ -64,12 +70,19 @@ class Checkpointer:
         if state.optimizer:
             load_optimizer(model, self.dir / state.optimizer)
 
-    def on_stage_start(self, state: RunState, s: int, model: keras.Model) -> None:
-        """Note the variables stage ``s`` trains; snapshot all weights when it starts afresh."""
+    def on_stage_start(self, state: RunState, s: int, model: keras.Model, keep_epochs: int = 0) -> None:
+        """Note the variables stage ``s`` trains; snapshot all weights when it starts afresh.
+
+        Args:
+            keep_epochs: ``train.swa_epochs`` for the last stage of a run that averages, else 0:
+                the epochs' weight files a later average may need are kept (``state.swa_saved``).
+        """
         position = {id(v): i for i, v in enumerate(model.weights)}
         self._trained = sorted({position[id(v)] for v in changing_variables(model)})
+        self._keep = int(keep_epochs)
         if state.epoch == 0:
             state.stage_base = f"stage{s + 1}-start.weights.npz"
+            state.swa_saved = []
             save_weights(model, self.dir / state.stage_base)
 
     def on_epoch_end(self, state: RunState, s: int, e: int, model: keras.Model, fit_model: keras.Model,
@@ -103,16 +116,32 @@ class Checkpointer:
             state.weights = state.best_weights if improved else self._save_epoch(state, model)
             state.optimizer = f"epoch-{gid:04d}.optimizer.npz"
             save_optimizer(fit_model, self.dir / state.optimizer)
+        if self._keep:
+            self._keep_for_average(state, s, e, improved, end_of_stage)
 
     def save_state(self, state: RunState) -> None:
         save_state(self.dir, state)
 
     def prune(self, state: RunState) -> None:
         """Delete the ckpt files ``state`` no longer names (after it is committed)."""
-        keep = {STATE_FILE, state.optimizer, *state.weights, *state.best_weights}
+        keep = {STATE_FILE, state.optimizer, *state.weights, *state.best_weights,
+                *(w["file"] for w in state.swa_saved), (state.swa or {}).get("weights")}
         for f in self.dir.iterdir():
             if f.name not in keep:
                 f.unlink(missing_ok=True)
+
+    def _keep_for_average(self, state: RunState, s: int, e: int, improved: bool | None, end_of_stage: bool) -> None:
+        """Note epoch ``e``'s weight file in ``state.swa_saved`` and drop the entries no later
+        average can need. A stage's last epoch that is not the best has no file of its own; it
+        comes after the best epoch, so no window (which ends at the best) holds it."""
+        gid = state.global_epoch
+        file = f"best-{gid:04d}.weights.npz" if improved else (None if end_of_stage else f"epoch-{gid:04d}.weights.npz")
+        saved = list(state.swa_saved)
+        if file is not None:
+            saved.append({"epoch": e + 1, "global_epoch": gid + 1, "file": file})
+        best = state.best_at or {}
+        best_epoch = best.get("epoch") if best.get("stage") == s + 1 else None
+        state.swa_saved = needed_epochs(saved, None if end_of_stage else e + 1, best_epoch, self._keep)
 
     def _save_epoch(self, state: RunState, model: keras.Model) -> list[str]:
         files = [state.stage_base, f"epoch-{state.global_epoch:04d}.weights.npz"]
@@ -165,15 +194,21 @@ def save_weights(model: keras.Model, path: Path, which: list[int] | None = None)
 
 def load_weights(model: keras.Model, paths: list[Path]) -> None:
     """Apply weight files saved by :func:`save_weights`, in order."""
-    weights = model.weights
     for path in paths:
         with np.load(path) as data:
-            for key in data.files:
-                i, value = int(key[1:]), data[key]
-                if i >= len(weights) or tuple(weights[i].shape) != value.shape:
-                    raise RuntimeError(f"{path}: does not fit the model ({key} of shape {value.shape}); "
-                                       "the checkpoint is from another config, start a new run")
-                weights[i].assign(value)
+            assign_weights(model, {k: data[k] for k in data.files}, path)
+
+
+def assign_weights(model: keras.Model, arrays: dict[str, np.ndarray], source: str | Path = "weights") -> None:
+    """Assign ``{"w<position>": array}`` (a file of :func:`save_weights`, or an average of such
+    files) to ``model.weights``; ``source`` names them in the error."""
+    weights = model.weights
+    for key, value in arrays.items():
+        i = int(key[1:])
+        if i >= len(weights) or tuple(weights[i].shape) != value.shape:
+            raise RuntimeError(f"{source}: does not fit the model ({key} of shape {value.shape}); "
+                               "the checkpoint is from another config, start a new run")
+        weights[i].assign(value)
 
 
 def save_state(ckpt: Path, state: RunState) -> None:

@@ -40,3 +40,7 @@ class RunState:
     elapsed_s: float = 0.0
     finished: bool = False
     fixed_epochs: list | None = None  # epochs per stage of a run without validation (fixed mode)
+    # train.swa_epochs: the last stage's epochs whose weight files are kept for the average
+    # ({epoch, global_epoch, file}), then the average's outcome (medtl.train.swa).
+    swa_saved: list = field(default_factory=list)
+    swa: dict | None = None

@@ -15,9 +15,21 @@ Each stage ends by restoring the best weights seen so far (over all stages), so 
 only makes things worse leaves the model as it was; model.keras is written from the best
 weights when the run ends.
 
+With ``train.swa_epochs`` N (0: off) the run then averages the weights of the last stage's
+epochs ``best - N + 1 .. best`` (fewer if the best epoch is earlier in the stage; nothing when
+the best epoch is in an earlier stage or is the stage's first), re-estimates the statistics of
+the BatchNorm layers that train (:mod:`medtl.train.batchnorm`; none with a pretrained backbone,
+whose BatchNorm stays frozen) on training batches, and scores the average on the validation
+split by ``train.monitor``. The average replaces the best weights only if it scores at least as
+well as they do (both scored alike, by ``model.evaluate``); metrics.json ``swa`` records both
+scores and the decision, and everything after it (model.keras, validation scores, threshold,
+calibration, feature summary) uses the weights kept. The decision and the averaged weights are
+committed to ``ckpt/`` before anything is saved, so a resumed run does not average again.
+
 With ``fixed_epochs`` (one epoch count per stage) the run has no validation split: it trains
 on every given image for exactly those epochs, with no monitor and no early stopping, and
-model.keras holds the last epoch's weights (there is no val_predictions.csv). This is how a
+model.keras holds the last epoch's weights (there is no val_predictions.csv; ``train.swa_epochs``
+does not apply, as nothing could judge the average). This is how a
 cross-validated recipe is retrained on all data (``evaluate.final_model: retrain``).
 Checkpoints and resume work as in the default mode; the epoch counts are kept in the
 checkpoint state, so a resume needs no ``fixed_epochs`` and refuses different ones.
@@ -69,9 +81,9 @@ from medtl.run.refusal import removed_if_refused
 from medtl.run.resume import check_same_config, training_key_is_free
 from medtl.run.tta import predict_dataset_views, tta_views
 from medtl.stats.shift import MAX_VECTORS, build_summary
-from medtl.train.batchnorm import trainable_batchnorm
+from medtl.train.batchnorm import recalibrate_batchnorm, trainable_batchnorm
 from medtl.train.callbacks import RecalibrateBatchNorm
-from medtl.train.checkpoint import Checkpointer
+from medtl.train.checkpoint import Checkpointer, assign_weights, save_weights
 from medtl.train.early_stopping import EarlyStopping, monitor_mode
 from medtl.train.feature_cache import FeatureCache, use_feature_cache
 from medtl.train.losses import compute_class_weights, make_loss
@@ -80,10 +92,12 @@ from medtl.train.tracking import make_tracker
 from medtl.train.runtime import runtime_for
 from medtl.train.stages import is_pretrained
 from medtl.train.state import RunState
+from medtl.train.swa import average_weight_files, swa_window
 
 __all__ = ["train", "TrainResult", "stage_seed", "monitor_mode"]
 
 METRIC_NAMES = ("accuracy", "roc_auc", "pr_auc")  # compiled for every task (see _make_metrics)
+SWA_FILE = "swa.weights.npz"  # in ckpt/: the kept weight average, a full snapshot
 
 
 @dataclass
@@ -311,7 +325,7 @@ class _Run:
         fit_model, epoch_data, val_ds = self._stage_inputs(cached)
         steps = math.ceil(len(self.train_m) / cfg.train.batch_size)
         self._compile(fit_model, s, steps)
-        self.checkpoint.on_stage_start(state, s, self.model)
+        self.checkpoint.on_stage_start(state, s, self.model, keep_epochs=self._swa_epochs(s))
         if self.stopper is not None:
             self.stopper.on_stage_start(state)
         callbacks = self.log.callbacks(epochs, state.global_epoch - state.epoch, steps)
@@ -341,6 +355,12 @@ class _Run:
             if stop:
                 self.log.on_early_stop(s, self.monitor, cfg.train.patience)
                 break
+
+    def _swa_epochs(self, s: int) -> int:
+        """``train.swa_epochs`` for the last stage of a validated run (whose epochs are kept
+        for the average), else 0."""
+        last = s == len(self.cfg.train.stages) - 1
+        return self.cfg.train.swa_epochs if last and self.fixed is None else 0
 
     def _set_trainable(self, s: int) -> bool:
         """Unfreeze what stage ``s`` trains; True if it trains on cached backbone features."""
@@ -424,6 +444,7 @@ class _Run:
         if not state.best_weights:
             raise RuntimeError(f"{self.dir}: no epoch completed; nothing to save")
         self.checkpoint.restore(self.model, state.best_weights)
+        swa = self._weight_average() if self.cfg.train.swa_epochs else None
         _save_model(self.model, self.dir / MODEL_FILE)
         self._save_feature_summary()
         val = self._val_predictions()
@@ -439,14 +460,85 @@ class _Run:
             **self._run_summary(validated=True),
             "val_tta": self.cfg.predict.tta,  # the views val_predictions.csv is averaged over
         }
+        if swa is not None:
+            metrics["swa"] = {k: v for k, v in swa.items() if k not in ("weights", "line")}
         write_json(self.dir / METRICS_FILE, metrics)
         state.finished = True
         self._commit()
         self.log.on_run_end()
+        which = "the weight average" if swa and swa.get("kept") else "the best weights"
         self.log(f"Best {self.monitor} {metrics['best']['value']:.4f} (stage {state.best_at['stage']}, "
-                 f"epoch {state.best_at['epoch']}); saved {self.dir / MODEL_FILE}")
+                 f"epoch {state.best_at['epoch']}); saved {which} to {self.dir / MODEL_FILE}")
         return TrainResult(self.dir, self.dir / MODEL_FILE, pd.DataFrame(state.history), val,
                            metrics, self.model, val_tta=self.cfg.predict.tta)
+
+    def _weight_average(self) -> dict:
+        """Apply ``train.swa_epochs`` to the model, which holds the best weights: decide once
+        (:meth:`_decide_average`), commit the decision, and load the average if it was kept.
+
+        Returns:
+            The record of metrics.json ``swa`` (plus the ckpt file of a kept average).
+        """
+        state = self.state
+        if state.swa is None:
+            state.swa = self._decide_average()
+            state.swa_saved = []  # the epochs' own files are not needed any more
+            self._commit()  # a run resumed from here finds the decision, not the epoch files
+        elif state.swa.get("kept"):
+            self.checkpoint.restore(self.model, [state.swa["weights"]])
+        self.log(state.swa["line"])
+        return state.swa
+
+    def _decide_average(self) -> dict:
+        """Average the window's epochs, re-estimate trainable BatchNorm statistics, score the
+        average and the best weights alike (:meth:`_score`), and keep the average if it scores at
+        least as well (a tie keeps it). Leaves the model holding the weights kept."""
+        cfg, state, n = self.cfg, self.state, self.cfg.train.swa_epochs
+        last = len(cfg.train.stages) - 1
+        window, why = swa_window(state.swa_saved, state.best_at, last + 1, n)
+        if not window:
+            return {"swa_epochs": n, "kept": False, "skipped": why, "line": f"No weight average (train.swa_epochs "
+                    f"{n}): {why}"}
+        # A resumed run can get here without running the last stage: its trainable set (which
+        # BatchNorm layers update) and compiled loss and metrics come from that stage.
+        set_trainable(self.model, cfg.train.stages[last].unfreeze)
+        steps = math.ceil(len(self.train_m) / cfg.train.batch_size)
+        self._compile(self.model, last, steps)
+        best_value = self._score()
+        self.checkpoint.restore(self.model, state.best_weights[:1])  # the stage's start: frozen parts
+        assign_weights(self.model, average_weight_files([self.checkpoint.dir / w["file"] for w in window]),
+                       "the weight average")
+        n_bn = len(trainable_batchnorm(self.model))
+        if n_bn:
+            self._reseed(len(cfg.train.stages), 0)  # dropout in the forward passes, as at an epoch
+            recalibrate_batchnorm(self.model, self.pipeline.dataset(self.train_m, training=True,
+                                                                    epoch=state.global_epoch))
+        value = self._score()
+        kept = _at_least_as_good(value, best_value, self.mode)
+        epochs = f"{window[0]['epoch']}-{window[-1]['epoch']}"
+        record = {
+            "swa_epochs": n, "stage": last + 1, "epochs": [w["epoch"] for w in window],
+            "global_epochs": [w["global_epoch"] for w in window], "value": value, "best_value": best_value,
+            "kept": kept, "batchnorm_recalibrated": n_bn,
+            "line": (f"SWA of epochs {epochs} of stage {last + 1}: {self.monitor} {value:.4f} vs best "
+                     f"{best_value:.4f}: {'kept' if kept else 'not kept'}"),
+        }
+        if kept:
+            save_weights(self.model, self.checkpoint.dir / SWA_FILE)
+            record["weights"] = SWA_FILE
+        else:
+            self.checkpoint.restore(self.model, state.best_weights)
+        return record
+
+    def _score(self) -> float:
+        """The model's ``train.monitor`` by ``model.evaluate`` on the split it names (training
+        metrics: the training images without augmentation)."""
+        if self.monitor.startswith("val_"):
+            ds, name = self._val_dataset(), self.monitor[len("val_"):]
+        else:
+            ds, name = self.pipeline.dataset(self.train_m, training=False), self.monitor
+        logs = self.model.evaluate(ds, verbose=0, return_dict=True)
+        return float(logs[name])
 
     def _run_summary(self, validated: bool) -> dict:
         """The metrics.json fields that describe the run rather than its scores."""
@@ -469,6 +561,9 @@ class _Run:
         state = self.state
         if not state.weights or not state.history:
             raise RuntimeError(f"{self.dir}: no epoch completed; nothing to save")
+        if self.cfg.train.swa_epochs:
+            self.log.note(f"Note: train.swa_epochs {self.cfg.train.swa_epochs} is not applied to a run with fixed "
+                          "epochs (no validation split to judge the average by); the last epoch's weights are kept")
         self.checkpoint.restore(self.model, state.weights)
         _save_model(self.model, self.dir / MODEL_FILE)
         self._save_feature_summary()
@@ -542,6 +637,15 @@ class _Run:
 
 # --------------------------------------------------------------------------------------------
 # Compile helpers
+
+
+def _at_least_as_good(value: float, best: float, mode: str) -> bool:
+    """``value`` is as good as ``best`` or better by the monitor's mode; NaN is never."""
+    if math.isnan(value):
+        return False
+    if math.isnan(best):
+        return True
+    return value >= best if mode == "max" else value <= best
 
 
 def _make_optimizer(st, steps_per_epoch: int) -> keras.optimizers.Optimizer:
