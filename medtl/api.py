@@ -399,12 +399,16 @@ def localise(model: PathLike, annotations: PathLike | None, out: PathLike, metho
     Per method: the pointing game, the share of heat inside the annotation and IoU / IoBB hit
     rates, each with a patient-bootstrap interval, beside chance baselines (flat map, film
     centre, mean-annotation prior). Only annotated films the run calls positive are scored
-    (definitions: :mod:`medtl.stats.localisation`).
+    (definitions: :mod:`medtl.stats.localisation`). A multiclass or multilabel run scores each
+    box against the map of the class its ``label`` names, on the films the run calls that class,
+    with figures per class (``classes``) and over all (film, class) pairs.
 
     Args:
-        model: a CV run, a training run folder or a ``model.keras`` file (binary task).
-        annotations: a CSV of boxes (file, x, y, w, h in the film's pixels) or masks (file, mask);
-            None: the run's ``data.annotations``.
+        model: a CV run, a training run folder or a ``model.keras`` file (binary, multiclass or
+            multilabel).
+        annotations: a CSV of boxes (file, x, y, w, h in the film's pixels) or masks (file, mask),
+            with a ``label`` column naming the class for a non-binary run; None: the run's
+            ``data.annotations``.
         out: folder for ``localisation.json`` and the per-film ``localisation.csv``.
         method: one or more map methods (default: the run's ``report.cam`` and ``report.compare``).
         hot_fraction: the hot region for IoU / IoBB, a fraction of the map's maximum (0.5).

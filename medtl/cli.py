@@ -450,10 +450,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--method occlusion",
         cmd_localise,
     )
-    p.add_argument("model", help="CV run, training run folder or model.keras (binary task)")
+    p.add_argument("model", help="CV run, training run folder or model.keras (binary, multiclass or multilabel)")
     p.add_argument("annotations", nargs="?",
-                   help="CSV of boxes (file, x, y, w, h in the film's pixels) or masks (file, mask); "
-                        "default: the run's data.annotations")
+                   help="CSV of boxes (file, x, y, w, h in the film's pixels) or masks (file, mask), with a "
+                        "label column naming the class for a multiclass or multilabel run; default: the run's "
+                        "data.annotations")
     p.add_argument("--annotations", dest="annotations_option", metavar="CSV",
                    help="the annotations CSV as an option, as medtl report takes it")
     p.add_argument("--out", required=True, help="output folder for localisation.json and localisation.csv")

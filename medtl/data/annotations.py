@@ -9,9 +9,10 @@ One CSV names them, with one row per box or mask (several rows per film are allo
 - masks: columns ``file, mask``, the mask a PNG or DICOM image of the film's own size; pixels
   at or above half the mask's maximum are the finding (binary masks: the non-zero pixels).
 
-Optional columns: ``label`` (the finding's name) and ``patient_id``. Relative ``file`` and
-``mask`` paths are resolved against the CSV's folder (as a labels CSV made by
-:func:`medtl.data.synthetic.make_sample_data` names its films).
+Optional columns: ``label`` (the finding's name; for a multiclass or multilabel run, the class
+whose map the box is scored against, one of the run's class names) and ``patient_id``.
+Relative ``file`` and ``mask`` paths are resolved against the CSV's folder (as a labels CSV made
+by :func:`medtl.data.synthetic.make_sample_data` names its films).
 
 Example:
     >>> ann = read_annotations("sample_data/boxes.csv")
@@ -63,8 +64,22 @@ class Annotations:
         """The annotated films, in the CSV's order."""
         return list(self.rows)
 
-    def regions(self, file: str, shape: tuple[int, int]) -> list[np.ndarray]:
+    def labels(self, file: str) -> list[str]:
+        """The distinct ``label`` values of ``file``'s rows, in the CSV's order ('' for no label).
+
+        Example:
+            >>> ann.labels("/data/images/P0001_1.dcm")
+            ['effusion', 'nodule']
+        """
+        return list(dict.fromkeys(row.label for row in self.rows[file]))
+
+    def regions(self, file: str, shape: tuple[int, int], label: str | None = None) -> list[np.ndarray]:
         """One boolean (H, W) array per annotation row of ``file``, for a film of ``shape``.
+
+        Args:
+            file: the film (absolute path, as :meth:`files` gives it).
+            shape: the film's (H, W).
+            label: only the rows with this ``label`` (None: every row).
 
         Raises:
             AnnotationError: a box reaches outside the film, or a mask is not the film's size.
@@ -75,6 +90,8 @@ class Annotations:
         h, w = shape
         out = []
         for row in self.rows[file]:
+            if label is not None and row.label != label:
+                continue
             if row.mask is not None:
                 m = read_image(row.mask, window="minmax")
                 if m.shape != (h, w):

@@ -637,7 +637,7 @@ def _localisation(run: Path, cfg: Any, compute: bool, annotations: str | Path | 
     scored_on = ((stored or {}).get("settings") or {}).get("annotations_sha256")
     if stored is not None and (scored_on == annotations_digest(source) or (scored_on is None and not annotations)):
         return stored
-    if not (compute and cfg.task == "binary"):
+    if not compute:
         return None
     # why: maps need the models (TensorFlow); only a config with annotations pays for it
     from medtl.explain.localise import localise_run

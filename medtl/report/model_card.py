@@ -77,9 +77,16 @@ def _localisation(data: ReportData) -> Any:
     if not loc:
         return TODO + " (medtl localise scores the maps where annotations exist)"
     keep = ("pointing", "heat_in_box")
-    return {"counts": loc.get("counts"),
-            "methods": {m: {k: per.get(k) for k in keep} for m, per in (loc.get("methods") or {}).items()},
-            "baselines": {b: {k: per.get(k) for k in keep} for b, per in (loc.get("baselines") or {}).items()}}
+
+    def figures(part: dict) -> dict[str, Any]:
+        return {"counts": part.get("counts"),
+                "methods": {m: {k: per.get(k) for k in keep} for m, per in (part.get("methods") or {}).items()},
+                "baselines": {b: {k: per.get(k) for k in keep} for b, per in (part.get("baselines") or {}).items()}}
+
+    out = figures(loc)
+    if loc.get("classes"):  # a multiclass / multilabel run: the figures over all pairs, then per class
+        out["classes"] = {c: figures(part) for c, part in loc["classes"].items()}
+    return out
 
 
 def _metrics(data: ReportData) -> list[dict[str, Any]]:

@@ -193,3 +193,21 @@ def test_annotations_option_reaches_the_reports_localisation(case, tmp_path, mon
     assert main(["localise", str(run), "--out", str(tmp_path / "cfg"), "--method", "gradcam",
                  "--bootstrap", "200"]) == 0
     assert json.loads((tmp_path / "cfg" / "localisation.json").read_text())["verdicts"]["gradcam"] == verdict
+
+
+def test_binary_runs_ignore_the_label_column(case, tmp_path):
+    """A binary run scores every row of a film whatever its label, exactly as without one; its
+    outputs gain none of the per-class keys or columns of a multiclass run."""
+    import medtl
+
+    run, work = case
+    boxes = pd.read_csv(work / "boxes.csv")
+    boxes.assign(label=["mass", "nodule"] * 4).to_csv(work / "labelled.csv", index=False)
+    a = medtl.localise(run, work / "boxes.csv", out=tmp_path / "a", method="gradcam", n_boot=100)
+    b = medtl.localise(run, work / "labelled.csv", out=tmp_path / "b", method="gradcam", n_boot=100)
+    assert a["settings"].pop("annotations_sha256") != b["settings"].pop("annotations_sha256")
+    assert a == b and set(a) == {"counts", "settings", "methods", "baselines", "verdicts"}
+    assert set(a["counts"]) == {"annotated", "unreadable", "scored", "annotated_not_called_positive", "patients"}
+    assert (tmp_path / "a" / "localisation.csv").read_bytes() == (tmp_path / "b" / "localisation.csv").read_bytes()
+    assert pd.read_csv(tmp_path / "a" / "localisation.csv").columns.tolist() == [
+        "file", "patient", "map", "kind", "pointing", "heat_in_box", "iou", "iobb", "iou_hit", "iobb_hit"]
