@@ -7,13 +7,15 @@ unseen patients clean and under 7 corruptions at 3 severities each (gamma, contr
 noise, JPEG quality, down-up-sampling, zoom/crop), each severity beyond the range the
 ``chest_xray_robust`` preset trains with. Thresholds come from the run's clean validation
 split only. Levers scored on the same holdout: the preset, ``predict.tta`` (shift), the
-threshold rule, and the linear probe (medtl.evaluate.probe) instead of fine-tuning.
+threshold rule, and the linear probe (medtl.evaluate.probe) instead of fine-tuning; ``--variant``
+adds training levers as config overrides (weight averaging, mixup, label smoothing, ...).
 
 Prints one JSON line per lever: clean AUC and balanced accuracy, their means under shift, the
 drop, and the minutes. Corruptions are applied to the model-size (letterboxed) image.
 
 Example:
     python benchmarks/bench_shift_proxy.py --train 1000 --holdout 300 --size 128
+    python benchmarks/bench_shift_proxy.py --presets '' --variant 'smooth:train.loss.label_smoothing=0.1' --no-probe
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _kermany import add_input_args, check_inputs, kermany_table, sample_patients, write_labels  # noqa: E402
 
-RULES = ("youden", "youden-centre", "prevalence")
+RULES = ("youden", "youden-centre", "prevalence", "fixed:0.5")
 
 
 def _gamma(x: np.ndarray, g: float) -> np.ndarray:
@@ -101,14 +103,16 @@ def _score_sets(predict, sets: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 def _summary(lever: str, y: np.ndarray, scores: dict[str, np.ndarray], t: float, minutes: float,
              **extra) -> dict:
     auc0, bal0 = _metrics(y, scores["clean"], t)
-    shifted = [_metrics(y, s, t) for k, s in scores.items() if k != "clean"]
+    per_set = {k: _metrics(y, s, t) for k, s in scores.items() if k != "clean"}
+    shifted = list(per_set.values())
     worst = min(shifted, key=lambda m: m[1])
     return {"lever": lever, "clean_roc_auc": round(auc0, 4), "clean_balanced_accuracy": round(bal0, 4),
             "shift_mean_roc_auc": round(float(np.mean([m[0] for m in shifted])), 4),
             "shift_mean_balanced_accuracy": round(float(np.mean([m[1] for m in shifted])), 4),
             "balanced_accuracy_drop": round(bal0 - float(np.mean([m[1] for m in shifted])), 4),
             "worst_balanced_accuracy": round(worst[1], 4), "threshold": round(float(t), 4),
-            "n_shifted_sets": len(shifted), "minutes": round(minutes, 2), **extra}
+            "n_shifted_sets": len(shifted), "minutes": round(minutes, 2),
+            "per_set_balanced_accuracy": {k: round(m[1], 3) for k, m in per_set.items()}, **extra}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -118,7 +122,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--holdout", type=int, default=300, help="films of unseen patients to score")
     ap.add_argument("--size", type=int, default=128)
     ap.add_argument("--max-epochs", type=int, default=3, help="cap on each init stage's epochs (CPU time)")
-    ap.add_argument("--presets", default="chest_xray,chest_xray_robust")
+    ap.add_argument("--presets", default="chest_xray,chest_xray_robust",
+                    help="augment presets to train, comma-separated ('' for none)")
+    ap.add_argument("--variant", action="append", default=[], metavar="NAME:KEY=VALUE[;KEY=VALUE]",
+                    help="also train the init settings with these config overrides, e.g. "
+                         "'swa:train.swa_epochs=2' or 'mixup:augment.mixup=0.2' (repeatable)")
+    ap.add_argument("--no-probe", action="store_true", help="skip the linear-probe line")
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--work", type=Path, help="keep runs here (default: a temporary folder)")
     args = ap.parse_args(argv)
@@ -166,10 +175,18 @@ def main(argv: list[str] | None = None) -> None:
             sets[f"{name}{sev}"] = fn(x, level).astype(np.float32)
     middle = {k: v for k, v in sets.items() if k == "clean" or k.endswith("2")}
 
-    for preset in args.presets.split(","):
+    levers = [(f"preset={p}", [f"augment.preset={p}"]) for p in args.presets.split(",") if p]
+    for v in args.variant:
+        name, _, overrides = v.partition(":")
+        if not name or not overrides:
+            ap.error(f"--variant {v!r}: expected NAME:KEY=VALUE[;KEY=VALUE]")
+        levers.append((name, overrides.split(";")))
+    val = None
+    for lever, overrides in levers:
         t0 = time.perf_counter()
-        cfg = load_config(cfg_path, base + caps + [f"augment.preset={preset}", f"name={preset}"])
-        res = train(cfg, run_dir=work / "runs" / preset, progress=False)
+        slug = "".join(c if c.isalnum() else "_" for c in lever)
+        cfg = load_config(cfg_path, base + caps + overrides + [f"name={slug}"])
+        res = train(cfg, run_dir=work / "runs" / slug, progress=False)
         t_train = (time.perf_counter() - t0) / 60
         val = res.val_predictions
         model = res.model
@@ -181,12 +198,12 @@ def main(argv: list[str] | None = None) -> None:
         scores = _score_sets(plain, sets)
         for rule in RULES:
             t = choose_threshold(val["label"].to_numpy(), val["score"].to_numpy(), rule)
-            print(json.dumps(_summary(f"preset={preset} threshold={rule}", y, scores, t, t_train,
+            print(json.dumps(_summary(f"{lever} threshold={rule}", y, scores, t, t_train,
                                       val_roc_auc=round(res.metrics["best"]["value"], 4))), flush=True)
         # calibrated:0.5: Platt-calibrate on validation, cut at probability 0.5 (a raw-scale cut)
         pp = PostProcess.fit("binary", ["negative", "positive"], val["label"].to_numpy(), val["score"].to_numpy(),
                              "calibrated:0.5", "platt", n_boot=0, seed=args.seed)
-        print(json.dumps(_summary(f"preset={preset} threshold=calibrated:0.5 (platt)", y, scores,
+        print(json.dumps(_summary(f"{lever} threshold=calibrated:0.5 (platt)", y, scores,
                                   pp.raw_thresholds[0], t_train)), flush=True)
         # TTA over the clean set and the middle severity (5x the forward passes)
         t1 = time.perf_counter()
@@ -197,9 +214,19 @@ def main(argv: list[str] | None = None) -> None:
 
         t = choose_threshold(val["label"].to_numpy(), val["score"].to_numpy(), "youden")
         mid_plain = {k: scores[k] for k in middle}
-        print(json.dumps(_summary(f"preset={preset} tta=none (severity 2 only)", y, mid_plain, t, t_train)), flush=True)
-        print(json.dumps(_summary(f"preset={preset} tta=shift (severity 2 only)", y, _score_sets(shifted, middle), t,
+        print(json.dumps(_summary(f"{lever} tta=none (severity 2 only)", y, mid_plain, t, t_train)), flush=True)
+        # as predict.tta: shift does in training: the threshold is chosen on the validation
+        # films' TTA scores, so that it fits the scores it cuts
+        all_m = pipe.prepare(load_manifest(init_cfg))
+        val_m = all_m.subset(np.flatnonzero(all_m.df["path"].isin(set(val["path"])).to_numpy()))
+        x_val = np.concatenate([np.asarray(b) for b in pipe.dataset(val_m, training=False).map(lambda a, b: a)
+                                .as_numpy_iterator()]).astype(np.float32)
+        t_tta = choose_threshold(val_m.targets()[:, 0], shifted(x_val), "youden")
+        print(json.dumps(_summary(f"{lever} tta=shift (severity 2 only)", y, _score_sets(shifted, middle), t_tta,
                                   t_train + (time.perf_counter() - t1) / 60)), flush=True)
+
+    if args.no_probe or val is None:
+        return
 
     # Linear probe on the pretrained features: fit on the training films, threshold on the
     # validation films of the last run (the same patients the fine-tuned model validated on).
