@@ -443,7 +443,8 @@ def starter_config(data: str | os.PathLike, config_dir: str | os.PathLike = ".",
 
     out.lines.append("")
     out.key("augment", section=True)
-    out.key("preset", "chest_xray", "small rotation/shift/zoom/contrast; no left-right flip", indent=1)
+    out.key("preset", "chest_xray_robust", "small rotation/shift/zoom, contrast/gamma/CLAHE, blur, noise, JPEG, "
+            "down-up-sampling: films from other machines; no left-right flip", indent=1)
 
     out.lines.append("")
     out.key("model", section=True)
