@@ -143,6 +143,9 @@ class TrainConfig:
     # Average the weights of the last stage's epochs ending at the best one (medtl.train.swa);
     # kept only if it validates at least as well as the best epoch. 0: off.
     swa_epochs: int = 0
+    # Discriminative learning rates (medtl.train.block_lr): in stages that train backbone blocks
+    # the head trains at the stage's lr, the top block at lr*d, the next at lr*d**2 ... 1: off.
+    block_lr_decay: float = 1.0
     # TensorBoard event files are always written; mlflow also logs to MLflow (medtl.train.tracking).
     log_to: Literal["tensorboard", "mlflow"] = "tensorboard"
     # MLflow tracking URI; None: $MLFLOW_TRACKING_URI, else a file store <output_dir>/mlruns.
@@ -381,6 +384,9 @@ def _validate(cfg: Config) -> None:
     if cfg.train.swa_epochs < 0 or cfg.train.swa_epochs == 1:
         raise ConfigError(f"train.swa_epochs: invalid value {cfg.train.swa_epochs}; expected 0 (off) or >= 2 "
                           "(the number of epochs up to the best one to average, e.g. 3)")
+    if not 0.0 < cfg.train.block_lr_decay <= 1.0:  # also refuses nan
+        raise ConfigError(f"train.block_lr_decay: invalid value {cfg.train.block_lr_decay!r}; expected 0 < x <= 1 "
+                          "(1 = off; e.g. 0.5: each backbone block trains at half the rate of the block above)")
     if cfg.train.loss.name == "cce" and cfg.task == "binary":
         raise ConfigError("train.loss.name: cce needs task multiclass; use bce or focal for binary")
     if cfg.train.loss.name == "bce" and cfg.task == "multiclass":

@@ -38,7 +38,8 @@ __all__ = ["run_folder", "config_digest", "has_patient_ids", "check_supported", 
 # before them still finds its run folder (and an interrupted run resumes).
 _ADDED_KEYS = {"data.label_separator": None, "data.frame": None, "data.max_pixels": 50_000_000,
                "evaluate.linear_probe": False, "predict.tta": "none", "evaluate.ensemble_threshold": "median",
-               "augment.mixup": 0.0, "augment.cutmix": 0.0, "train.swa_epochs": 0}
+               "augment.mixup": 0.0, "augment.cutmix": 0.0, "train.swa_epochs": 0,
+               "train.block_lr_decay": 1.0}
 
 
 def config_digest(cfg: Config) -> str:

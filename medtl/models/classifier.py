@@ -103,8 +103,10 @@ def load_model(path: str | Path, compile: bool = False) -> keras.Model:
 
     Args:
         path: the ``.keras`` file.
-        compile: also restore the optimizer and loss. medtl's losses live in the layer above
-            (:mod:`medtl.train.losses`); import it first so Keras finds them.
+        compile: also restore the optimizer and loss. medtl's losses and its per-block
+            learning-rate optimizers (``train.block_lr_decay``) live in the layer above
+            (:mod:`medtl.train.losses`, :mod:`medtl.train.block_lr`); import them first so
+            Keras finds them.
 
     Raises:
         FileNotFoundError: no such file.

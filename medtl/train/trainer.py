@@ -82,6 +82,7 @@ from medtl.run.resume import check_same_config, training_key_is_free
 from medtl.run.tta import predict_dataset_views, tta_views
 from medtl.stats.shift import MAX_VECTORS, build_summary
 from medtl.train.batchnorm import recalibrate_batchnorm, trainable_batchnorm
+from medtl.train.block_lr import block_lr_class, block_lr_multipliers, describe_block_lr
 from medtl.train.callbacks import RecalibrateBatchNorm
 from medtl.train.checkpoint import Checkpointer, assign_weights, save_weights
 from medtl.train.early_stopping import EarlyStopping, monitor_mode
@@ -322,6 +323,9 @@ class _Run:
         n_params = int(sum(np.prod(v.shape) for v in self.model.trainable_weights))
         summary = self.log.on_stage_start(state, s, st, len(cfg.train.stages), epochs, n_params, cached,
                                           monitored=self.stopper is not None)
+        block_lr = describe_block_lr(self.model, st.unfreeze, st.lr, cfg.train.block_lr_decay)
+        if block_lr:
+            self.log(block_lr)
         fit_model, epoch_data, val_ds = self._stage_inputs(cached)
         steps = math.ceil(len(self.train_m) / cfg.train.batch_size)
         self._compile(fit_model, s, steps)
@@ -393,9 +397,11 @@ class _Run:
         # Class weights come from the training split only, never from validation.
         class_weights = compute_class_weights(
             self.train_m.targets(), cfg.train.loss.class_weight, self.train_m.classes, task=cfg.task)
+        # Per-block rates only where the backbone trains (never for the cached head model).
+        multipliers = block_lr_multipliers(self.model, st.unfreeze, cfg.train.block_lr_decay)
         with self.rt.scope():
             fit_model.compile(
-                optimizer=_make_optimizer(st, steps),
+                optimizer=_make_optimizer(st, steps, multipliers),
                 loss=make_loss(cfg.train.loss, cfg.task, class_weights),
                 metrics=_make_metrics(cfg.task, self.train_m.n_outputs),
                 jit_compile=self.rt.jit_compile,
@@ -648,20 +654,29 @@ def _at_least_as_good(value: float, best: float, mode: str) -> bool:
     return value >= best if mode == "max" else value <= best
 
 
-def _make_optimizer(st, steps_per_epoch: int) -> keras.optimizers.Optimizer:
+def _make_optimizer(st, steps_per_epoch: int, lr_multipliers: dict[int, float] | None = None
+                    ) -> keras.optimizers.Optimizer:
+    """The stage's optimizer; with ``lr_multipliers`` (``{id(variable): multiplier}``, from
+    :func:`medtl.train.block_lr.block_lr_multipliers`) a subclass with per-variable rates, else
+    the plain Keras class."""
     lr: Any = st.lr
     if st.schedule == "cosine":
         lr = keras.optimizers.schedules.CosineDecay(st.lr, decay_steps=max(1, steps_per_epoch * st.epochs))
     wd = st.weight_decay or None
     if st.optimizer == "adam":
-        return keras.optimizers.Adam(lr, weight_decay=wd)
-    if st.optimizer == "adamw":
-        return keras.optimizers.AdamW(lr, weight_decay=st.weight_decay)
-    if st.optimizer == "sgd":
-        return keras.optimizers.SGD(lr, momentum=0.9, nesterov=True, weight_decay=wd)
-    if st.optimizer == "rmsprop":
-        return keras.optimizers.RMSprop(lr, weight_decay=wd)
-    raise ConfigError(f"train.stages.optimizer: invalid value {st.optimizer!r}; expected adam, adamw, sgd or rmsprop")
+        cls, kwargs = keras.optimizers.Adam, dict(weight_decay=wd)
+    elif st.optimizer == "adamw":
+        cls, kwargs = keras.optimizers.AdamW, dict(weight_decay=st.weight_decay)
+    elif st.optimizer == "sgd":
+        cls, kwargs = keras.optimizers.SGD, dict(momentum=0.9, nesterov=True, weight_decay=wd)
+    elif st.optimizer == "rmsprop":
+        cls, kwargs = keras.optimizers.RMSprop, dict(weight_decay=wd)
+    else:
+        raise ConfigError(f"train.stages.optimizer: invalid value {st.optimizer!r}; expected adam, adamw, sgd or "
+                          "rmsprop")
+    if lr_multipliers:
+        return block_lr_class(cls)(lr, lr_multipliers=lr_multipliers, **kwargs)
+    return cls(lr, **kwargs)
 
 
 def _make_metrics(task: str, k: int) -> list:
