@@ -8,7 +8,8 @@ noise, JPEG quality, down-up-sampling, zoom/crop), each severity beyond the rang
 ``chest_xray_robust`` preset trains with. Thresholds come from the run's clean validation
 split only. Levers scored on the same holdout: the preset, ``predict.tta`` (shift), the
 threshold rule, and the linear probe (medtl.evaluate.probe) instead of fine-tuning; ``--variant``
-adds training levers as config overrides (weight averaging, mixup, label smoothing, ...).
+adds training levers as config overrides (weight averaging, mixup, label smoothing, ...);
+``--ensemble K`` the K-fold ensemble of ``medtl cv`` with its two threshold sources.
 
 Prints one JSON line per lever: clean AUC and balanced accuracy, their means under shift, the
 drop, and the minutes. Corruptions are applied to the model-size (letterboxed) image.
@@ -128,6 +129,9 @@ def main(argv: list[str] | None = None) -> None:
                     help="also train the init settings with these config overrides, e.g. "
                          "'swa:train.swa_epochs=2' or 'mixup:augment.mixup=0.2' (repeatable)")
     ap.add_argument("--no-probe", action="store_true", help="skip the linear-probe line")
+    ap.add_argument("--ensemble", type=int, default=0, metavar="K",
+                    help="> 1: also cross-validate the init settings with K folds and score the fold "
+                         "ensemble (median and pooled thresholds) and its first member alone")
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--work", type=Path, help="keep runs here (default: a temporary folder)")
     args = ap.parse_args(argv)
@@ -225,6 +229,8 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(_summary(f"{lever} tta=shift (severity 2 only)", y, _score_sets(shifted, middle), t_tta,
                                   t_train + (time.perf_counter() - t1) / 60)), flush=True)
 
+    if args.ensemble > 1:
+        _ensemble(args.ensemble, cfg_path, base + caps, work, y, sets, args.seed)
     if args.no_probe or val is None:
         return
 
@@ -250,6 +256,42 @@ def main(argv: list[str] | None = None) -> None:
     print(json.dumps(_summary("linear probe (pretrained features) threshold=youden", y, probe_scores, t,
                               (time.perf_counter() - t0) / 60, C=est.best_params_["logisticregression__C"])),
           flush=True)
+
+
+def _ensemble(k: int, cfg_path: Path, overrides: list[str], work: Path, y: np.ndarray,
+              sets: dict[str, np.ndarray], seed: int) -> None:
+    """The fold ensemble as a lever: ``medtl cv`` with ``k`` folds on the training films, its
+    mean fold score on the holdout cut at the median of the folds' validation thresholds and at
+    the pooled out-of-fold threshold (``evaluate.ensemble_threshold``), beside fold 0's model
+    alone with its own threshold (each fold model trains on (k-1)/k of the films, less its
+    validation split)."""
+    from medtl.config import load_config
+    from medtl.evaluate.cv import run_cv
+    from medtl.io.atomic import read_json
+    from medtl.models.classifier import load_model
+    from medtl.run.files import ensemble_thresholds, read_postprocess
+    from medtl.run.layout import ENSEMBLE_FILE, MODEL_FILE, fold_dir
+    from medtl.run.tta import predict_views, tta_views
+
+    t0 = time.perf_counter()
+    cfg = load_config(cfg_path, overrides + [f"evaluate.folds={k}", "evaluate.ensemble_threshold=pooled",
+                                             "evaluate.bootstrap=200", f"name=cv{k}"])
+    run = run_cv(cfg, run_dir=work / "runs" / f"cv{k}", progress=False)
+    minutes = (time.perf_counter() - t0) / 60
+    pps = [read_postprocess(fold_dir(run, f)) for f in range(k)]
+    members = [load_model(fold_dir(run, f) / MODEL_FILE) for f in range(k)]
+    per_member = [_score_sets(lambda v, m=m: np.concatenate([predict_views(m, v[i:i + 64], tta_views("none"))[:, 0]
+                                                             for i in range(0, len(v), 64)]), sets)
+                  for m in members]
+    mean = {name: np.mean([pm[name] for pm in per_member], axis=0) for name in sets}
+    pooled = read_json(run / ENSEMBLE_FILE)
+    cuts = {"median": ensemble_thresholds(pps)[0], "pooled": pooled["thresholds"][0]}
+    for where, t in cuts.items():
+        print(json.dumps(_summary(f"cv{k} fold ensemble threshold={where}", y, mean, t, minutes,
+                                  threshold_ci=pooled.get("threshold_ci") if where == "pooled" else None)),
+              flush=True)
+    print(json.dumps(_summary(f"cv{k} fold 0 alone threshold=own youden", y, per_member[0], pps[0].thresholds[0],
+                              minutes / k)), flush=True)
 
 
 if __name__ == "__main__":
