@@ -87,7 +87,9 @@ def recalibrate_site(task: str, classes: Sequence[str], y: Any, s: Any, groups: 
         s: the run's decision-scale scores (its ensemble output), same shape.
         groups: patient id per film.
         k: patients to fit on; at least :data:`MIN_HELD_OUT` must remain.
-        rule: the threshold rule (the run's ``evaluate.threshold``).
+        rule: the threshold rule (the run's ``evaluate.threshold``). A ``fixed:T`` rule
+            has nothing to refit, so the site's threshold is then chosen by ``youden`` on the
+            K patients (``site.extra["site"]["rule_from"]`` records the run's rule).
         calibration: none, platt or temperature, fitted on the run's scores.
         seed: which patients are drawn.
 
@@ -113,7 +115,10 @@ def recalibrate_site(task: str, classes: Sequence[str], y: Any, s: Any, groups: 
             name = classes[1] if task == "binary" else classes[j]
             raise ValueError(f"--recalibrate {k}: the {k} patients drawn lack a class of {name!r} "
                              "(a threshold needs both); use a larger K")
+    site_rule = "youden" if rule.strip().lower().startswith("fixed:") else rule
     site = PostProcess.fit(task, list(classes), yy[fit], np.asarray(s, dtype=np.float64).reshape(len(g), -1)[fit],
-                           rule=rule, calibration=calibration, groups=g[fit], n_boot=0, seed=seed)
+                           rule=site_rule, calibration=calibration, groups=g[fit], n_boot=0, seed=seed)
     site.extra["site"] = {"k": int(k), "n_films": int(fit.sum()), "seed": int(seed)}
+    if site_rule != rule:
+        site.extra["site"]["rule_from"] = rule
     return Recalibration(site=site, fit=fit, held_out=~fit, k=int(k))

@@ -31,6 +31,17 @@ def test_the_refitted_threshold_recovers_the_known_cut():
     assert r.site.extra["site"] == {"k": 30, "n_films": 30, "seed": 1}
 
 
+def test_a_fixed_rule_is_refitted_by_youden():
+    """fixed:0.5 (the default) has nothing to refit: the site cut is Youden's on the K patients,
+    and the site file says which rule the run had."""
+    y, s, g = _separable(cut=0.7)
+    r = recalibrate_site("binary", ["n", "p"], y, s, g, k=30, rule="fixed:0.5", seed=1)
+    same = recalibrate_site("binary", ["n", "p"], y, s, g, k=30, rule="youden", seed=1)
+    assert r.site.rule == "youden" and r.site.thresholds == same.site.thresholds
+    assert 0.69 < r.site.thresholds[0] < 0.8
+    assert r.site.extra["site"] == {"k": 30, "n_films": 30, "seed": 1, "rule_from": "fixed:0.5"}
+
+
 def test_a_fixed_probability_rule_and_a_calibrator_on_top():
     y, s, g = _separable(n=80, cut=0.3)
     r = recalibrate_site("binary", ["n", "p"], y, s, g, k=40, rule="calibrated:0.5", calibration="platt")
