@@ -48,7 +48,8 @@ def make_cfg(csv_path: Path, work: Path, task: str = "binary", folds: int = 3, *
             "val_fraction": 0.3, "image_size": [32, 32]}
     raw = {"name": "cvtest", "seed": 3, "task": task, "output_dir": str(work / "runs"), "data": data,
            "model": {"backbone": "mobilenetv2", "weights": "none"},
-           "evaluate": {"folds": folds, "bootstrap": 50, **evaluate}}
+           # youden: these tests check thresholds chosen on validation (the default, fixed:0.5, is not)
+           "evaluate": {"folds": folds, "bootstrap": 50, "threshold": "youden", **evaluate}}
     if task == "multiclass":
         data["classes"] = ["a", "b", "c"]
         raw["train"] = {"loss": {"name": "cce"}}
